@@ -1,0 +1,117 @@
+//! Contexts: a GPU's primary context, usable from any thread.
+//!
+//! A [`Context`] retains the device's primary context (`cuDevicePrimaryCtxRetain`), the same one
+//! the CUDA runtime, PyTorch and CuPy use, and releases it on drop. Everything allocated in it
+//! (buffers, streams, events, imported mappings) borrows it, so the compiler forbids using any of
+//! them after the context is gone:
+//!
+//! ```compile_fail,E0597
+//! use cuda_ipc::{Context, Device, DeviceBuffer};
+//! let buf = {
+//!     let ctx = Context::new(Device::by_ordinal(0)?)?;
+//!     DeviceBuffer::<u32>::zeroed(&ctx, 16)?
+//! }; // error[E0597]: `ctx` does not live long enough
+//! # Ok::<(), cuda_ipc::Error>(())
+//! ```
+//!
+//! Every operation makes its context current on the calling thread first, so a context and its
+//! objects can be shared between threads freely.
+
+use std::sync::OnceLock;
+
+use crate::device::{init, Device};
+use crate::drop_log;
+use crate::error::Result;
+use crate::kernels::KernelModule;
+use crate::result::{self, CUcontext};
+
+/// A GPU's primary context.
+pub struct Context {
+    device: Device,
+    raw: CUcontext,
+    kernels: OnceLock<KernelModule>,
+}
+
+// SAFETY: a CUcontext is an opaque handle that the driver allows to be current on any number
+// of threads at once; every use goes through `bind`, which makes it current on the calling
+// thread first. The lazily loaded kernel module is behind a OnceLock and its function handles
+// are immutable after loading.
+unsafe impl Send for Context {}
+// SAFETY: see Send; the driver serialises concurrent calls on one context internally.
+unsafe impl Sync for Context {}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Context({:?})", self.device)
+    }
+}
+
+impl Context {
+    /// Retains the primary context of `device`.
+    pub fn new(device: Device) -> Result<Context> {
+        init()?;
+        let raw = result::primary_ctx_retain(device.raw())?;
+        let ctx = Context {
+            device,
+            raw,
+            kernels: OnceLock::new(),
+        };
+        ctx.bind()?;
+        Ok(ctx)
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The raw `CUcontext`. Do not free or release it: the `Context` owns one reference.
+    pub fn raw(&self) -> CUcontext {
+        self.raw
+    }
+
+    /// Makes this context current on the calling thread (a no-op when it already is).
+    pub fn bind(&self) -> Result<()> {
+        if result::ctx_get_current()? != self.raw {
+            // SAFETY: `self.raw` is live for as long as `self` is (we hold a retain).
+            unsafe { result::ctx_set_current(self.raw) }?;
+        }
+        Ok(())
+    }
+
+    /// Waits until all work in this context is done.
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        Ok(result::ctx_synchronize()?)
+    }
+
+    /// (free, total) bytes of this context's device (`cuMemGetInfo`).
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        Ok(result::mem_get_info()?)
+    }
+
+    pub(crate) fn kernel_module(&self) -> Result<&KernelModule> {
+        if let Some(module) = self.kernels.get() {
+            return Ok(module);
+        }
+        let module = KernelModule::load(self)?;
+        // Another thread may have won the race; its module is kept and ours is unloaded.
+        let _ = self.kernels.set(module);
+        Ok(self.kernels.get().expect("set above or by the winner"))
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if let Some(module) = self.kernels.take() {
+            if self.bind().is_ok() {
+                module.unload();
+            }
+        }
+        // SAFETY: matches the retain in `new`; every object borrowing this context is gone.
+        drop_log::check("Context (cuDevicePrimaryCtxRelease)", unsafe {
+            result::primary_ctx_release(self.device.raw())
+        });
+    }
+}

@@ -1,0 +1,234 @@
+//! The crate's error type.
+//!
+//! Every fallible operation returns [`Result<T>`](Result). Driver failures keep the call and the
+//! `CUresult` ([`DriverError`]); everything else says what went wrong in this crate's terms and,
+//! where there is one, what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::result::DriverError;
+
+/// Result of this crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in cuda-ipc.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A driver call failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+
+    /// The driver loaded but sees no GPU.
+    #[error(
+        "no CUDA device is visible to this process (cuInit returned CUDA_ERROR_NO_DEVICE). \
+         Check that `nvidia-smi` lists a GPU, that /dev/nvidia* exist in this container \
+         (in Kubernetes: the pod has a GPU claim or nvidia.com/gpu limit), and which GPUs the \
+         process may see: {visibility}"
+    )]
+    NoDevice {
+        /// The visibility variables and device nodes as this process sees them.
+        visibility: String,
+    },
+
+    /// No visible GPU has this ordinal.
+    #[error("GPU ordinal {ordinal} does not exist: this process sees {count} GPU(s) (ordinals 0..{count})")]
+    NoSuchOrdinal {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// How many GPUs the process sees.
+        count: usize,
+    },
+
+    /// No visible GPU has this UUID.
+    #[error(
+        "no visible GPU has UUID {uuid}; this process sees: [{visible}]. Processes in different \
+         pods may number GPUs differently, but they must be given the same GPUs (the same \
+         ResourceClaim) for one to map memory of the other"
+    )]
+    DeviceNotFound {
+        /// The UUID asked for.
+        uuid: String,
+        /// The UUIDs this process sees, comma-separated.
+        visible: String,
+    },
+
+    /// A string is not a GPU UUID.
+    #[error("{input:?} is not a GPU UUID (expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")]
+    BadUuid {
+        /// What was given.
+        input: String,
+    },
+
+    /// An argument is out of range or inconsistent (lengths, alignment, sizes).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Two lengths that must match do not.
+    #[error("length mismatch: {what}: expected {expected} elements, got {actual}")]
+    LengthMismatch {
+        /// Which operation.
+        what: &'static str,
+        /// The length required.
+        expected: usize,
+        /// The length given.
+        actual: usize,
+    },
+
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path where there is one.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A shared descriptor could not be decoded or does not match what was asked for.
+    #[error(transparent)]
+    Descriptor(#[from] crate::ipc::DescriptorError),
+
+    /// The device cannot do what the transport needs.
+    #[error("{device} does not support the {transport} transport: {reason}")]
+    TransportUnsupported {
+        /// The device, as `GPU n (name, uuid)`.
+        device: String,
+        /// The transport asked for.
+        transport: &'static str,
+        /// Which capability is missing.
+        reason: &'static str,
+    },
+
+    /// The importing GPU cannot access memory of the owning GPU.
+    #[error(
+        "GPU {importer} cannot access memory of GPU {owner} (cuDeviceCanAccessPeer is false): \
+         import the buffer on the owner GPU, or copy it through the host"
+    )]
+    PeerAccessUnsupported {
+        /// The owner GPU.
+        owner: String,
+        /// The importing GPU.
+        importer: String,
+    },
+
+    /// Legacy IPC between two processes with the same PID in different PID namespaces.
+    #[error(
+        "the exporter of {what} is PID {pid} in PID namespace {exporter_ns}, and this process is \
+         PID {pid} too, in PID namespace {own_ns}: the CUDA driver takes a legacy IPC handle from \
+         a process with its own PID for a self-import and refuses it (cuIpcOpenMemHandle: \
+         CUDA_ERROR_INVALID_CONTEXT, \"invalid device context\"). This is what happens between \
+         two Kubernetes pods with hostPID: false, whose main processes are both PID 1. Fix it \
+         with one of: the fd transport (Transport::Fd, which does not depend on PIDs), \
+         `hostPID: true` on both pods, or both containers in one pod with \
+         `shareProcessNamespace: true`"
+    )]
+    PidCollision {
+        /// What was being imported.
+        what: String,
+        /// The PID both processes have.
+        pid: u32,
+        /// The exporter's PID namespace inode.
+        exporter_ns: u64,
+        /// This process's PID namespace inode.
+        own_ns: u64,
+    },
+
+    /// A process tried to import its own export.
+    #[error(
+        "{what} was exported by this very process (PID {pid}): use the buffer directly \
+         instead of importing it; the driver refuses a legacy self-import"
+    )]
+    SelfImport {
+        /// What was being imported.
+        what: String,
+        /// This process's PID.
+        pid: u32,
+    },
+
+    /// The exporter runs on another machine (another boot).
+    #[error(
+        "{what} was exported on another host or boot (boot id {exporter_boot}, this host: \
+         {own_boot}): CUDA IPC only works between processes on one machine. Is the shared \
+         directory a network volume shared across nodes? Schedule both pods on one node"
+    )]
+    DifferentHost {
+        /// What was being imported.
+        what: String,
+        /// The exporter's boot id.
+        exporter_boot: String,
+        /// This machine's boot id.
+        own_boot: String,
+    },
+
+    /// A driver call failed during an import, with what the descriptor says about the cause.
+    #[error("{source}. {hint}")]
+    ImportFailed {
+        /// The driver error.
+        #[source]
+        source: DriverError,
+        /// What is likely wrong and what to do.
+        hint: String,
+    },
+
+    /// Waiting for something took longer than allowed.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// How long was waited.
+        waited: Duration,
+    },
+
+    /// The peer on the other end of a rendezvous socket broke the protocol.
+    #[error("protocol error with {peer}: {detail}")]
+    Protocol {
+        /// The socket or peer.
+        peer: String,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The exporter refused this process.
+    #[error("{path}: the exporter refused this consumer: {reason}")]
+    Refused {
+        /// The socket path.
+        path: PathBuf,
+        /// The reason the exporter gave.
+        reason: String,
+    },
+
+    /// The rendezvous directory is not safe to use.
+    #[error("{path}: {reason}")]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is refused and what to do.
+        reason: String,
+    },
+
+    /// A value was asked of an object that does not have it (e.g. the fd of a legacy buffer).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] with a context line.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The driver error inside, if this is one.
+    pub fn driver_error(&self) -> Option<&DriverError> {
+        match self {
+            Error::Driver(e) => Some(e),
+            Error::ImportFailed { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Inter-process sharing of device memory.
+
+mod descriptor;
+
+pub use descriptor::DescriptorError;

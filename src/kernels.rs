@@ -1,0 +1,317 @@
+//! GPU kernels compiled from `kernels/*.cu` by `build.rs`, with typed launchers.
+//!
+//! The PTX is embedded in the library ([`PTX`]) and loaded once per [`Context`] on first use
+//! (`cuModuleLoadData`). Each kernel has a CPU reference in [`reference`](mod@reference) that computes exactly
+//! the same values, so a process can check what another process's GPU wrote:
+//!
+//! ```no_run
+//! use cuda_ipc::prelude::*;
+//! use cuda_ipc::kernels::reference;
+//! let ctx = Context::new(Device::by_ordinal(0)?)?;
+//! let stream = Stream::new(&ctx)?;
+//! let k = ctx.kernels()?;
+//! let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, 1 << 20)?;
+//! k.fill_pattern(&stream, &mut buf, 7)?;
+//! assert_eq!(k.checksum(&stream, &buf)?, reference::pattern_checksum(7, 1 << 20));
+//! # Ok::<(), cuda_ipc::Error>(())
+//! ```
+//!
+//! Kernels that work on 32-bit words (`fill_pattern`, `transform_words`, `checksum`) accept a
+//! buffer of any element type whose byte length is a multiple of 4 and whose address is 4-byte
+//! aligned; the others are typed.
+
+pub mod reference;
+
+use std::ffi::{c_void, CString};
+
+use bytemuck::Pod;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::memory::{check_stream, DeviceBuffer, DeviceMemory, DeviceMemoryMut};
+use crate::result::{self, CUdeviceptr, CUfunction, CUmodule};
+use crate::stream::Stream;
+
+/// The PTX of `kernels/cuda_ipc.cu`, as built by `build.rs`.
+pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_ipc.ptx"));
+/// Where [`PTX`] came from: `"nvcc"` (compiled at build time) or `"committed"` (the copy under
+/// `kernels/`, used when nvcc was not found).
+pub const PTX_ORIGIN: &str = env!("CUDA_IPC_PTX_ORIGIN");
+/// The virtual architecture the PTX was compiled for, e.g. `compute_75`.
+pub const PTX_ARCH: &str = env!("CUDA_IPC_PTX_ARCH");
+/// The `release …` line of the nvcc that compiled it, or `none`.
+pub const NVCC_VERSION: &str = env!("CUDA_IPC_NVCC_VERSION");
+/// The kernels' entry points, as `.entry` names in the PTX.
+pub const ENTRY_POINTS: &[&str] = &[
+    "fill_pattern",
+    "iota_u32",
+    "transform_words",
+    "scale_add_f32",
+    "checksum",
+];
+
+const BLOCK: u32 = 256;
+
+/// The loaded module of a context; owned by the [`Context`], unloaded when it drops.
+pub(crate) struct KernelModule {
+    module: CUmodule,
+    functions: [CUfunction; 5],
+    max_grid: u32,
+}
+
+impl KernelModule {
+    pub(crate) fn load(ctx: &Context) -> Result<Self> {
+        ctx.bind()?;
+        let image = CString::new(PTX).map_err(|_| {
+            Error::InvalidArgument("the embedded PTX contains a NUL byte".to_string())
+        })?;
+        let module = result::module_load_data(&image).map_err(|e| {
+            if e.is(result::codes::UNSUPPORTED_PTX_VERSION) {
+                Error::ImportFailed {
+                    source: e,
+                    hint: format!(
+                        "the kernels were compiled by nvcc {NVCC_VERSION}, whose PTX this driver \
+                         is too old to load: update the NVIDIA driver, or rebuild with the nvcc \
+                         that matches it (set NVCC)"
+                    ),
+                }
+            } else {
+                Error::Driver(e)
+            }
+        })?;
+        let mut functions = [std::ptr::null_mut(); 5];
+        for (slot, name) in functions.iter_mut().zip(ENTRY_POINTS) {
+            let cname = CString::new(*name).expect("entry names have no NUL");
+            // SAFETY: `module` was just loaded and is live.
+            match unsafe { result::module_get_function(module, &cname) } {
+                Ok(f) => *slot = f,
+                Err(e) => {
+                    // SAFETY: unloading the module we loaded; nothing else uses it yet.
+                    let _cleanup = unsafe { result::module_unload(module) };
+                    return Err(e.into());
+                }
+            }
+        }
+        let sms = ctx.device().multiprocessor_count()?.max(1);
+        Ok(KernelModule {
+            module,
+            functions,
+            max_grid: sms.saturating_mul(8),
+        })
+    }
+
+    /// Unloads; the owning context must be current.
+    pub(crate) fn unload(self) {
+        // SAFETY: called once, from the context's drop, after every user of it is gone.
+        crate::drop_log::check("kernel module (cuModuleUnload)", unsafe {
+            result::module_unload(self.module)
+        });
+    }
+}
+
+/// The kernels of one context. Get it with [`Context::kernels`].
+#[derive(Clone, Copy)]
+pub struct Kernels<'ctx> {
+    ctx: &'ctx Context,
+    module: &'ctx KernelModule,
+}
+
+impl std::fmt::Debug for Kernels<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernels({:?})", self.ctx.device())
+    }
+}
+
+impl Context {
+    /// The kernels, loading the module into this context on first use.
+    pub fn kernels(&self) -> Result<Kernels<'_>> {
+        Ok(Kernels {
+            ctx: self,
+            module: self.kernel_module()?,
+        })
+    }
+}
+
+/// A device pointer and a word count, checked for word alignment.
+fn words(ptr: CUdeviceptr, bytes: usize, what: &str) -> Result<(CUdeviceptr, u64)> {
+    if bytes % 4 != 0 || ptr % 4 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} works on 32-bit words: the memory must be 4-byte aligned and a multiple of \
+             4 bytes long (address {ptr:#x}, {bytes} bytes)"
+        )));
+    }
+    Ok((ptr, (bytes / 4) as u64))
+}
+
+impl<'ctx> Kernels<'ctx> {
+    fn grid(&self, n: u64) -> u32 {
+        let blocks = n.div_ceil(BLOCK as u64).max(1);
+        blocks.min(self.module.max_grid as u64) as u32
+    }
+
+    fn launch(
+        &self,
+        index: usize,
+        n: u64,
+        stream: &Stream<'_>,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        check_stream(self.ctx, stream)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.ctx.bind()?;
+        // SAFETY: each launcher below passes one pointer per kernel parameter, to a value of
+        // the parameter's exact type (u64 device pointers, u64 counts, u32/f32 scalars), and
+        // has checked that the memory covers `n` elements of what the kernel touches. The
+        // memory outlives the launch because buffers synchronize their context before freeing.
+        Ok(unsafe {
+            result::launch_kernel(
+                self.module.functions[index],
+                self.grid(n),
+                BLOCK,
+                stream.raw(),
+                params,
+            )
+        }?)
+    }
+
+    fn check_memory<T: Pod>(&self, mem: &impl DeviceMemory<T>, what: &str) -> Result<()> {
+        if mem.view().context().raw() != self.ctx.raw() {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the memory is mapped in {:?}, the kernels belong to {:?}",
+                mem.view().context().device(),
+                self.ctx.device()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fills the words of `buf` with the deterministic pattern of `seed`
+    /// ([`reference::pattern_word`]).
+    pub fn fill_pattern<T: Pod>(
+        &self,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<T>,
+        seed: u32,
+    ) -> Result<()> {
+        self.check_memory(buf, "fill_pattern")?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "fill_pattern")?;
+        let mut seed = seed;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut seed as *mut u32).cast(),
+        ];
+        self.launch(0, n, stream, &mut params)
+    }
+
+    /// `buf[i] = start + i` (wrapping).
+    pub fn iota_u32(
+        &self,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<u32>,
+        start: u32,
+    ) -> Result<()> {
+        self.check_memory(buf, "iota_u32")?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = (view.device_ptr(), view.len() as u64);
+        let mut start = start;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut start as *mut u32).cast(),
+        ];
+        self.launch(1, n, stream, &mut params)
+    }
+
+    /// Transforms every word in place: `w = w * 0x9E3779B1 + key` (wrapping;
+    /// [`reference::transform_word`]).
+    pub fn transform_words<T: Pod>(
+        &self,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<T>,
+        key: u32,
+    ) -> Result<()> {
+        self.check_memory(buf, "transform_words")?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "transform_words")?;
+        let mut key = key;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut key as *mut u32).cast(),
+        ];
+        self.launch(2, n, stream, &mut params)
+    }
+
+    /// `x[i] = a * x[i] + b` with one fused multiply-add ([`reference::scale_add_f32`]).
+    pub fn scale_add_f32(
+        &self,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<f32>,
+        a: f32,
+        b: f32,
+    ) -> Result<()> {
+        self.check_memory(buf, "scale_add_f32")?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = (view.device_ptr(), view.len() as u64);
+        let (mut a, mut b) = (a, b);
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut a as *mut f32).cast(),
+            (&mut b as *mut f32).cast(),
+        ];
+        self.launch(3, n, stream, &mut params)
+    }
+
+    /// Queues the digest of `buf`'s words ([`reference::checksum_words`]) into `out[0]`,
+    /// which is zeroed first. Nothing waits: read `out` after the stream is done.
+    pub fn checksum_into<T: Pod>(
+        &self,
+        stream: &Stream<'_>,
+        buf: &impl DeviceMemory<T>,
+        out: &mut impl DeviceMemoryMut<u64>,
+    ) -> Result<()> {
+        self.check_memory(buf, "checksum")?;
+        self.check_memory(out, "checksum output")?;
+        let mut out_view = out.view_mut();
+        if out_view.len() != 1 {
+            return Err(Error::LengthMismatch {
+                what: "checksum output",
+                expected: 1,
+                actual: out_view.len(),
+            });
+        }
+        out_view.zero_async(stream)?;
+        let view = buf.view();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "checksum")?;
+        let mut out_ptr = out_view.device_ptr();
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut out_ptr as *mut u64).cast(),
+        ];
+        self.launch(4, n, stream, &mut params)
+    }
+
+    /// The digest of `buf`'s words, computed on the GPU; waits for `stream`.
+    pub fn checksum<T: Pod>(&self, stream: &Stream<'_>, buf: &impl DeviceMemory<T>) -> Result<u64> {
+        let mut out = DeviceBuffer::<u64>::zeroed(self.ctx, 1)?;
+        self.checksum_into(stream, buf, &mut out)?;
+        stream.synchronize()?;
+        Ok(out.copy_to_vec()?[0])
+    }
+}
+
+/// The entry points of [`ENTRY_POINTS`] that `ptx` does not declare as visible entries
+/// (empty when all are there).
+pub fn missing_entry_points(ptx: &str) -> Vec<&'static str> {
+    ENTRY_POINTS
+        .iter()
+        .copied()
+        .filter(|name| !ptx.contains(&format!(".visible .entry {name}(")))
+        .collect()
+}

@@ -1,0 +1,85 @@
+//! Streams: ordered queues of GPU work.
+//!
+//! A [`Stream`] borrows its [`Context`], so it cannot outlive it. Streams are blocking streams
+//! (`CU_STREAM_DEFAULT`): they are ordered with the synchronous copies of [`crate::memory`],
+//! which run on the legacy default stream.
+//!
+//! ```no_run
+//! use cuda_ipc::{Context, Device, DeviceBuffer, Stream};
+//! let ctx = Context::new(Device::by_ordinal(0)?)?;
+//! let stream = Stream::new(&ctx)?;
+//! let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, 1024)?;
+//! ctx.kernels()?.iota_u32(&stream, &mut buf, 7)?;
+//! stream.synchronize()?;
+//! # Ok::<(), cuda_ipc::Error>(())
+//! ```
+
+use crate::context::Context;
+use crate::drop_log;
+use crate::error::Result;
+use crate::event::Event;
+use crate::result::{self, CUstream};
+
+/// A CUDA stream of a context.
+pub struct Stream<'ctx> {
+    ctx: &'ctx Context,
+    raw: CUstream,
+}
+
+// SAFETY: a CUstream may be used from any thread; every use binds the context first.
+unsafe impl Send for Stream<'_> {}
+// SAFETY: the driver serialises concurrent submissions to one stream.
+unsafe impl Sync for Stream<'_> {}
+
+impl std::fmt::Debug for Stream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stream({:?}, {:p})", self.ctx.device(), self.raw)
+    }
+}
+
+impl<'ctx> Stream<'ctx> {
+    /// A new stream in `ctx`.
+    pub fn new(ctx: &'ctx Context) -> Result<Self> {
+        ctx.bind()?;
+        let raw = result::stream_create()?;
+        Ok(Stream { ctx, raw })
+    }
+
+    /// The context.
+    pub fn context(&self) -> &'ctx Context {
+        self.ctx
+    }
+
+    /// The raw `CUstream`. Do not destroy it: the `Stream` owns it.
+    pub fn raw(&self) -> CUstream {
+        self.raw
+    }
+
+    /// Waits until all work queued on this stream is done.
+    pub fn synchronize(&self) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: `self.raw` is live while `self` is.
+        Ok(unsafe { result::stream_synchronize(self.raw) }?)
+    }
+
+    /// Makes later work on this stream wait for `event` (which may be of another context or,
+    /// for an IPC event, another process).
+    pub fn wait_event(&self, event: &Event<'_>) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: both handles are live while their owners are borrowed.
+        Ok(unsafe { result::stream_wait_event(self.raw, event.raw()) }?)
+    }
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.ctx.bind() {
+            drop_log::record("Stream (binding its context)", e);
+            return;
+        }
+        // SAFETY: we own the stream; queued work completes on its own after destruction.
+        drop_log::check("Stream (cuStreamDestroy)", unsafe {
+            result::stream_destroy(self.raw)
+        });
+    }
+}

@@ -1,0 +1,75 @@
+//! CPU tests of the driver-error layer, against the real driver library (no GPU needed).
+
+use cuda_ipc::result::{code_name, codes, driver_code_name, DriverError, KNOWN_CODES};
+
+#[test]
+fn every_known_code_has_the_drivers_own_name() {
+    let mut unknown_to_driver = Vec::new();
+    for &(code, name) in KNOWN_CODES {
+        assert_eq!(code_name(code), Some(name));
+        match driver_code_name(code) {
+            Some(driver_name) => assert_eq!(driver_name, name, "code {code}"),
+            None => unknown_to_driver.push(code),
+        }
+    }
+    // The 535 driver of CI knows every code this crate can return.
+    assert!(
+        unknown_to_driver.is_empty(),
+        "the driver does not name codes {unknown_to_driver:?}"
+    );
+}
+
+#[test]
+fn known_codes_are_unique() {
+    let mut seen = std::collections::HashSet::new();
+    for &(code, name) in KNOWN_CODES {
+        assert!(seen.insert(code), "duplicate code {code} ({name})");
+    }
+}
+
+#[test]
+fn display_names_the_call_the_code_and_the_description() {
+    let e = DriverError::new("cuIpcOpenMemHandle", codes::INVALID_CONTEXT);
+    let text = e.to_string();
+    assert!(text.starts_with("cuIpcOpenMemHandle failed with CUDA_ERROR_INVALID_CONTEXT (201)"));
+    assert_eq!(e.description().as_deref(), Some("invalid device context"));
+    assert!(text.ends_with(": invalid device context"), "{text}");
+    assert_eq!(e.call(), "cuIpcOpenMemHandle");
+    assert!(e.is(201));
+}
+
+#[test]
+fn a_code_nobody_knows_still_renders() {
+    let e = DriverError::new("cuMemMap", 123_456);
+    assert_eq!(e.name(), "CUDA_ERROR_123456");
+    assert!(e
+        .to_string()
+        .contains("cuMemMap failed with CUDA_ERROR_123456 (123456)"));
+}
+
+#[test]
+fn no_device_code_maps_to_its_name() {
+    assert_eq!(
+        DriverError::new("cuInit", codes::NO_DEVICE).name(),
+        "CUDA_ERROR_NO_DEVICE"
+    );
+}
+
+#[test]
+fn driver_error_converts_into_crate_error() {
+    let e: cuda_ipc::Error = DriverError::new("cuMemAlloc", codes::OUT_OF_MEMORY).into();
+    assert_eq!(e.driver_error().map(|d| d.code()), Some(2));
+    assert!(e.to_string().contains("CUDA_ERROR_OUT_OF_MEMORY"));
+}
+
+#[test]
+fn ffi_layouts_match_cuda_h() {
+    use cuda_ipc::sys;
+    use std::mem::size_of;
+    assert_eq!(size_of::<sys::CUipcMemHandle>(), 64);
+    assert_eq!(size_of::<sys::CUipcEventHandle>(), 64);
+    assert_eq!(size_of::<sys::CUuuid>(), 16);
+    assert_eq!(size_of::<sys::CUmemAllocationProp>(), 32);
+    assert_eq!(size_of::<sys::CUmemAccessDesc>(), 12);
+    assert_eq!(size_of::<sys::CUresultCode>(), 4);
+}
