@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 use crate::device::{init, Device};
 use crate::drop_log;
 use crate::error::Result;
+use crate::ipc::mapping::ImportCache;
 use crate::kernels::KernelModule;
 use crate::result::{self, CUcontext};
 
@@ -30,6 +31,7 @@ pub struct Context {
     device: Device,
     raw: CUcontext,
     kernels: OnceLock<KernelModule>,
+    imports: ImportCache,
 }
 
 // SAFETY: a CUcontext is an opaque handle that the driver allows to be current on any number
@@ -55,6 +57,7 @@ impl Context {
             device,
             raw,
             kernels: OnceLock::new(),
+            imports: ImportCache::default(),
         };
         ctx.bind()?;
         Ok(ctx)
@@ -89,6 +92,16 @@ impl Context {
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
         Ok(result::mem_get_info()?)
+    }
+
+    /// How many imported mappings are live in this context (each maps one exported buffer,
+    /// however many [`SharedDeviceBuffer`](crate::ipc::SharedDeviceBuffer)s share it).
+    pub fn imported_mappings(&self) -> usize {
+        self.imports.lock().live()
+    }
+
+    pub(crate) fn import_cache(&self) -> &ImportCache {
+        &self.imports
     }
 
     pub(crate) fn kernel_module(&self) -> Result<&KernelModule> {

@@ -41,6 +41,7 @@ pub mod event;
 pub mod ipc;
 pub mod kernels;
 pub mod memory;
+pub mod os;
 pub mod result;
 pub mod stream;
 pub mod sys;

@@ -1,15 +1,427 @@
-//! The shared descriptor.
+//! The descriptor: what one process tells another about a shared buffer.
+//!
+//! A descriptor is a fixed-size (216 bytes), little-endian, versioned record that both
+//! transports share. It names the element type, the length, the owner GPU and the exporting
+//! process, carries the legacy handle where there is one, and ends with a checksum over all of
+//! it. [`Descriptor::decode`] rejects anything malformed with its own [`DescriptorError`], and
+//! nothing calls the driver before a descriptor has decoded and matched what the importer asked
+//! for.
+//!
+//! ```
+//! use cuda_ipc::ipc::{Descriptor, DescriptorError, TypeTag};
+//! let mut d = Descriptor::example();
+//! d.type_tag = TypeTag::of::<f32>().0;
+//! let bytes = d.encode();
+//! let back = Descriptor::decode(&bytes)?;
+//! assert_eq!(back, d);
+//! back.check_type::<f32>(TypeTag::of::<f32>())?;
+//! assert!(matches!(back.check_type::<u32>(TypeTag::of::<u32>()), Err(DescriptorError::TypeMismatch { .. })));
+//!
+//! let mut corrupt = bytes;
+//! corrupt[100] ^= 1;
+//! assert_eq!(Descriptor::decode(&corrupt), Err(DescriptorError::ChecksumMismatch));
+//! # Ok::<(), DescriptorError>(())
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+/// The first 8 bytes of every descriptor.
+pub const MAGIC: [u8; 8] = *b"CUDAIPC\0";
+/// The format version this crate writes and reads.
+pub const VERSION: u32 = 1;
+/// Size of an encoded descriptor.
+pub const ENCODED_LEN: usize = std::mem::size_of::<RawDescriptor>();
+
+/// How the memory travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum WireTransport {
+    /// `cuIpcGetMemHandle` handle inside the descriptor.
+    Legacy = 1,
+    /// VMM allocation exported as a POSIX fd, sent over the rendezvous socket.
+    Fd = 2,
+}
+
+impl WireTransport {
+    /// Its name in messages: `legacy` or `fd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WireTransport::Legacy => "legacy",
+            WireTransport::Fd => "fd",
+        }
+    }
+}
+
+/// A fingerprint of an element type: FNV-1a 64 of its type name, or of a tag the program
+/// chooses (to share with programs in other languages, or across compiler versions, whose type
+/// names may differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeTag(pub u64);
+
+impl TypeTag {
+    /// The fingerprint of `std::any::type_name::<T>()`.
+    pub fn of<T: ?Sized>() -> TypeTag {
+        TypeTag(fnv1a(std::any::type_name::<T>().as_bytes()))
+    }
+    /// The fingerprint of a name of your choosing, e.g. `"my-app/Frame/v2"`.
+    pub fn named(name: &str) -> TypeTag {
+        TypeTag(fnv1a(name.as_bytes()))
+    }
+}
+
+/// FNV-1a, 64 bits.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The wire layout. Every integer is little-endian; there is no padding.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+struct RawDescriptor {
+    magic: [u8; 8],
+    version: u32,
+    transport: u32,
+    elem_size: u32,
+    elem_align: u32,
+    type_tag: u64,
+    len: u64,
+    byte_size: u64,
+    alloc_size: u64,
+    offset: u64,
+    owner_uuid: [u8; 16],
+    exporter_pid: u32,
+    exporter_uid: u32,
+    pid_namespace: u64,
+    boot_id: [u8; 16],
+    buffer_id: [u8; 16],
+    generation: u64,
+    signal_offset: u64,
+    handle: [u8; 64],
+    checksum: u64,
+}
+
+const _: () = assert!(ENCODED_LEN == 216);
+const CHECKED_LEN: usize = ENCODED_LEN - 8;
+
+/// A decoded, checked descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    /// How the memory travels.
+    pub transport: WireTransport,
+    /// `size_of` the element type.
+    pub elem_size: u32,
+    /// `align_of` the element type.
+    pub elem_align: u32,
+    /// The element type's [`TypeTag`].
+    pub type_tag: u64,
+    /// Elements.
+    pub len: u64,
+    /// Bytes of data: `len * elem_size`.
+    pub byte_size: u64,
+    /// Bytes of the whole allocation (data, signal words, rounding).
+    pub alloc_size: u64,
+    /// Where the data starts in the allocation.
+    pub offset: u64,
+    /// The owner GPU's UUID.
+    pub owner_uuid: [u8; 16],
+    /// The exporter's PID, in its own PID namespace.
+    pub exporter_pid: u32,
+    /// The exporter's effective uid.
+    pub exporter_uid: u32,
+    /// The inode of the exporter's `/proc/self/ns/pid` (0 if unknown).
+    pub pid_namespace: u64,
+    /// The exporter's `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: [u8; 16],
+    /// Random id of this buffer, new for every allocation.
+    pub buffer_id: [u8; 16],
+    /// Publication generation under one name: a restarted producer publishes a higher one.
+    pub generation: u64,
+    /// Where the two 32-bit signal words start in the allocation (0: none).
+    pub signal_offset: u64,
+    /// The `cuIpcGetMemHandle` bytes (legacy), zeros otherwise.
+    pub handle: [u8; 64],
+}
 
 /// Why a descriptor was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DescriptorError {
     /// Fewer bytes than a descriptor has.
-    #[error("descriptor truncated: {got} bytes, expected {expected}")]
+    #[error("descriptor truncated: {got} bytes, a version-{VERSION} descriptor has {expected}")]
     Truncated {
         /// Bytes received.
         got: usize,
         /// Bytes a descriptor has.
         expected: usize,
     },
+    /// More bytes than a descriptor has.
+    #[error("descriptor too long: {got} bytes, a version-{VERSION} descriptor has {expected}")]
+    TooLong {
+        /// Bytes received.
+        got: usize,
+        /// Bytes a descriptor has.
+        expected: usize,
+    },
+    /// The bytes are not a cuda-ipc descriptor.
+    #[error("not a cuda-ipc descriptor (bad magic {found:02x?}); is this the right file?")]
+    BadMagic {
+        /// The first 8 bytes found.
+        found: [u8; 8],
+    },
+    /// A descriptor of another format version.
+    #[error(
+        "descriptor format version {found} is not supported (this build reads version \
+         {VERSION}): use the same cuda-ipc version on both sides"
+    )]
+    UnsupportedVersion {
+        /// The version found.
+        found: u32,
+    },
+    /// The checksum does not match: the bytes were corrupted or changed.
+    #[error("descriptor checksum mismatch: the descriptor was corrupted or tampered with")]
+    ChecksumMismatch,
+    /// An unknown transport number.
+    #[error("unknown transport {0} in descriptor")]
+    UnknownTransport(u32),
+    /// The fields contradict each other.
+    #[error("inconsistent descriptor: {0}")]
+    Inconsistent(String),
+    /// The element type differs from the one asked for.
+    #[error(
+        "element type mismatch: the buffer holds elements of {found_size} bytes (align \
+         {found_align}, tag {found_tag:#018x}), the importer asked for {expected} ({expected_size} \
+         bytes, align {expected_align}, tag {expected_tag:#018x})"
+    )]
+    TypeMismatch {
+        /// The type asked for.
+        expected: &'static str,
+        /// Its size.
+        expected_size: u32,
+        /// Its alignment.
+        expected_align: u32,
+        /// Its tag.
+        expected_tag: u64,
+        /// The buffer's element size.
+        found_size: u32,
+        /// The buffer's element alignment.
+        found_align: u32,
+        /// The buffer's tag.
+        found_tag: u64,
+    },
+    /// The element count differs from the one asked for.
+    #[error("length mismatch: the buffer has {found} elements, the importer asked for {expected}")]
+    LengthMismatch {
+        /// Elements asked for.
+        expected: u64,
+        /// Elements the buffer has.
+        found: u64,
+    },
+}
+
+impl Descriptor {
+    /// Encodes to the 216-byte wire form, checksum included.
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        let raw = RawDescriptor {
+            magic: MAGIC,
+            version: VERSION.to_le(),
+            transport: (self.transport as u32).to_le(),
+            elem_size: self.elem_size.to_le(),
+            elem_align: self.elem_align.to_le(),
+            type_tag: self.type_tag.to_le(),
+            len: self.len.to_le(),
+            byte_size: self.byte_size.to_le(),
+            alloc_size: self.alloc_size.to_le(),
+            offset: self.offset.to_le(),
+            owner_uuid: self.owner_uuid,
+            exporter_pid: self.exporter_pid.to_le(),
+            exporter_uid: self.exporter_uid.to_le(),
+            pid_namespace: self.pid_namespace.to_le(),
+            boot_id: self.boot_id,
+            buffer_id: self.buffer_id,
+            generation: self.generation.to_le(),
+            signal_offset: self.signal_offset.to_le(),
+            handle: self.handle,
+            checksum: 0,
+        };
+        let mut out = [0u8; ENCODED_LEN];
+        out.copy_from_slice(bytemuck::bytes_of(&raw));
+        let sum = fnv1a(&out[..CHECKED_LEN]);
+        out[CHECKED_LEN..].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks: size, magic, version, checksum, transport, and that the fields agree
+    /// with each other. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Descriptor, DescriptorError> {
+        if bytes.len() < 12 {
+            return Err(DescriptorError::Truncated {
+                got: bytes.len(),
+                expected: ENCODED_LEN,
+            });
+        }
+        let magic: [u8; 8] = bytes[..8].try_into().expect("length checked");
+        if magic != MAGIC {
+            return Err(DescriptorError::BadMagic { found: magic });
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("length checked"));
+        if version != VERSION {
+            return Err(DescriptorError::UnsupportedVersion { found: version });
+        }
+        if bytes.len() < ENCODED_LEN {
+            return Err(DescriptorError::Truncated {
+                got: bytes.len(),
+                expected: ENCODED_LEN,
+            });
+        }
+        if bytes.len() > ENCODED_LEN {
+            return Err(DescriptorError::TooLong {
+                got: bytes.len(),
+                expected: ENCODED_LEN,
+            });
+        }
+        let raw: RawDescriptor = bytemuck::pod_read_unaligned(bytes);
+        if fnv1a(&bytes[..CHECKED_LEN]) != u64::from_le(raw.checksum) {
+            return Err(DescriptorError::ChecksumMismatch);
+        }
+        let transport = match u32::from_le(raw.transport) {
+            1 => WireTransport::Legacy,
+            2 => WireTransport::Fd,
+            other => return Err(DescriptorError::UnknownTransport(other)),
+        };
+        let d = Descriptor {
+            transport,
+            elem_size: u32::from_le(raw.elem_size),
+            elem_align: u32::from_le(raw.elem_align),
+            type_tag: u64::from_le(raw.type_tag),
+            len: u64::from_le(raw.len),
+            byte_size: u64::from_le(raw.byte_size),
+            alloc_size: u64::from_le(raw.alloc_size),
+            offset: u64::from_le(raw.offset),
+            owner_uuid: raw.owner_uuid,
+            exporter_pid: u32::from_le(raw.exporter_pid),
+            exporter_uid: u32::from_le(raw.exporter_uid),
+            pid_namespace: u64::from_le(raw.pid_namespace),
+            boot_id: raw.boot_id,
+            buffer_id: raw.buffer_id,
+            generation: u64::from_le(raw.generation),
+            signal_offset: u64::from_le(raw.signal_offset),
+            handle: raw.handle,
+        };
+        d.check_consistency()?;
+        Ok(d)
+    }
+
+    fn check_consistency(&self) -> Result<(), DescriptorError> {
+        let bad = |s: String| Err(DescriptorError::Inconsistent(s));
+        if self.elem_align == 0 || !self.elem_align.is_power_of_two() {
+            return bad(format!(
+                "element alignment {} is not a power of two",
+                self.elem_align
+            ));
+        }
+        if self.elem_size != 0 && self.elem_size % self.elem_align != 0 {
+            return bad(format!(
+                "element size {} is not a multiple of its alignment {}",
+                self.elem_size, self.elem_align
+            ));
+        }
+        match self.len.checked_mul(self.elem_size as u64) {
+            Some(b) if b == self.byte_size => {}
+            _ => {
+                return bad(format!(
+                    "{} elements of {} bytes are not {} bytes",
+                    self.len, self.elem_size, self.byte_size
+                ))
+            }
+        }
+        match self.offset.checked_add(self.byte_size) {
+            Some(end) if end <= self.alloc_size => {}
+            _ => {
+                return bad(format!(
+                    "offset {} + {} bytes lies beyond the allocation of {} bytes",
+                    self.offset, self.byte_size, self.alloc_size
+                ))
+            }
+        }
+        if self.offset % self.elem_align as u64 != 0 {
+            return bad(format!(
+                "offset {} is not aligned to {}",
+                self.offset, self.elem_align
+            ));
+        }
+        if self.signal_offset != 0 {
+            let end = self.signal_offset.checked_add(8);
+            let overlaps = self.signal_offset < self.offset + self.byte_size
+                && self.offset < self.signal_offset + 8;
+            if end.is_none_or(|e| e > self.alloc_size) || self.signal_offset % 4 != 0 || overlaps {
+                return bad(format!(
+                    "signal words at {} do not fit the allocation of {} bytes outside the data",
+                    self.signal_offset, self.alloc_size
+                ));
+            }
+        }
+        if self.transport == WireTransport::Legacy && self.handle == [0; 64] {
+            return bad("a legacy descriptor without a handle".into());
+        }
+        if self.buffer_id == [0; 16] {
+            return bad("buffer id is zero".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that the buffer holds elements of `T` with `tag` (usually [`TypeTag::of::<T>()`]).
+    pub fn check_type<T>(&self, tag: TypeTag) -> Result<(), DescriptorError> {
+        let (size, align) = (
+            std::mem::size_of::<T>() as u32,
+            std::mem::align_of::<T>() as u32,
+        );
+        if size != self.elem_size || align != self.elem_align || tag.0 != self.type_tag {
+            return Err(DescriptorError::TypeMismatch {
+                expected: std::any::type_name::<T>(),
+                expected_size: size,
+                expected_align: align,
+                expected_tag: tag.0,
+                found_size: self.elem_size,
+                found_align: self.elem_align,
+                found_tag: self.type_tag,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the element count.
+    pub fn check_len(&self, expected: u64) -> Result<(), DescriptorError> {
+        if expected != self.len {
+            return Err(DescriptorError::LengthMismatch {
+                expected,
+                found: self.len,
+            });
+        }
+        Ok(())
+    }
+
+    /// A valid descriptor with made-up values, for examples and tests.
+    pub fn example() -> Descriptor {
+        Descriptor {
+            transport: WireTransport::Legacy,
+            elem_size: 4,
+            elem_align: 4,
+            type_tag: TypeTag::of::<u32>().0,
+            len: 1024,
+            byte_size: 4096,
+            alloc_size: 8192,
+            offset: 0,
+            owner_uuid: [0x11; 16],
+            exporter_pid: 4242,
+            exporter_uid: 1000,
+            pid_namespace: 4_026_531_836,
+            boot_id: [0x22; 16],
+            buffer_id: [0x33; 16],
+            generation: 1,
+            signal_offset: 4096,
+            handle: [0x44; 64],
+        }
+    }
 }

@@ -1,0 +1,115 @@
+//! Who a process is, as far as CUDA IPC cares: PID, PID namespace, boot, uid.
+//!
+//! The driver refuses a legacy IPC handle whose exporter PID equals the importer's own PID,
+//! taking it for a self-import. Two containers whose main processes are both PID 1 in their own
+//! PID namespaces always collide. The descriptor carries the exporter's identity, so the
+//! importer can tell the cause before calling the driver ([`diagnose`]).
+
+use std::os::unix::fs::MetadataExt;
+
+use super::descriptor::{Descriptor, WireTransport};
+use crate::error::{Error, Result};
+
+/// The identity of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// PID in the process's own PID namespace.
+    pub pid: u32,
+    /// Effective uid.
+    pub uid: u32,
+    /// Inode of `/proc/self/ns/pid`; 0 if it cannot be read.
+    pub pid_namespace: u64,
+    /// `/proc/sys/kernel/random/boot_id`; zeros if it cannot be read.
+    pub boot_id: [u8; 16],
+}
+
+impl ProcessIdentity {
+    /// This process.
+    pub fn current() -> ProcessIdentity {
+        ProcessIdentity {
+            pid: std::process::id(),
+            uid: crate::os::effective_uid(),
+            pid_namespace: std::fs::metadata("/proc/self/ns/pid")
+                .map(|m| m.ino())
+                .unwrap_or(0),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .and_then(|s| parse_boot_id(&s))
+                .unwrap_or([0; 16]),
+        }
+    }
+
+    /// The exporter's identity as a descriptor records it.
+    pub fn of_exporter(d: &Descriptor) -> ProcessIdentity {
+        ProcessIdentity {
+            pid: d.exporter_pid,
+            uid: d.exporter_uid,
+            pid_namespace: d.pid_namespace,
+            boot_id: d.boot_id,
+        }
+    }
+}
+
+/// Parses a boot id (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
+pub fn parse_boot_id(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.trim().chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks, before any driver call, whether importing what `d` describes into the process `own`
+/// can work:
+/// - another boot id: [`Error::DifferentHost`];
+/// - the same PID in the same PID namespace: [`Error::SelfImport`];
+/// - the same PID in another (or an unknown) PID namespace, legacy transport:
+///   [`Error::PidCollision`]. The fd transport does not depend on PIDs.
+pub fn diagnose(d: &Descriptor, own: &ProcessIdentity, what: &str) -> Result<()> {
+    let exporter = ProcessIdentity::of_exporter(d);
+    if exporter.boot_id != [0; 16] && own.boot_id != [0; 16] && exporter.boot_id != own.boot_id {
+        return Err(Error::DifferentHost {
+            what: what.to_string(),
+            exporter_boot: hex(&exporter.boot_id),
+            own_boot: hex(&own.boot_id),
+        });
+    }
+    if exporter.pid != own.pid {
+        return Ok(());
+    }
+    let same_namespace = exporter.pid_namespace != 0 && exporter.pid_namespace == own.pid_namespace;
+    if same_namespace {
+        return Err(Error::SelfImport {
+            what: what.to_string(),
+            pid: own.pid,
+        });
+    }
+    if d.transport == WireTransport::Legacy {
+        return Err(Error::PidCollision {
+            what: what.to_string(),
+            pid: own.pid,
+            exporter_ns: exporter.pid_namespace,
+            own_ns: own.pid_namespace,
+        });
+    }
+    Ok(())
+}
+
+/// What to tell a user when the driver refuses a legacy import despite [`diagnose`].
+pub fn legacy_open_hint(d: &Descriptor, own: &ProcessIdentity) -> String {
+    format!(
+        "The exporter is PID {} (PID namespace {}) and this process is PID {} (namespace {}). \
+         If the exporter has exited, publish again; if the two processes share a PID (pods \
+         with hostPID: false), use the fd transport, hostPID: true or shareProcessNamespace: \
+         true",
+        d.exporter_pid, d.pid_namespace, own.pid, own.pid_namespace
+    )
+}

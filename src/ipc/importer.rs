@@ -1,0 +1,299 @@
+//! The consumer's side: find a published name, take a lease, map the memory.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use crate::context::Context;
+use crate::device::{Device, GpuUuid};
+use crate::error::{Error, Result};
+use crate::result;
+
+use super::allocation::{close_legacy, map_vmm_fd};
+use super::channel::{self, FrameReader, Kind};
+use super::descriptor::{Descriptor, TypeTag, WireTransport};
+use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
+use super::mapping::{CacheKey, ImportedMapping, Lease, MappingKind};
+use super::rendezvous::{check_dir, read_limited, wait_for, Names};
+use super::shared_buffer::SharedDeviceBuffer;
+
+/// How to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// How long to wait for the name to be published and the exporter to answer.
+    pub timeout: Duration,
+    /// The element type's tag, when the exporter set one ([`SharedDeviceBuffer::with_type_tag`]);
+    /// default: [`TypeTag::of::<T>()`].
+    pub type_tag: Option<TypeTag>,
+    /// Refuse the buffer unless it has exactly this many elements.
+    pub expected_len: Option<usize>,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            timeout: Duration::from_secs(30),
+            type_tag: None,
+            expected_len: None,
+        }
+    }
+}
+
+impl ImportOptions {
+    /// The defaults with this timeout.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ImportOptions {
+            timeout,
+            ..Self::default()
+        }
+    }
+}
+
+fn check<T: Pod>(d: &Descriptor, opts: &ImportOptions) -> Result<()> {
+    d.check_type::<T>(opts.type_tag.unwrap_or_else(TypeTag::of::<T>))?;
+    if let Some(n) = opts.expected_len {
+        d.check_len(n as u64)?;
+    }
+    Ok(())
+}
+
+/// Connects to the exporter's socket, retrying while it is not (yet) listening.
+fn connect(names: &Names, deadline: Instant, timeout: Duration) -> Result<UnixStream> {
+    let mut interval = Duration::from_millis(1);
+    loop {
+        match UnixStream::connect(&names.socket) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!(
+                            "the exporter to accept connections at {} (last error: {e}; has the \
+                             producer exited?)",
+                            names.socket.display()
+                        ),
+                        waited: timeout,
+                    });
+                }
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("connecting to {}", names.socket.display()),
+                    e,
+                ))
+            }
+        }
+        std::thread::sleep(interval.min(deadline.saturating_duration_since(Instant::now())));
+        interval = (interval * 2).min(Duration::from_millis(50));
+    }
+}
+
+impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
+    /// Imports the buffer published at `path` (`<dir>/<name>`), waiting up to `timeout` for it
+    /// to appear. See [`import_with`](Self::import_with).
+    pub fn import(ctx: &'ctx Context, path: impl AsRef<Path>, timeout: Duration) -> Result<Self> {
+        Self::import_with(ctx, path, &ImportOptions::with_timeout(timeout))
+    }
+
+    /// Imports the buffer published at `path` into `ctx` (any GPU that can access the owner's):
+    /// waits for the descriptor, checks it (format, element type, length, and for the legacy
+    /// transport the PID collision, self-import and other-host cases) before any driver call,
+    /// takes a lease on the exporter's socket (receiving the memory's fd for the fd transport),
+    /// and maps the memory — or returns the mapping this context already has.
+    pub fn import_with(
+        ctx: &'ctx Context,
+        path: impl AsRef<Path>,
+        opts: &ImportOptions,
+    ) -> Result<Self> {
+        let names = Names::for_path(path)?;
+        let start = Instant::now();
+        let deadline = start + opts.timeout;
+        wait_for(
+            &names.descriptor,
+            opts.timeout,
+            &format!("buffer {:?}", names.name),
+        )?;
+        check_dir(&names.dir)?;
+        let bytes = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN)
+            .map_err(|e| Error::io(format!("reading {}", names.descriptor.display()), e))?;
+        let file_desc = Descriptor::decode(&bytes)?;
+        check::<T>(&file_desc, opts)?;
+        let own = ProcessIdentity::current();
+        diagnose(&file_desc, &own, &format!("buffer {:?}", names.name))?;
+
+        // Lease (and, for the fd transport, the memory itself) from the exporter.
+        let peer = format!("exporter at {}", names.socket.display());
+        let stream = connect(&names, deadline, opts.timeout)?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream
+            .set_write_timeout(Some(left))
+            .map_err(|e| Error::io("setting a socket timeout", e))?;
+        channel::send(
+            &stream,
+            Kind::Hello,
+            &channel::PROTOCOL_VERSION.to_le_bytes(),
+            None,
+        )
+        .map_err(|e| Error::io(format!("sending hello to {peer}"), e))?;
+        let mut reader = FrameReader::new();
+        let mut offer = reader
+            .read_within(&stream, left, &peer)
+            .map_err(|e| match e {
+                Error::Timeout { .. } => Error::Timeout {
+                    what: format!("the offer of {peer}"),
+                    waited: opts.timeout,
+                },
+                other => other,
+            })?;
+        match offer.kind {
+            Kind::Offer => {}
+            Kind::Refuse => {
+                return Err(Error::Refused {
+                    path: names.socket.clone(),
+                    reason: String::from_utf8_lossy(&offer.payload).into_owned(),
+                })
+            }
+            other => {
+                return Err(Error::Protocol {
+                    peer,
+                    detail: format!("expected an offer, got {other:?}"),
+                })
+            }
+        }
+        let d = Descriptor::decode(&offer.payload)?;
+        if d.buffer_id != file_desc.buffer_id || d.generation != file_desc.generation {
+            // Republished between our read and our connection: check the new one too.
+            check::<T>(&d, opts)?;
+            diagnose(&d, &own, &format!("buffer {:?}", names.name))?;
+        }
+        let expected_fds = usize::from(d.transport == WireTransport::Fd);
+        if offer.fds.len() != expected_fds {
+            return Err(Error::Protocol {
+                peer,
+                detail: format!(
+                    "a {} offer must carry {expected_fds} file descriptor(s), this one carried {}",
+                    d.transport.name(),
+                    offer.fds.len()
+                ),
+            });
+        }
+        let fd = offer.fds.pop();
+        let lease = Lease {
+            stream,
+            reader,
+            latest_ready: None,
+            peer,
+        };
+        import_descriptor(ctx, &d, fd.as_ref().map(|f| f.as_fd()), Some(lease), &own)
+        // `fd` closes here: the mapping keeps the memory.
+    }
+
+    /// The mapping of `descriptor` this context already has, if any: no I/O, no driver call.
+    /// The descriptor is checked against `T` first.
+    pub fn import_cached(
+        ctx: &'ctx Context,
+        descriptor: &Descriptor,
+        opts: &ImportOptions,
+    ) -> Result<Option<Self>> {
+        check::<T>(descriptor, opts)?;
+        let key = CacheKey::Buffer {
+            id: descriptor.buffer_id,
+            generation: descriptor.generation,
+        };
+        let found = ctx.import_cache().lock().get(&key);
+        Ok(found.map(|m| Self::from_mapping(ctx, m)))
+    }
+}
+
+/// Maps what `d` describes into `ctx`, through the cache. `fd` is required for the fd
+/// transport. The descriptor must already be checked.
+fn import_descriptor<'ctx, T: Pod>(
+    ctx: &'ctx Context,
+    d: &Descriptor,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+    lease: Option<Lease>,
+    own: &ProcessIdentity,
+) -> Result<SharedDeviceBuffer<'ctx, T>> {
+    let key = CacheKey::Buffer {
+        id: d.buffer_id,
+        generation: d.generation,
+    };
+    let mut cache = ctx.import_cache().lock();
+    if let Some(m) = cache.get(&key) {
+        // Already mapped here: the existing mapping holds a lease; this connection closes.
+        return Ok(SharedDeviceBuffer::from_mapping(ctx, m));
+    }
+    let importer = ctx.device();
+    let owner = Device::by_uuid(&GpuUuid(d.owner_uuid))?;
+    if owner != importer && !importer.can_access_peer(&owner)? {
+        return Err(Error::PeerAccessUnsupported {
+            owner: owner.label(),
+            importer: importer.label(),
+        });
+    }
+    let (base, kind) = match d.transport {
+        WireTransport::Legacy => {
+            ctx.bind()?;
+            // SAFETY: the handle came with a checked descriptor; the driver validates it, and
+            // the mapping is closed when its last reference drops.
+            let base = unsafe { result::ipc_open_mem_handle(&d.handle) }.map_err(|e| {
+                Error::ImportFailed {
+                    source: e,
+                    hint: legacy_open_hint(d, own),
+                }
+            })?;
+            match result::mem_get_address_range(base) {
+                Ok((_, size)) if size as u64 >= d.offset + d.byte_size => {}
+                Ok((_, size)) => {
+                    close_legacy(ctx, base);
+                    return Err(Error::InvalidArgument(format!(
+                        "the exported allocation has {size} bytes, fewer than the descriptor's \
+                         {} + {}",
+                        d.offset, d.byte_size
+                    )));
+                }
+                Err(e) => {
+                    close_legacy(ctx, base);
+                    return Err(e.into());
+                }
+            }
+            (base, MappingKind::Legacy)
+        }
+        WireTransport::Fd => {
+            let fd = fd.ok_or_else(|| {
+                Error::InvalidArgument("an fd-transport import needs the exported fd".into())
+            })?;
+            let size = d.alloc_size as usize;
+            let base = map_vmm_fd(ctx, fd, size).map_err(|e| match e {
+                Error::Driver(source) => Error::ImportFailed {
+                    source,
+                    hint: "the received descriptor is not a CUDA allocation of the size the \
+                           descriptor states, or this GPU cannot map it"
+                        .into(),
+                },
+                other => other,
+            })?;
+            (base, MappingKind::Vmm { size })
+        }
+    };
+    let mapping = Arc::new(ImportedMapping {
+        key,
+        kind,
+        base,
+        descriptor: *d,
+        lease: Mutex::new(lease),
+    });
+    cache.insert(&mapping);
+    drop(cache);
+    Ok(SharedDeviceBuffer::from_mapping(ctx, mapping))
+}
