@@ -252,6 +252,13 @@ impl Descriptor {
         out
     }
 
+    /// Recomputes the checksum of an encoded descriptor after its bytes were edited (for tools
+    /// and tests that craft descriptors).
+    pub fn reseal(bytes: &mut [u8; ENCODED_LEN]) {
+        let sum = fnv1a(&bytes[..CHECKED_LEN]);
+        bytes[CHECKED_LEN..].copy_from_slice(&sum.to_le_bytes());
+    }
+
     /// Decodes and checks: size, magic, version, checksum, transport, and that the fields agree
     /// with each other. Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<Descriptor, DescriptorError> {

@@ -49,7 +49,8 @@ pub struct ExportOptions {
     pub allowed: AllowedUsers,
     /// How many consumers [`Exporter::wait_released`] waits for before "all released" counts.
     pub expected_consumers: usize,
-    /// Most connections at once (handshaking and leased); more are closed at once.
+    /// Most connections at once (handshaking and leased). When full, a new connection
+    /// replaces the oldest one still handshaking; when every slot holds a lease, it is closed.
     pub max_connections: usize,
     /// How long a connection may take to say hello.
     pub handshake_timeout: Duration,
@@ -139,6 +140,35 @@ impl<'buf> Exporter<'buf> {
                 "only the process that allocated a shared buffer can export it".into(),
             ));
         }
+        let fd = match buf.owned_export_fd() {
+            Some(fd) => Some(
+                fd.try_clone()
+                    .map_err(|e| Error::io("dup of the exported fd", e))?,
+            ),
+            None => None,
+        };
+        Self::publish(path.as_ref(), *buf.descriptor(), fd, options)
+    }
+
+    /// Publishes a descriptor and (for the fd transport) a memory fd that this crate did not
+    /// allocate, e.g. memory exported by another library, or a crafted descriptor in tests.
+    /// The caller keeps the memory alive while the exporter lives; the generation is set as
+    /// for [`bind_with`](Self::bind_with).
+    pub fn bind_raw(
+        path: impl AsRef<Path>,
+        descriptor: &Descriptor,
+        fd: Option<OwnedFd>,
+        options: ExportOptions,
+    ) -> Result<Exporter<'static>> {
+        Exporter::publish(path.as_ref(), *descriptor, fd, options)
+    }
+
+    fn publish(
+        path: &Path,
+        mut descriptor: Descriptor,
+        fd: Option<OwnedFd>,
+        options: ExportOptions,
+    ) -> Result<Self> {
         let names = Names::for_path(path)?;
         prepare_dir(&names.dir)?;
 
@@ -156,7 +186,6 @@ impl<'buf> Exporter<'buf> {
             .ok()
             .and_then(|b| Descriptor::decode(&b).ok())
             .map_or(0, |d| d.generation);
-        let mut descriptor = *buf.descriptor();
         descriptor.generation = previous + 1;
         let encoded = descriptor.encode();
 
@@ -170,13 +199,6 @@ impl<'buf> Exporter<'buf> {
         let socket_inode = std::os::unix::fs::MetadataExt::ino(
             &std::fs::metadata(&names.socket).map_err(|e| Error::io("stat socket", e))?,
         );
-        let fd = match buf.owned_export_fd() {
-            Some(fd) => Some(
-                fd.try_clone()
-                    .map_err(|e| Error::io("dup of the exported fd", e))?,
-            ),
-            None => None,
-        };
         let (wake, wake_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the exporter's wake pipe", e))?;
         let shared = Arc::new(Shared::default());
@@ -459,9 +481,26 @@ impl Server {
                 Ok((s, _)) => s,
                 Err(_) => return, // WouldBlock, or a transient error: poll again
             };
-            if self.conns.len() >= self.options.max_connections {
+            if self.conns.len() >= self.options.max_connections.max(1) {
+                // Full: make room by dropping the oldest connection still in its handshake
+                // (a flood of idle connections cannot lock consumers out); if every slot
+                // holds a lease, the newcomer is the one closed.
+                let oldest = self
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| match c.state {
+                        ConnState::Handshake { deadline } => Some((deadline, i)),
+                        ConnState::Leased => None,
+                    })
+                    .min();
                 self.shared.update(|s| s.dropped_full += 1);
-                continue; // closed by drop
+                match oldest {
+                    Some((_, i)) => {
+                        self.conns.swap_remove(i);
+                    }
+                    None => continue, // the newcomer is closed by drop
+                }
             }
             let cred = match os::peer_credentials(stream.as_fd()) {
                 Ok(c) => c,

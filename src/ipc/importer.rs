@@ -1,6 +1,6 @@
 //! The consumer's side: find a published name, take a lease, map the memory.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -113,89 +113,16 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         path: impl AsRef<Path>,
         opts: &ImportOptions,
     ) -> Result<Self> {
-        let names = Names::for_path(path)?;
-        let start = Instant::now();
-        let deadline = start + opts.timeout;
-        wait_for(
-            &names.descriptor,
-            opts.timeout,
-            &format!("buffer {:?}", names.name),
-        )?;
-        check_dir(&names.dir)?;
-        let bytes = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN)
-            .map_err(|e| Error::io(format!("reading {}", names.descriptor.display()), e))?;
-        let file_desc = Descriptor::decode(&bytes)?;
-        check::<T>(&file_desc, opts)?;
+        let offer = fetch::<T>(path, opts)?;
         let own = ProcessIdentity::current();
-        diagnose(&file_desc, &own, &format!("buffer {:?}", names.name))?;
-
-        // Lease (and, for the fd transport, the memory itself) from the exporter.
-        let peer = format!("exporter at {}", names.socket.display());
-        let stream = connect(&names, deadline, opts.timeout)?;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        stream
-            .set_write_timeout(Some(left))
-            .map_err(|e| Error::io("setting a socket timeout", e))?;
-        channel::send(
-            &stream,
-            Kind::Hello,
-            &channel::PROTOCOL_VERSION.to_le_bytes(),
-            None,
+        import_descriptor(
+            ctx,
+            &offer.descriptor,
+            offer.fd.as_ref().map(|f| f.as_fd()),
+            Some(offer.lease),
+            &own,
         )
-        .map_err(|e| Error::io(format!("sending hello to {peer}"), e))?;
-        let mut reader = FrameReader::new();
-        let mut offer = reader
-            .read_within(&stream, left, &peer)
-            .map_err(|e| match e {
-                Error::Timeout { .. } => Error::Timeout {
-                    what: format!("the offer of {peer}"),
-                    waited: opts.timeout,
-                },
-                other => other,
-            })?;
-        match offer.kind {
-            Kind::Offer => {}
-            Kind::Refuse => {
-                return Err(Error::Refused {
-                    path: names.socket.clone(),
-                    reason: String::from_utf8_lossy(&offer.payload).into_owned(),
-                })
-            }
-            other => {
-                return Err(Error::Protocol {
-                    peer,
-                    detail: format!("expected an offer, got {other:?}"),
-                })
-            }
-        }
-        let d = Descriptor::decode(&offer.payload)?;
-        if d.buffer_id != file_desc.buffer_id || d.generation != file_desc.generation {
-            // Republished between our read and our connection: check the new one too.
-            check::<T>(&d, opts)?;
-            diagnose(&d, &own, &format!("buffer {:?}", names.name))?;
-        }
-        let expected_fds = usize::from(d.transport == WireTransport::Fd);
-        if offer.fds.len() != expected_fds {
-            return Err(Error::Protocol {
-                peer,
-                detail: format!(
-                    "a {} offer must carry {expected_fds} file descriptor(s), this one carried {}",
-                    d.transport.name(),
-                    offer.fds.len()
-                ),
-            });
-        }
-        let fd = offer.fds.pop();
-        let lease = Lease {
-            stream,
-            reader,
-            latest_ready: None,
-            peer,
-        };
-        import_descriptor(ctx, &d, fd.as_ref().map(|f| f.as_fd()), Some(lease), &own)
-        // `fd` closes here: the mapping keeps the memory.
+        // The received fd closes here: the mapping keeps the memory.
     }
 
     /// The mapping of `descriptor` this context already has, if any: no I/O, no driver call.
@@ -213,6 +140,120 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         let found = ctx.import_cache().lock().get(&key);
         Ok(found.map(|m| Self::from_mapping(ctx, m)))
     }
+}
+
+/// What an exporter offered: the checked descriptor, the memory's fd (fd transport), and the
+/// lease connection, held until this is dropped or imported.
+#[derive(Debug)]
+pub struct Offer {
+    /// The descriptor, checked against the element type and options.
+    pub descriptor: Descriptor,
+    /// The exported memory's descriptor (fd transport only). Closed on drop.
+    pub fd: Option<OwnedFd>,
+    lease: Lease,
+}
+
+impl Offer {
+    /// Waits for a "ready" announcement of a frame `>= frame` on the lease.
+    pub fn wait_ready(&mut self, frame: u64, timeout: Duration) -> Result<u64> {
+        self.lease.wait_ready(frame, timeout)
+    }
+}
+
+/// Everything an import does before the driver: waits for `path` to be published, reads and
+/// checks the descriptor as an array of `T` (and the PID, namespace and host of its exporter),
+/// connects to the exporter, says hello, and receives the offer (exactly one fd for the fd
+/// transport, none for legacy). Every received fd that is not returned is closed.
+pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Offer> {
+    let names = Names::for_path(path)?;
+    let start = Instant::now();
+    let deadline = start + opts.timeout;
+    wait_for(
+        &names.descriptor,
+        opts.timeout,
+        &format!("buffer {:?}", names.name),
+    )?;
+    check_dir(&names.dir)?;
+    let bytes = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN)
+        .map_err(|e| Error::io(format!("reading {}", names.descriptor.display()), e))?;
+    let file_desc = Descriptor::decode(&bytes)?;
+    check::<T>(&file_desc, opts)?;
+    let own = ProcessIdentity::current();
+    let what = format!("buffer {:?}", names.name);
+    diagnose(&file_desc, &own, &what)?;
+
+    let peer = format!("exporter at {}", names.socket.display());
+    let stream = connect(&names, deadline, opts.timeout)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream
+        .set_write_timeout(Some(left))
+        .map_err(|e| Error::io("setting a socket timeout", e))?;
+    // An exporter that refuses us may close before our hello arrives; its refusal is still
+    // in our receive buffer, so read before reporting a failed send.
+    let hello = channel::send(
+        &stream,
+        Kind::Hello,
+        &channel::PROTOCOL_VERSION.to_le_bytes(),
+        None,
+    );
+    let mut reader = FrameReader::new();
+    let mut offer = match reader.read_within(&stream, left, &peer) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(match (hello, e) {
+                (Err(he), _) => Error::io(format!("sending hello to {peer}"), he),
+                (Ok(()), Error::Timeout { .. }) => Error::Timeout {
+                    what: format!("the offer of {peer}"),
+                    waited: opts.timeout,
+                },
+                (Ok(()), other) => other,
+            })
+        }
+    };
+    match offer.kind {
+        Kind::Offer => {}
+        Kind::Refuse => {
+            return Err(Error::Refused {
+                path: names.socket.clone(),
+                reason: String::from_utf8_lossy(&offer.payload).into_owned(),
+            })
+        }
+        other => {
+            return Err(Error::Protocol {
+                peer,
+                detail: format!("expected an offer, got {other:?}"),
+            })
+        }
+    }
+    let d = Descriptor::decode(&offer.payload)?;
+    if d != file_desc {
+        // Republished between our read and our connection: check the new one too.
+        check::<T>(&d, opts)?;
+        diagnose(&d, &own, &what)?;
+    }
+    let expected_fds = usize::from(d.transport == WireTransport::Fd);
+    if offer.fds.len() != expected_fds {
+        return Err(Error::Protocol {
+            peer,
+            detail: format!(
+                "a {} offer must carry {expected_fds} file descriptor(s), this one carried {}",
+                d.transport.name(),
+                offer.fds.len()
+            ),
+        });
+    }
+    Ok(Offer {
+        descriptor: d,
+        fd: offer.fds.pop(),
+        lease: Lease {
+            stream,
+            reader,
+            latest_ready: None,
+            peer,
+        },
+    })
 }
 
 /// Maps what `d` describes into `ctx`, through the cache. `fd` is required for the fd

@@ -63,7 +63,7 @@ pub use descriptor::{
     VERSION as DESCRIPTOR_VERSION,
 };
 pub use exporter::{AllowedUsers, ExportOptions, ExportStats, Exporter};
-pub use importer::ImportOptions;
+pub use importer::{fetch, ImportOptions, Offer};
 pub use shared_buffer::{SharedDeviceBuffer, Signal};
 
 use crate::device::Device;
