@@ -51,7 +51,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// Waits (bounded) until the exporter's stats satisfy `f`.
-fn eventually(exporter: &Exporter<'_>, f: impl Fn(&cuda_ipc::ipc::ExportStats) -> bool) {
+fn eventually(exporter: &Exporter, f: impl Fn(&cuda_ipc::ipc::ExportStats) -> bool) {
     let start = Instant::now();
     while !f(&exporter.stats()) {
         assert!(

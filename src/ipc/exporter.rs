@@ -1,7 +1,6 @@
 //! The exporter: publishes a shared buffer under a name and serves its consumers.
 
 use std::io::{Read, Write};
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -98,8 +97,12 @@ impl Shared {
 
 /// A published shared buffer. While it lives, consumers can import the buffer by its path;
 /// dropping it stops serving, closes every lease connection and removes the published files.
-/// It borrows the buffer, so the buffer cannot be freed while it is published.
-pub struct Exporter<'buf> {
+///
+/// The exporter does not borrow the buffer, so the producer can keep writing frames into it
+/// while it is published. Keep the buffer alive until [`wait_released`](Self::wait_released)
+/// returns: consumers that import a freed legacy buffer get a driver error, and with the fd
+/// transport the memory lives on as long as the exporter (which holds its fd) or any mapping.
+pub struct Exporter {
     names: Names,
     descriptor: Descriptor,
     shared: Arc<Shared>,
@@ -107,22 +110,18 @@ pub struct Exporter<'buf> {
     thread: Option<JoinHandle<()>>,
     expected_consumers: usize,
     socket_inode: u64,
-    _buffer: PhantomData<&'buf ()>,
 }
 
-impl std::fmt::Debug for Exporter<'_> {
+impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Exporter({})", self.names.descriptor.display())
     }
 }
 
-impl<'buf> Exporter<'buf> {
+impl Exporter {
     /// Publishes `buf` at `path` (`<dir>/<name>`) with the default options: only this user may
     /// import it, and [`wait_released`](Self::wait_released) waits for one consumer.
-    pub fn bind<T: Pod>(
-        path: impl AsRef<Path>,
-        buf: &'buf SharedDeviceBuffer<'_, T>,
-    ) -> Result<Self> {
+    pub fn bind<T: Pod>(path: impl AsRef<Path>, buf: &SharedDeviceBuffer<'_, T>) -> Result<Self> {
         Self::bind_with(path, buf, ExportOptions::default())
     }
 
@@ -132,7 +131,7 @@ impl<'buf> Exporter<'buf> {
     /// next generation, so consumers never confuse it with the old one.
     pub fn bind_with<T: Pod>(
         path: impl AsRef<Path>,
-        buf: &'buf SharedDeviceBuffer<'_, T>,
+        buf: &SharedDeviceBuffer<'_, T>,
         options: ExportOptions,
     ) -> Result<Self> {
         if !buf.is_owner() {
@@ -159,7 +158,7 @@ impl<'buf> Exporter<'buf> {
         descriptor: &Descriptor,
         fd: Option<OwnedFd>,
         options: ExportOptions,
-    ) -> Result<Exporter<'static>> {
+    ) -> Result<Exporter> {
         Exporter::publish(path.as_ref(), *descriptor, fd, options)
     }
 
@@ -226,7 +225,6 @@ impl<'buf> Exporter<'buf> {
             thread: Some(thread),
             expected_consumers: options.expected_consumers,
             socket_inode,
-            _buffer: PhantomData,
         };
         // Publish last: whoever sees the descriptor finds the socket listening.
         write_atomic(&exporter.names.descriptor, &encoded)?;
@@ -321,7 +319,7 @@ impl<'buf> Exporter<'buf> {
     }
 }
 
-impl Drop for Exporter<'_> {
+impl Drop for Exporter {
     fn drop(&mut self) {
         let _ = (&self.wake).write_all(b"Q\0\0\0\0\0\0\0\0");
         if let Some(t) = self.thread.take() {

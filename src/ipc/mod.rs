@@ -35,7 +35,7 @@
 //! - [`Transport::Legacy`]: `cuMemAlloc` + `cuIpcGetMemHandle`; the 64-byte handle travels in
 //!   the descriptor file. The driver refuses it when exporter and importer have the same PID
 //!   (two pods with `hostPID: false`, both PID 1): the import fails early with
-//!   [`Error::PidCollision`](crate::Error::PidCollision), which explains the fixes. The handle
+//!   [`Error::PidCollision`], which explains the fixes. The handle
 //!   is a bearer token: anyone who can read it can map the memory.
 //! - [`Transport::Auto`]: `Fd` where the device supports VMM and POSIX fds, else `Legacy`.
 //!
