@@ -48,6 +48,15 @@ extern "C" __global__ void transform_words(uint32_t *words, uint64_t n, uint32_t
     }
 }
 
+// words[i] += value, atomically: several processes may add to one shared buffer at once,
+// and the result does not depend on their order.
+extern "C" __global__ void add_words_atomic(uint32_t *words, uint64_t n, uint32_t value) {
+    uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        atomicAdd(&words[i], value);
+    }
+}
+
 // x[i] = a * x[i] + b, with one fused multiply-add (the CPU reference uses mul_add).
 extern "C" __global__ void scale_add_f32(float *x, uint64_t n, float a, float b) {
     uint64_t stride = (uint64_t)blockDim.x * gridDim.x;

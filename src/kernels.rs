@@ -48,6 +48,7 @@ pub const ENTRY_POINTS: &[&str] = &[
     "transform_words",
     "scale_add_f32",
     "checksum",
+    "add_words_atomic",
 ];
 
 const BLOCK: u32 = 256;
@@ -55,7 +56,7 @@ const BLOCK: u32 = 256;
 /// The loaded module of a context; owned by the [`Context`], unloaded when it drops.
 pub(crate) struct KernelModule {
     module: CUmodule,
-    functions: [CUfunction; 5],
+    functions: [CUfunction; 6],
     max_grid: u32,
 }
 
@@ -79,7 +80,7 @@ impl KernelModule {
                 Error::Driver(e)
             }
         })?;
-        let mut functions = [std::ptr::null_mut(); 5];
+        let mut functions = [std::ptr::null_mut(); 6];
         for (slot, name) in functions.iter_mut().zip(ENTRY_POINTS) {
             let cname = CString::new(*name).expect("entry names have no NUL");
             // SAFETY: `module` was just loaded and is live.
@@ -244,6 +245,26 @@ impl<'ctx> Kernels<'ctx> {
             (&mut key as *mut u32).cast(),
         ];
         self.launch(2, n, stream, &mut params)
+    }
+
+    /// Adds `value` to every word, atomically (wrapping), so that several processes can add to
+    /// one shared buffer at the same time ([`reference::add_word`]).
+    pub fn add_words_atomic<T: Pod>(
+        &self,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<T>,
+        value: u32,
+    ) -> Result<()> {
+        self.check_memory(buf, "add_words_atomic")?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "add_words_atomic")?;
+        let mut value = value;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut value as *mut u32).cast(),
+        ];
+        self.launch(5, n, stream, &mut params)
     }
 
     /// `x[i] = a * x[i] + b` with one fused multiply-add ([`reference::scale_add_f32`]).

@@ -186,6 +186,15 @@ fn every_kernel_matches_its_cpu_reference_on_every_device() {
             .zip(&words)
             .all(|(&b, &a)| b == reference::transform_word(a, 99)));
 
+        k.add_words_atomic(&stream, &mut buf, 7).unwrap();
+        k.add_words_atomic(&stream, &mut buf, 5).unwrap();
+        stream.synchronize().unwrap();
+        let words3 = buf.copy_to_vec().unwrap();
+        assert!(words3
+            .iter()
+            .zip(&words2)
+            .all(|(&c, &b)| c == reference::add_word(b, 12)));
+
         k.iota_u32(&stream, &mut buf, u32::MAX - 5).unwrap();
         stream.synchronize().unwrap();
         let iota = buf.copy_to_vec().unwrap();

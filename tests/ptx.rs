@@ -7,7 +7,7 @@ const COMMITTED: &str = include_str!("../kernels/cuda_ipc.ptx");
 #[test]
 fn embedded_ptx_declares_every_entry_point() {
     assert_eq!(missing_entry_points(PTX), Vec::<&str>::new());
-    assert_eq!(ENTRY_POINTS.len(), 5);
+    assert_eq!(ENTRY_POINTS.len(), 6);
 }
 
 #[test]

@@ -408,14 +408,6 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
                         return Err(e.into());
                     }
                 };
-                if end > size {
-                    super::allocation::close_legacy(ctx, base);
-                    return Err(Error::InvalidArgument(format!(
-                        "the handle's allocation has {size} bytes, fewer than the {end} asked \
-                         for (offset {offset} + {len} elements of {} bytes)",
-                        std::mem::size_of::<T>()
-                    )));
-                }
                 let mut d = Descriptor::example();
                 d.transport = WireTransport::Legacy;
                 d.alloc_size = size as u64;
@@ -434,6 +426,15 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             }
         };
         drop(cache);
+        if end as u64 > mapping.descriptor.alloc_size {
+            let size = mapping.descriptor.alloc_size;
+            super::mapping::release_reference(ctx, mapping);
+            return Err(Error::InvalidArgument(format!(
+                "the handle's allocation has {size} bytes, fewer than the {end} asked for \
+                 (offset {offset} + {len} elements of {} bytes)",
+                std::mem::size_of::<T>()
+            )));
+        }
         let mut d = mapping.descriptor;
         d.elem_size = std::mem::size_of::<T>() as u32;
         d.elem_align = std::mem::align_of::<T>() as u32;

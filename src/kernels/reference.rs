@@ -52,6 +52,18 @@ pub fn transform_word(word: u32, key: u32) -> u32 {
     word.wrapping_mul(0x9E37_79B1).wrapping_add(key)
 }
 
+/// What `add_words_atomic` makes of `word` with `value`.
+pub fn add_word(word: u32, value: u32) -> u32 {
+    word.wrapping_add(value)
+}
+
+/// The digest of the pattern of `seed` after `add_words_atomic` with `value`.
+pub fn added_pattern_checksum(seed: u32, value: u32, words: u64) -> u64 {
+    (0..words).fold(0u64, |acc, i| {
+        acc.wrapping_add(digest_term(add_word(pattern_word(seed, i), value), i))
+    })
+}
+
 /// What `scale_add_f32` makes of `x`: one fused multiply-add, as on the GPU.
 pub fn scale_add_f32(x: f32, a: f32, b: f32) -> f32 {
     a.mul_add(x, b)

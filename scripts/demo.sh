@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The DRA scenario in one command: the producer and the consumer run as two separate processes
+# (optionally each in its own PID namespace, like two pods with hostPID: false), and the result
+# is printed and returned as the exit code.
+#
+#   scripts/demo.sh [--transport auto|fd|legacy] [--size MIB] [--gpus all|0,1] [--import-on N] [--pods]
+#
+# Builds the examples with cargo, unless EXAMPLES_DIR names a folder holding prebuilt `producer`
+# and `consumer` executables (e.g. the GPU bundle's examples/).
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+producer_args=() consumer_args=() wrap=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --transport|--size|--gpus) producer_args+=("$1" "$2"); shift 2 ;;
+    --import-on) consumer_args+=("$1" "$2"); shift 2 ;;
+    --timeout) producer_args+=("$1" "$2"); consumer_args+=("$1" "$2"); shift 2 ;;
+    --pods)
+      [[ $(id -u) -eq 0 ]] || { echo "demo: --pods needs root (unshare --pid)" >&2; exit 2; }
+      wrap=(unshare --pid --fork --mount-proc); shift ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ -n "${EXAMPLES_DIR:-}" ]]; then
+  bin="$(cd "$EXAMPLES_DIR" && pwd)"
+else
+  (cd "$root" && cargo build --release --examples --quiet) || exit 1
+  bin="$root/target/release/examples"
+fi
+dir="$(mktemp -d /tmp/cuda-ipc-demo.XXXXXX)"   # 0700, this user's
+trap 'rm -rf "$dir"' EXIT
+
+"${wrap[@]}" "$bin/producer" --dir "$dir" "${producer_args[@]}" &
+producer=$!
+"${wrap[@]}" "$bin/consumer" --dir "$dir" "${consumer_args[@]}"
+consumer_rc=$?
+wait "$producer"
+producer_rc=$?
+if [[ $producer_rc -eq 0 && $consumer_rc -eq 0 ]]; then
+  echo "demo: PASS (producer and consumer both exited 0)"
+else
+  echo "demo: FAIL (producer exit $producer_rc, consumer exit $consumer_rc)"
+  exit 1
+fi
