@@ -35,6 +35,9 @@ trap 'rm -rf "$dir"' EXIT
 producer=$!
 "${wrap[@]}" "$bin/consumer" --dir "$dir" "${consumer_args[@]}"
 consumer_rc=$?
+if [[ $consumer_rc -ne 0 ]]; then
+  sleep 1; kill "$producer" 2>/dev/null   # the producer would only wait for its timeout
+fi
 wait "$producer"
 producer_rc=$?
 if [[ $producer_rc -eq 0 && $consumer_rc -eq 0 ]]; then
