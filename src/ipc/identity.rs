@@ -24,8 +24,22 @@ pub struct ProcessIdentity {
 }
 
 impl ProcessIdentity {
-    /// This process.
+    /// This process. Read from `/proc` once per process (a forked child, whose PID differs,
+    /// reads it again).
     pub fn current() -> ProcessIdentity {
+        static CACHED: std::sync::Mutex<Option<ProcessIdentity>> = std::sync::Mutex::new(None);
+        let mut cached = CACHED.lock().unwrap_or_else(|p| p.into_inner());
+        match *cached {
+            Some(id) if id.pid == std::process::id() && id.uid == crate::os::effective_uid() => id,
+            _ => {
+                let id = Self::read();
+                *cached = Some(id);
+                id
+            }
+        }
+    }
+
+    fn read() -> ProcessIdentity {
         ProcessIdentity {
             pid: std::process::id(),
             uid: crate::os::effective_uid(),

@@ -114,15 +114,28 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         opts: &ImportOptions,
     ) -> Result<Self> {
         let offer = fetch::<T>(path, opts)?;
-        let own = ProcessIdentity::current();
         import_descriptor(
             ctx,
             &offer.descriptor,
             offer.fd.as_ref().map(|f| f.as_fd()),
             Some(offer.lease),
-            &own,
         )
         // The received fd closes here: the mapping keeps the memory.
+    }
+
+    /// Imports from a descriptor and (fd transport) the memory's fd obtained by other means,
+    /// e.g. [`fetch`] or a channel of your own: the same checks and cache as
+    /// [`import_with`](Self::import_with), without the rendezvous and without a lease. The fd
+    /// stays the caller's.
+    pub fn import_parts(
+        ctx: &'ctx Context,
+        descriptor: &Descriptor,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+        opts: &ImportOptions,
+    ) -> Result<Self> {
+        check::<T>(descriptor, opts)?;
+        diagnose(descriptor, &ProcessIdentity::current(), "the buffer")?;
+        import_descriptor(ctx, descriptor, fd, None)
     }
 
     /// The mapping of `descriptor` this context already has, if any: no I/O, no driver call.
@@ -263,7 +276,6 @@ fn import_descriptor<'ctx, T: Pod>(
     d: &Descriptor,
     fd: Option<std::os::fd::BorrowedFd<'_>>,
     lease: Option<Lease>,
-    own: &ProcessIdentity,
 ) -> Result<SharedDeviceBuffer<'ctx, T>> {
     let key = CacheKey::Buffer {
         id: d.buffer_id,
@@ -290,7 +302,7 @@ fn import_descriptor<'ctx, T: Pod>(
             let base = unsafe { result::ipc_open_mem_handle(&d.handle) }.map_err(|e| {
                 Error::ImportFailed {
                     source: e,
-                    hint: legacy_open_hint(d, own),
+                    hint: legacy_open_hint(d, &ProcessIdentity::current()),
                 }
             })?;
             match result::mem_get_address_range(base) {

@@ -1,0 +1,122 @@
+//! Shared by the benches: the helper process each bench re-executes itself into, the GPU check,
+//! and criterion settings that fit a whole run into a few minutes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+
+/// The environment variable that puts a bench executable into its helper role.
+pub const ROLE: &str = "CUDA_IPC_BENCH_ROLE";
+
+/// `Some(role)` when this process is a bench's helper.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+/// How many GPUs there are; prints why and returns 0 when there is none (the bench then exits 0).
+pub fn gpus_or_explain(bench: &str) -> usize {
+    match cuda_ipc::Device::count() {
+        Ok(n) if n > 0 => n,
+        Ok(_) => {
+            println!("{bench}: no GPU visible; nothing to measure");
+            0
+        }
+        Err(e) => {
+            println!("{bench}: skipped, no GPU: {e}");
+            0
+        }
+    }
+}
+
+/// Short warm-up and measurement: many benches per run, on a leased GPU machine.
+pub fn criterion() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(900))
+        .sample_size(20)
+        .configure_from_args()
+}
+
+/// A fresh private rendezvous directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let r: [u8; 6] = cuda_ipc::os::random_bytes().unwrap();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    std::env::temp_dir().join(format!("cuda-ipc-bench-{tag}-{hex}"))
+}
+
+/// This executable again, in the helper role `role`, with `dir` as its directory.
+pub struct Helper {
+    child: Child,
+}
+
+impl Helper {
+    pub fn spawn(role: &str, dir: &Path, extra: &[(&str, String)]) -> Helper {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(ROLE, role)
+            .env("CUDA_IPC_BENCH_DIR", dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Helper {
+            child: cmd.spawn().expect("spawning the bench helper"),
+        }
+    }
+
+    /// Waits for the helper's `ready` marker file.
+    pub fn wait_ready(&mut self, dir: &Path) {
+        let start = Instant::now();
+        while !dir.join("ready").exists() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the bench helper exited early: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the bench helper is not ready"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // the helper exits when its stdin closes
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The helper's directory (from the parent).
+pub fn helper_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CUDA_IPC_BENCH_DIR").expect("CUDA_IPC_BENCH_DIR"))
+}
+
+/// Marks the helper ready, then blocks until the parent closes our stdin.
+pub fn ready_and_wait(dir: &Path) {
+    std::fs::write(dir.join("ready"), b"").unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+}
+
+/// Human-readable size for bench names.
+pub fn size_name(bytes: usize) -> String {
+    if bytes >= 1 << 30 {
+        format!("{}GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 {
+        format!("{}MiB", bytes >> 20)
+    } else {
+        format!("{}KiB", bytes >> 10)
+    }
+}
