@@ -18,7 +18,9 @@ cd "$root"
 
 artifacts() {
   # Prints "kind path" for every executable cargo builds with the given arguments.
-  cargo "$@" --release --message-format=json | python3 -c '
+  local release=--release
+  [[ "$1" == bench ]] && release=""   # cargo bench builds in release already
+  cargo "$@" $release --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:
     try:

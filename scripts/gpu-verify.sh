@@ -8,7 +8,7 @@ bundle="$(cd "${1:?bundle dir}" && pwd)"; out="${2:?output dir}"; steps="${3:-te
 mkdir -p "$out"
 summary=()
 has() { [[ ",$steps," == *",$1,"* ]]; }
-{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1; uname -r; date -u; } | tee "$out/machine.txt"
+machine="$({ nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1; uname -r; date -u; } 2>&1)"
 
 if has tests; then
   "$bundle/run-tests.sh" >"$out/tests.log" 2>&1
@@ -32,4 +32,4 @@ if has benches; then
     summary+=("bench $b: exit $?")
   done
 fi
-printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+{ echo "$machine"; printf '%s\n' "${summary[@]}"; } | tee "$out/summary.txt"
