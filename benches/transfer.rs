@@ -139,6 +139,9 @@ fn cross_gpu(c: &mut Criterion, dir: &std::path::Path) {
     let ctx0 = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     let ctx1 = Context::new(Device::by_ordinal(1).unwrap()).unwrap();
     let stream1 = Stream::new(&ctx1).unwrap();
+    // The best raw baseline: direct NVLink peer copies, not staged through the host.
+    ctx1.enable_peer_access(&ctx0).unwrap();
+    ctx0.enable_peer_access(&ctx1).unwrap();
     let mut g = c.benchmark_group("copy/cross-gpu");
     for size in SIZES {
         // Owned by GPU 0 (the helper), mapped on GPU 1.

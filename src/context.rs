@@ -88,6 +88,22 @@ impl Context {
         Ok(result::ctx_synchronize()?)
     }
 
+    /// Lets kernels and copies of this context access memory allocated in `peer` directly
+    /// (`cuCtxEnablePeerAccess`); a no-op when already enabled or when both are one device.
+    /// Imports never need this (they map the memory into this context themselves); raw peer
+    /// copies between two contexts' own allocations are staged through the host without it.
+    pub fn enable_peer_access(&self, peer: &Context) -> Result<()> {
+        if self.raw == peer.raw {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `peer` is live while borrowed.
+        match unsafe { result::ctx_enable_peer_access(peer.raw) } {
+            Err(e) if e.is(result::codes::PEER_ACCESS_ALREADY_ENABLED) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
     /// (free, total) bytes of this context's device (`cuMemGetInfo`).
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;

@@ -298,3 +298,15 @@ pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A hint to append to an error that ran out of file descriptors (`EMFILE`, `ENFILE`), else "".
+pub fn fd_limit_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            " (this process has no free file descriptor: raise RLIMIT_NOFILE, e.g. `ulimit -n`, \
+             or close descriptors; then try again)"
+        }
+        Some(libc::ENFILE) => " (the system is out of file descriptors; try again later)",
+        _ => "",
+    }
+}

@@ -424,6 +424,17 @@ pub fn ctx_synchronize() -> DriverResult<()> {
     check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
 }
 
+/// `cuCtxEnablePeerAccess`: lets the current context access memory of `peer`'s device.
+///
+/// # Safety
+/// `peer` must be a live context.
+pub unsafe fn ctx_enable_peer_access(peer: CUcontext) -> DriverResult<()> {
+    // SAFETY: forwarded to the caller.
+    check("cuCtxEnablePeerAccess", unsafe {
+        sys::cuCtxEnablePeerAccess(peer, 0)
+    })
+}
+
 // ---- memory ---------------------------------------------------------------------------------
 
 /// `cuMemGetInfo_v2`: (free, total) bytes of the current context's device.

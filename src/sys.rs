@@ -98,6 +98,7 @@ extern "C" {
     pub fn cuCtxGetCurrent(ctx: *mut CUcontext) -> CUresultCode;
     pub fn cuCtxSetCurrent(ctx: CUcontext) -> CUresultCode;
     pub fn cuCtxSynchronize() -> CUresultCode;
+    pub fn cuCtxEnablePeerAccess(peer: CUcontext, flags: c_uint) -> CUresultCode;
 
     pub fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresultCode;
     pub fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresultCode;

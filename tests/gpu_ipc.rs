@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cuda_ipc::ipc::{Descriptor, ExportOptions, Exporter, SharedDeviceBuffer, Signal, Transport};
@@ -16,122 +16,14 @@ use cuda_ipc::kernels::reference;
 use cuda_ipc::os;
 use cuda_ipc::prelude::*;
 
+mod common;
+use common::{temp_dir, RoleProcess};
+
 const LEN: usize = (16 << 20) / 4; // 16 MiB of u32
 const KEY: u32 = 0x5eed;
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let r: [u8; 6] = os::random_bytes().unwrap();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    std::env::temp_dir().join(format!("cuda-ipc-gpu-{tag}-{hex}"))
-}
-
 fn gpu_count() -> usize {
     Device::count().expect("enumerating GPUs")
-}
-
-/// A child process of this binary in a role; its output is collected by a thread.
-struct RoleProcess {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl RoleProcess {
-    fn spawn(wrapper: &[&str], env: &[(&str, String)]) -> RoleProcess {
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        cmd.args([
-            "--exact",
-            "zz_role_entry",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawning a role process");
-        let (tx, rx) = std::sync::mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        RoleProcess {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`; panics with everything seen after `timeout`.
-    fn expect_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    println!("    | {l}");
-                    self.seen.push(l)
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?} within {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    println!("    | {l}");
-                    self.seen.push(l);
-                }
-                return (status.success(), self.seen);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "role process still running after {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(20)) {
-                println!("    | {l}");
-                self.seen.push(l);
-            }
-        }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn producer_env(

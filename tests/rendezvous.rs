@@ -18,11 +18,8 @@ use cuda_ipc::ipc::{
 use cuda_ipc::{os, Error};
 use serial_test::serial;
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let r: [u8; 6] = os::random_bytes().unwrap();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    std::env::temp_dir().join(format!("cuda-ipc-test-{tag}-{hex}"))
-}
+mod common;
+use common::temp_dir;
 
 /// A descriptor of the fd transport from "another process" (a PID that is not ours).
 fn fd_descriptor() -> Descriptor {

@@ -152,12 +152,21 @@ impl FrameReader {
         let got = match os::recv_with_fds(stream.as_fd(), &mut chunk) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                return Err(ReadError::Protocol(format!(
+                    "receiving a message failed: {e}{}",
+                    os::fd_limit_hint(&e)
+                )))
+            }
             Err(e) => return Err(ReadError::Io(e)),
         };
         self.fds.extend(got.fds);
         if got.control_truncated {
             return Err(ReadError::Protocol(
-                "control data truncated (the peer sent more file descriptors than allowed)".into(),
+                "control data truncated: the peer sent more file descriptors than allowed, or \
+                 this process could not take one (RLIMIT_NOFILE reached: raise it, e.g. \
+                 `ulimit -n`, or close descriptors)"
+                    .into(),
             ));
         }
         if self.fds.len() > 1 {

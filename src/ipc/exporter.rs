@@ -477,6 +477,11 @@ impl Server {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    // Out of descriptors: the connection waits in the backlog; do not spin.
+                    std::thread::sleep(Duration::from_millis(20));
+                    return;
+                }
                 Err(_) => return, // WouldBlock, or a transient error: poll again
             };
             if self.conns.len() >= self.options.max_connections.max(1) {

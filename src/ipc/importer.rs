@@ -86,7 +86,11 @@ fn connect(names: &Names, deadline: Instant, timeout: Duration) -> Result<UnixSt
             }
             Err(e) => {
                 return Err(Error::io(
-                    format!("connecting to {}", names.socket.display()),
+                    format!(
+                        "connecting to {}{}",
+                        names.socket.display(),
+                        crate::os::fd_limit_hint(&e)
+                    ),
                     e,
                 ))
             }
@@ -187,8 +191,16 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         &format!("buffer {:?}", names.name),
     )?;
     check_dir(&names.dir)?;
-    let bytes = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN)
-        .map_err(|e| Error::io(format!("reading {}", names.descriptor.display()), e))?;
+    let bytes = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN).map_err(|e| {
+        Error::io(
+            format!(
+                "reading {}{}",
+                names.descriptor.display(),
+                crate::os::fd_limit_hint(&e)
+            ),
+            e,
+        )
+    })?;
     let file_desc = Descriptor::decode(&bytes)?;
     check::<T>(&file_desc, opts)?;
     let own = ProcessIdentity::current();

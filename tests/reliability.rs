@@ -1,0 +1,205 @@
+//! Reliability without a GPU: a consumer killed while holding a lease, a process out of file
+//! descriptors, a rendezvous directory of another user. The foreign peers are small Python
+//! programs speaking the rendezvous protocol, so they can be killed without harming this
+//! process.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cuda_ipc::ipc::identity::ProcessIdentity;
+use cuda_ipc::ipc::rendezvous::write_atomic;
+use cuda_ipc::ipc::{fetch, Descriptor, ExportOptions, Exporter, ImportOptions, WireTransport};
+use cuda_ipc::{os, Error};
+use serial_test::serial;
+
+mod common;
+use common::temp_dir;
+
+/// Frames like src/ipc/channel.rs: b"CIPM", kind, 3 zero bytes, u32 LE length, payload.
+const PY_FRAMING: &str = r#"
+import os, socket, struct, sys, time
+def frame(kind, payload):
+    return b"CIPM" + bytes([kind, 0, 0, 0]) + struct.pack("<I", len(payload)) + payload
+def read_frame(s):
+    hdr = b""
+    fds = []
+    while len(hdr) < 12:
+        data, f, _, _ = socket.recv_fds(s, 12 - len(hdr), 4)
+        if not data:
+            sys.exit("closed")
+        hdr += data; fds += f
+    n = struct.unpack("<I", hdr[8:12])[0]
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return hdr[4], body, fds
+"#;
+
+/// A Python peer, killed when dropped (also when a test panics).
+struct Py(Child);
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python(script: &str, args: &[&str]) -> (Py, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{PY_FRAMING}\n{script}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for these tests");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Py(child), rx)
+}
+
+fn expect(rx: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("python never said {needle:?}"));
+        if line.contains(needle) {
+            return;
+        }
+    }
+}
+
+fn fd_descriptor() -> Descriptor {
+    let mut d = Descriptor::example();
+    d.transport = WireTransport::Fd;
+    d.handle = [0; 64];
+    d.exporter_pid = std::process::id().wrapping_add(1_000_000);
+    d.boot_id = ProcessIdentity::current().boot_id;
+    d.buffer_id = os::random_bytes().unwrap();
+    d
+}
+
+fn private_dir(tag: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+#[test]
+#[serial]
+fn a_consumer_killed_while_holding_a_lease_releases_it() {
+    let dir = temp_dir("killed-consumer");
+    let path = dir.join("frames");
+    let memfd = os::memfd("lease").unwrap();
+    let exporter = Exporter::bind_raw(&path, &fd_descriptor(), Some(memfd), ExportOptions::default()).unwrap();
+    let consumer = r#"
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(frame(1, struct.pack("<I", 1)))
+kind, body, fds = read_frame(s)
+assert kind == 2 and len(fds) == 1, (kind, fds)
+print("LEASED", flush=True)
+time.sleep(600)
+"#;
+    let (mut child, rx) = python(consumer, &[exporter.socket_path().to_str().unwrap()]);
+    expect(&rx, "LEASED");
+    let stats = exporter.wait_consumers(1, Duration::from_secs(5)).unwrap();
+    assert_eq!(stats.active_leases, 1);
+    child.0.kill().unwrap(); // SIGKILL: no goodbye, the kernel closes its socket
+    child.0.wait().unwrap();
+    let stats = exporter.wait_released(Duration::from_secs(5)).expect("the dead consumer's lease must end");
+    assert_eq!((stats.active_leases, stats.total_leases), (0, 1));
+    drop(exporter);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+struct RestoreLimit(u64);
+impl Drop for RestoreLimit {
+    fn drop(&mut self) {
+        os::set_nofile_soft_limit(self.0).unwrap();
+    }
+}
+
+#[test]
+#[serial]
+fn running_out_of_file_descriptors_gives_a_clear_error_and_recovers() {
+    let dir = private_dir("rlimit");
+    let path = dir.join("frames");
+    write_atomic(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
+    // A foreign exporter, so that only the consumer (this process) runs short of descriptors.
+    let exporter = r#"
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o600); l.listen(16)
+print("LISTENING", flush=True)
+m = os.memfd_create("x")
+keep = []
+while True:
+    c, _ = l.accept()
+    kind, body, fds = read_frame(c)
+    socket.send_fds(c, [frame(2, bytes.fromhex(sys.argv[2]))], [m])
+    keep.append(c)
+"#;
+    let desc_hex: String = std::fs::read(path.with_extension("desc")).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let (child, rx) = python(exporter, &[path.with_extension("sock").to_str().unwrap(), &desc_hex]);
+    expect(&rx, "LISTENING");
+    let opts = ImportOptions::with_timeout(Duration::from_secs(5));
+    let baseline = os::open_fd_count().unwrap();
+    let (soft, _) = os::nofile_limit().unwrap();
+    {
+        let _restore = RestoreLimit(soft);
+        // Take every descriptor below a lowered limit.
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        os::set_nofile_soft_limit(highest + 8).unwrap();
+        let mut fillers = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => fillers.push(f),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                    break;
+                }
+            }
+        }
+        // None left: the import cannot even read the descriptor; the error says why.
+        let err = fetch::<u32>(&path, &opts).unwrap_err();
+        assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
+        // One left: the socket takes it, and the memory's fd cannot be received.
+        fillers.pop();
+        let err = fetch::<u32>(&path, &opts).unwrap_err();
+        assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
+        drop(fillers);
+    }
+    // With descriptors free again, the same import works, and nothing leaked.
+    let offer = fetch::<u32>(&path, &opts).unwrap();
+    assert!(offer.fd.is_some());
+    drop(offer);
+    assert_eq!(os::open_fd_count().unwrap(), baseline);
+    drop(child);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[serial]
+fn a_directory_owned_by_another_user_is_refused() {
+    assert_eq!(os::effective_uid(), 0, "this test chowns a directory: run it as root (CI does)");
+    let dir = private_dir("foreign");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let err = Exporter::bind_raw(dir.join("frames"), &fd_descriptor(), None, ExportOptions::default()).unwrap_err();
+    let Error::UnsafeDirectory { reason, .. } = &err else { panic!("{err:?}") };
+    assert!(reason.contains("owned by uid 65534"), "{reason}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let _ = Path::new("/");
+}
