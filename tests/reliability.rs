@@ -70,7 +70,9 @@ fn expect(rx: &std::sync::mpsc::Receiver<String>, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("python never said {needle:?}"));
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("python never said {needle:?}"));
         if line.contains(needle) {
             return;
         }
@@ -100,7 +102,13 @@ fn a_consumer_killed_while_holding_a_lease_releases_it() {
     let dir = temp_dir("killed-consumer");
     let path = dir.join("frames");
     let memfd = os::memfd("lease").unwrap();
-    let exporter = Exporter::bind_raw(&path, &fd_descriptor(), Some(memfd), ExportOptions::default()).unwrap();
+    let exporter = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd),
+        ExportOptions::default(),
+    )
+    .unwrap();
     let consumer = r#"
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
@@ -116,7 +124,9 @@ time.sleep(600)
     assert_eq!(stats.active_leases, 1);
     child.0.kill().unwrap(); // SIGKILL: no goodbye, the kernel closes its socket
     child.0.wait().unwrap();
-    let stats = exporter.wait_released(Duration::from_secs(5)).expect("the dead consumer's lease must end");
+    let stats = exporter
+        .wait_released(Duration::from_secs(5))
+        .expect("the dead consumer's lease must end");
     assert_eq!((stats.active_leases, stats.total_leases), (0, 1));
     drop(exporter);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -148,8 +158,15 @@ while True:
     socket.send_fds(c, [frame(2, bytes.fromhex(sys.argv[2]))], [m])
     keep.append(c)
 "#;
-    let desc_hex: String = std::fs::read(path.with_extension("desc")).unwrap().iter().map(|b| format!("{b:02x}")).collect();
-    let (child, rx) = python(exporter, &[path.with_extension("sock").to_str().unwrap(), &desc_hex]);
+    let desc_hex: String = std::fs::read(path.with_extension("desc"))
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (child, rx) = python(
+        exporter,
+        &[path.with_extension("sock").to_str().unwrap(), &desc_hex],
+    );
     expect(&rx, "LISTENING");
     let opts = ImportOptions::with_timeout(Duration::from_secs(5));
     let baseline = os::open_fd_count().unwrap();
@@ -194,11 +211,23 @@ while True:
 #[test]
 #[serial]
 fn a_directory_owned_by_another_user_is_refused() {
-    assert_eq!(os::effective_uid(), 0, "this test chowns a directory: run it as root (CI does)");
+    assert_eq!(
+        os::effective_uid(),
+        0,
+        "this test chowns a directory: run it as root (CI does)"
+    );
     let dir = private_dir("foreign");
     std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
-    let err = Exporter::bind_raw(dir.join("frames"), &fd_descriptor(), None, ExportOptions::default()).unwrap_err();
-    let Error::UnsafeDirectory { reason, .. } = &err else { panic!("{err:?}") };
+    let err = Exporter::bind_raw(
+        dir.join("frames"),
+        &fd_descriptor(),
+        None,
+        ExportOptions::default(),
+    )
+    .unwrap_err();
+    let Error::UnsafeDirectory { reason, .. } = &err else {
+        panic!("{err:?}")
+    };
     assert!(reason.contains("owned by uid 65534"), "{reason}");
     std::fs::remove_dir_all(&dir).unwrap();
     let _ = Path::new("/");

@@ -33,10 +33,15 @@ pub fn gpus_or_explain(bench: &str) -> usize {
 
 /// Short warm-up and measurement: many benches per run, on a leased GPU machine.
 pub fn criterion() -> Criterion {
+    criterion_with(Duration::from_millis(900), 20)
+}
+
+/// Criterion with this measurement time and sample count.
+pub fn criterion_with(measurement: Duration, samples: usize) -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(900))
-        .sample_size(20)
+        .measurement_time(measurement)
+        .sample_size(samples)
         .configure_from_args()
 }
 

@@ -117,4 +117,3 @@ impl RoleProcess {
         let _ = self.child.wait();
     }
 }
-
