@@ -55,6 +55,10 @@ pub use kernels::Kernels;
 pub use memory::{DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
 pub use stream::Stream;
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Everything most programs need: `use cuda_ipc::prelude::*;`.
 pub mod prelude {
     pub use crate::context::Context;
