@@ -74,6 +74,32 @@ fn poll_number(dir: &Path, name: &str, n: u64) {
     }
 }
 
+/// Benches `round(n)` (one round trip for frame n) with criterion, then reports the median
+/// and p99 of SAMPLES single round trips timed on the host.
+fn host_timed(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mode: &str,
+    n: &mut u64,
+    round: impl Fn(u64),
+) {
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            *n += 1;
+            round(*n)
+        })
+    });
+    let samples = (0..SAMPLES)
+        .map(|_| {
+            *n += 1;
+            let t = Instant::now();
+            round(*n);
+            t.elapsed()
+        })
+        .collect();
+    report(mode, samples);
+}
+
 fn run_mode(c: &mut Criterion, mode: &str) {
     let dir = common::temp_dir(&format!("handoff-{mode}"));
     fs::create_dir_all(&dir).unwrap();
@@ -90,48 +116,14 @@ fn run_mode(c: &mut Criterion, mode: &str) {
     let mut n: u64 = 0;
     let mut g = c.benchmark_group("handoff");
     match mode {
-        "file" => {
-            let round = |n: u64| {
-                write_number(&dir, "ping", n);
-                poll_number(&dir, "pong", n);
-            };
-            g.bench_function("file polling (round trip)", |b| {
-                b.iter(|| {
-                    n += 1;
-                    round(n)
-                })
-            });
-            let samples = (0..SAMPLES)
-                .map(|_| {
-                    n += 1;
-                    let t = Instant::now();
-                    round(n);
-                    t.elapsed()
-                })
-                .collect();
-            report(mode, samples);
-        }
-        "socket" => {
-            let round = |n: u64| {
-                exporter.notify_ready(n).unwrap();
-                theirs.wait_ready(n, Duration::from_secs(30)).unwrap();
-            };
-            g.bench_function("socket message (round trip)", |b| {
-                b.iter(|| {
-                    n += 1;
-                    round(n)
-                })
-            });
-            let samples = (0..SAMPLES)
-                .map(|_| {
-                    n += 1;
-                    let t = Instant::now();
-                    round(n);
-                    t.elapsed()
-                })
-                .collect();
-            report(mode, samples);
-        }
+        "file" => host_timed(&mut g, "file polling (round trip)", mode, &mut n, |n| {
+            write_number(&dir, "ping", n);
+            poll_number(&dir, "pong", n);
+        }),
+        "socket" => host_timed(&mut g, "socket message (round trip)", mode, &mut n, |n| {
+            exporter.notify_ready(n).unwrap();
+            theirs.wait_ready(n, Duration::from_secs(30)).unwrap();
+        }),
         _ => {
             let round = |n: u64| {
                 theirs

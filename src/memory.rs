@@ -253,23 +253,8 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         }
     }
 
-    /// Elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// Whether there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Bytes.
-    pub fn byte_len(&self) -> usize {
-        self.len * std::mem::size_of::<T>()
-    }
-    /// The device address. Do not free it: the owner of the memory does.
-    pub fn device_ptr(&self) -> CUdeviceptr {
-        self.ptr
-    }
-    /// The context the memory is accessible from.
+    /// The context the memory is accessible from. Length, address and the like come from
+    /// [`DeviceMemory`], as for every kind of device memory.
     pub fn context(&self) -> &'a Context {
         self.ctx
     }
