@@ -85,6 +85,16 @@ pub struct ExportStats {
 struct Shared {
     stats: Mutex<ExportStats>,
     changed: Condvar,
+    notify: Mutex<Notify>,
+}
+
+/// Where "ready" notifications go: the leased connections (duplicates of the server thread's
+/// sockets), so that [`Exporter::notify_ready`] sends from the caller's thread without a hop
+/// through the server thread.
+#[derive(Default)]
+struct Notify {
+    last_ready: Option<u64>,
+    targets: Vec<(u64, UnixStream)>,
 }
 
 impl Shared {
@@ -210,7 +220,7 @@ impl Exporter {
             own_uid: os::effective_uid(),
             shared: Arc::clone(&shared),
             conns: Vec::new(),
-            last_ready: None,
+            next_id: 0,
             name: names.name.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -255,12 +265,15 @@ impl Exporter {
     /// `frame`; consumers wait for it with
     /// [`SharedDeviceBuffer::wait_ready`]. Frames should increase.
     pub fn notify_ready(&self, frame: u64) -> Result<()> {
-        let mut msg = [0u8; 9];
-        msg[0] = b'R';
-        msg[1..].copy_from_slice(&frame.to_le_bytes());
-        (&self.wake)
-            .write_all(&msg)
-            .map_err(|e| Error::io("waking the exporter thread", e))
+        let mut notify = self.shared.notify.lock().unwrap_or_else(|p| p.into_inner());
+        notify.last_ready = Some(notify.last_ready.map_or(frame, |l| l.max(frame)));
+        let msg = frame.to_le_bytes();
+        for (_, stream) in &notify.targets {
+            // Non-blocking: a consumer that does not read its notifications loses them once
+            // its socket buffer is full; its lease is not affected.
+            let _ = channel::send(stream, Kind::Ready, &msg, None);
+        }
+        Ok(())
     }
 
     fn wait_until(
@@ -357,6 +370,7 @@ enum ConnState {
 }
 
 struct Conn {
+    id: u64,
     stream: UnixStream,
     reader: FrameReader,
     state: ConnState,
@@ -371,7 +385,7 @@ struct Server {
     own_uid: u32,
     shared: Arc<Shared>,
     conns: Vec<Conn>,
-    last_ready: Option<u64>,
+    next_id: u64,
     name: String,
 }
 
@@ -438,11 +452,17 @@ impl Server {
             .iter()
             .filter(|c| matches!(c.state, ConnState::Leased))
             .count();
+        self.shared
+            .notify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .targets
+            .clear();
         self.conns.clear();
         self.shared.update(|s| s.active_leases -= leased);
     }
 
-    /// Handles commands from the owner; false to stop.
+    /// Handles commands from the owner (only "quit" so far); false to stop.
     fn handle_wake(&mut self, buf: &mut Vec<u8>) -> bool {
         let mut chunk = [0u8; 256];
         match (&self.wake_rx).read(&mut chunk) {
@@ -451,23 +471,8 @@ impl Server {
         }
         while buf.len() >= 9 {
             let cmd: Vec<u8> = buf.drain(..9).collect();
-            match cmd[0] {
-                b'Q' => return false,
-                b'R' => {
-                    let frame = u64::from_le_bytes(cmd[1..9].try_into().expect("8 bytes"));
-                    self.last_ready = Some(frame);
-                    let msg = frame.to_le_bytes();
-                    for c in self
-                        .conns
-                        .iter()
-                        .filter(|c| matches!(c.state, ConnState::Leased))
-                    {
-                        // A consumer that does not read its notifications loses them; its
-                        // lease is not affected.
-                        let _ = channel::send(&c.stream, Kind::Ready, &msg, None);
-                    }
-                }
-                _ => {}
+            if cmd[0] == b'Q' {
+                return false;
             }
         }
         true
@@ -525,7 +530,9 @@ impl Server {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
+            self.next_id += 1;
             self.conns.push(Conn {
+                id: self.next_id,
                 stream,
                 reader: FrameReader::new(),
                 state: ConnState::Handshake {
@@ -562,13 +569,23 @@ impl Server {
                         if channel::send(&conn.stream, Kind::Offer, &self.offer, fd).is_err() {
                             return false;
                         }
-                        if let Some(frame) = self.last_ready {
-                            let _ = channel::send(
-                                &conn.stream,
-                                Kind::Ready,
-                                &frame.to_le_bytes(),
-                                None,
-                            );
+                        // Register for notifications and send the latest one, under one lock,
+                        // so none falls between the two.
+                        let Ok(target) = conn.stream.try_clone() else {
+                            return false;
+                        };
+                        {
+                            let mut notify =
+                                self.shared.notify.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(frame) = notify.last_ready {
+                                let _ = channel::send(
+                                    &conn.stream,
+                                    Kind::Ready,
+                                    &frame.to_le_bytes(),
+                                    None,
+                                );
+                            }
+                            notify.targets.push((conn.id, target));
                         }
                         conn.state = ConnState::Leased;
                         self.shared.update(|s| {
@@ -608,6 +625,13 @@ impl Server {
     fn remove(&mut self, i: usize) {
         let conn = self.conns.swap_remove(i);
         if matches!(conn.state, ConnState::Leased) {
+            // Drop our duplicate too, or the consumer would not see the connection close.
+            self.shared
+                .notify
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .targets
+                .retain(|(id, _)| *id != conn.id);
             self.shared.update(|s| s.active_leases -= 1);
         }
     }
