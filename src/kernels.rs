@@ -188,6 +188,28 @@ impl<'ctx> Kernels<'ctx> {
         Ok(())
     }
 
+    /// Launches kernel `index`, whose parameters are `(uint32_t *words, uint64_t n, uint32_t x)`,
+    /// on the words of `buf`.
+    fn word_kernel<T: Pod>(
+        &self,
+        index: usize,
+        name: &str,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<T>,
+        x: u32,
+    ) -> Result<()> {
+        self.check_memory(buf, name)?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), name)?;
+        let mut x = x;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut x as *mut u32).cast(),
+        ];
+        self.launch(index, n, stream, &mut params)
+    }
+
     /// Fills the words of `buf` with the deterministic pattern of `seed`
     /// ([`reference::pattern_word`]).
     pub fn fill_pattern<T: Pod>(
@@ -196,16 +218,7 @@ impl<'ctx> Kernels<'ctx> {
         buf: &mut impl DeviceMemoryMut<T>,
         seed: u32,
     ) -> Result<()> {
-        self.check_memory(buf, "fill_pattern")?;
-        let view = buf.view_mut();
-        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "fill_pattern")?;
-        let mut seed = seed;
-        let mut params = [
-            (&mut ptr as *mut u64).cast(),
-            (&mut n as *mut u64).cast(),
-            (&mut seed as *mut u32).cast(),
-        ];
-        self.launch(0, n, stream, &mut params)
+        self.word_kernel(0, "fill_pattern", stream, buf, seed)
     }
 
     /// `buf[i] = start + i` (wrapping).
@@ -235,16 +248,7 @@ impl<'ctx> Kernels<'ctx> {
         buf: &mut impl DeviceMemoryMut<T>,
         key: u32,
     ) -> Result<()> {
-        self.check_memory(buf, "transform_words")?;
-        let view = buf.view_mut();
-        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "transform_words")?;
-        let mut key = key;
-        let mut params = [
-            (&mut ptr as *mut u64).cast(),
-            (&mut n as *mut u64).cast(),
-            (&mut key as *mut u32).cast(),
-        ];
-        self.launch(2, n, stream, &mut params)
+        self.word_kernel(2, "transform_words", stream, buf, key)
     }
 
     /// Adds `value` to every word, atomically (wrapping), so that several processes can add to
@@ -255,16 +259,7 @@ impl<'ctx> Kernels<'ctx> {
         buf: &mut impl DeviceMemoryMut<T>,
         value: u32,
     ) -> Result<()> {
-        self.check_memory(buf, "add_words_atomic")?;
-        let view = buf.view_mut();
-        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "add_words_atomic")?;
-        let mut value = value;
-        let mut params = [
-            (&mut ptr as *mut u64).cast(),
-            (&mut n as *mut u64).cast(),
-            (&mut value as *mut u32).cast(),
-        ];
-        self.launch(5, n, stream, &mut params)
+        self.word_kernel(5, "add_words_atomic", stream, buf, value)
     }
 
     /// `x[i] = a * x[i] + b` with one fused multiply-add ([`reference::scale_add_f32`]).
