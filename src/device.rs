@@ -169,7 +169,12 @@ impl Device {
 
     /// Every GPU this process sees, by ordinal.
     pub fn all() -> Result<Vec<Device>> {
-        (0..Self::count()?).map(Self::by_ordinal).collect()
+        (0..Self::count()?)
+            .map(|ordinal| {
+                let raw = result::device_get(ordinal as i32)?;
+                Ok(Device { ordinal, raw })
+            })
+            .collect()
     }
 
     /// The GPU with this ordinal.

@@ -1,6 +1,6 @@
 //! The exporter: publishes a shared buffer under a name and serves its consumers.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -334,7 +334,7 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        let _ = (&self.wake).write_all(b"Q\0\0\0\0\0\0\0\0");
+        let _ = (&self.wake).write_all(b"Q"); // any byte (or EOF) stops the server thread
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 crate::drop_log::record("Exporter", "its server thread panicked");
@@ -391,7 +391,6 @@ struct Server {
 
 impl Server {
     fn run(mut self) {
-        let mut wake_buf: Vec<u8> = Vec::new();
         loop {
             let now = Instant::now();
             let next_deadline = self
@@ -419,8 +418,8 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            if polls[0].is_ready() && !self.handle_wake(&mut wake_buf) {
-                break;
+            if polls[0].is_ready() {
+                break; // the Exporter asked us to stop, or is gone
             }
             if polls[1].is_ready() {
                 self.accept_all();
@@ -460,22 +459,6 @@ impl Server {
             .clear();
         self.conns.clear();
         self.shared.update(|s| s.active_leases -= leased);
-    }
-
-    /// Handles commands from the owner (only "quit" so far); false to stop.
-    fn handle_wake(&mut self, buf: &mut Vec<u8>) -> bool {
-        let mut chunk = [0u8; 256];
-        match (&self.wake_rx).read(&mut chunk) {
-            Ok(0) | Err(_) => return false, // the Exporter is gone
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        while buf.len() >= 9 {
-            let cmd: Vec<u8> = buf.drain(..9).collect();
-            if cmd[0] == b'Q' {
-                return false;
-            }
-        }
-        true
     }
 
     fn accept_all(&mut self) {
