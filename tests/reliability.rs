@@ -9,14 +9,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cuda_ipc::ipc::identity::ProcessIdentity;
 use cuda_ipc::ipc::rendezvous::write_atomic;
-use cuda_ipc::ipc::{fetch, Descriptor, ExportOptions, Exporter, ImportOptions, WireTransport};
+use cuda_ipc::ipc::{fetch, ExportOptions, Exporter, ImportOptions};
 use cuda_ipc::{os, Error};
 use serial_test::serial;
 
 mod common;
-use common::temp_dir;
+use common::{fd_descriptor, temp_dir};
 
 /// Frames like src/ipc/channel.rs: b"CIPM", kind, 3 zero bytes, u32 LE length, payload.
 const PY_FRAMING: &str = r#"
@@ -77,16 +76,6 @@ fn expect(rx: &std::sync::mpsc::Receiver<String>, needle: &str) {
             return;
         }
     }
-}
-
-fn fd_descriptor() -> Descriptor {
-    let mut d = Descriptor::example();
-    d.transport = WireTransport::Fd;
-    d.handle = [0; 64];
-    d.exporter_pid = std::process::id().wrapping_add(1_000_000);
-    d.boot_id = ProcessIdentity::current().boot_id;
-    d.buffer_id = os::random_bytes().unwrap();
-    d
 }
 
 fn private_dir(tag: &str) -> std::path::PathBuf {

@@ -11,26 +11,12 @@ use std::time::{Duration, Instant};
 
 use cuda_ipc::ipc::channel::{self, Kind};
 use cuda_ipc::ipc::rendezvous::write_atomic;
-use cuda_ipc::ipc::{
-    fetch, AllowedUsers, Descriptor, DescriptorError, ExportOptions, Exporter, ImportOptions,
-    WireTransport,
-};
+use cuda_ipc::ipc::{fetch, AllowedUsers, DescriptorError, ExportOptions, Exporter, ImportOptions};
 use cuda_ipc::{os, Error};
 use serial_test::serial;
 
 mod common;
-use common::temp_dir;
-
-/// A descriptor of the fd transport from "another process" (a PID that is not ours).
-fn fd_descriptor() -> Descriptor {
-    let mut d = Descriptor::example();
-    d.transport = WireTransport::Fd;
-    d.handle = [0; 64];
-    d.exporter_pid = std::process::id().wrapping_add(1_000_000);
-    d.boot_id = cuda_ipc::ipc::identity::ProcessIdentity::current().boot_id;
-    d.buffer_id = os::random_bytes().unwrap();
-    d
-}
+use common::{fd_descriptor, temp_dir};
 
 fn memfd_with(text: &[u8]) -> std::os::fd::OwnedFd {
     let fd = os::memfd("cuda-ipc-test").unwrap();

@@ -117,3 +117,15 @@ impl RoleProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A descriptor of the fd transport from "another process" (a PID that is not ours, this
+/// machine's boot), for tests of the rendezvous without a GPU.
+pub fn fd_descriptor() -> cuda_ipc::ipc::Descriptor {
+    let mut d = cuda_ipc::ipc::Descriptor::example();
+    d.transport = cuda_ipc::ipc::WireTransport::Fd;
+    d.handle = [0; 64];
+    d.exporter_pid = std::process::id().wrapping_add(1_000_000);
+    d.boot_id = cuda_ipc::ipc::identity::ProcessIdentity::current().boot_id;
+    d.buffer_id = cuda_ipc::os::random_bytes().unwrap();
+    d
+}
