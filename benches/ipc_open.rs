@@ -81,7 +81,7 @@ fn descriptor_codec(c: &mut Criterion) {
 
 fn export_costs(c: &mut Criterion) {
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
-    ctx.bind().unwrap();
+    let _bound = ctx.bind().unwrap();
     let mut g = c.benchmark_group("export");
     let legacy = result::mem_alloc(2 << 20).unwrap();
     g.bench_function("legacy/cuIpcGetMemHandle", |b| {
@@ -173,7 +173,7 @@ fn open_costs(c: &mut Criterion, dir: &std::path::Path, importer: usize) {
 
 /// cuIpcOpenMemHandle + close, or import + reserve + map + set access + release + unmap + free.
 fn raw_open_close(ctx: &Context, d: &Descriptor, fd: Option<i32>) {
-    ctx.bind().unwrap();
+    let _bound = ctx.bind().unwrap();
     match fd {
         None => {
             // SAFETY: a valid handle of a live buffer; closed right away.

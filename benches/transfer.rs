@@ -172,7 +172,7 @@ fn cross_gpu(c: &mut Criterion, dir: &std::path::Path) {
             |b, _| {
                 b.iter_custom(|n| {
                     gpu_time(&ctx1, &stream1, n, || {
-                        ctx1.bind().unwrap();
+                        let _bound = ctx1.bind().unwrap();
                         // SAFETY: both buffers hold `size` bytes and outlive the synchronized run.
                         unsafe {
                             result::memcpy_peer_async(

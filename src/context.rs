@@ -14,9 +14,12 @@
 //! # Ok::<(), cuda_ipc::Error>(())
 //! ```
 //!
-//! Every operation makes its context current on the calling thread first, so a context and its
-//! objects can be shared between threads freely.
+//! Every operation makes its context current on the calling thread for its own duration and
+//! then restores whatever was current before (another CUDA library's context, say), so a
+//! context and its objects can be shared between threads freely and mixed with other CUDA
+//! code on one thread.
 
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use crate::device::{init, Device};
@@ -25,6 +28,26 @@ use crate::error::Result;
 use crate::ipc::mapping::ImportCache;
 use crate::kernels::KernelModule;
 use crate::result::{self, CUcontext};
+
+/// Keeps a [`Context`] current on this thread; dropping it makes the context that was current
+/// before [`Context::bind`] current again. Not `Send`: the current context is per thread.
+#[must_use = "the context is current only while the guard lives: `let _bound = ctx.bind()?;`"]
+pub struct Bound<'a> {
+    restore: Option<CUcontext>,
+    _not_send: PhantomData<(&'a Context, *const ())>,
+}
+
+impl Drop for Bound<'_> {
+    fn drop(&mut self) {
+        if let Some(previous) = self.restore.take() {
+            // SAFETY: `previous` was current on this thread when the guard was made (or null,
+            // which unbinds); whoever made it current keeps it alive across our call.
+            drop_log::check("Context guard (restoring the previous context)", unsafe {
+                result::ctx_set_current(previous)
+            });
+        }
+    }
+}
 
 /// A GPU's primary context.
 pub struct Context {
@@ -59,7 +82,6 @@ impl Context {
             kernels: OnceLock::new(),
             imports: ImportCache::default(),
         };
-        ctx.bind()?;
         Ok(ctx)
     }
 
@@ -73,18 +95,36 @@ impl Context {
         self.raw
     }
 
-    /// Makes this context current on the calling thread (a no-op when it already is).
-    pub fn bind(&self) -> Result<()> {
-        if result::ctx_get_current()? != self.raw {
-            // SAFETY: `self.raw` is live for as long as `self` is (we hold a retain).
-            unsafe { result::ctx_set_current(self.raw) }?;
+    /// Makes this context current on the calling thread until the returned guard drops, which
+    /// makes the previous one (maybe another library's, maybe none) current again. A no-op
+    /// when this context already is current. Keep the guard in a named binding:
+    ///
+    /// ```no_run
+    /// # use cuda_ipc::{Context, Device};
+    /// let ctx = Context::new(Device::by_ordinal(0)?)?;
+    /// let _bound = ctx.bind()?; // current until the end of this scope
+    /// // ... raw driver calls of your own ...
+    /// # Ok::<(), cuda_ipc::Error>(())
+    /// ```
+    pub fn bind(&self) -> Result<Bound<'_>> {
+        let previous = result::ctx_get_current()?;
+        if previous == self.raw {
+            return Ok(Bound {
+                restore: None,
+                _not_send: PhantomData,
+            });
         }
-        Ok(())
+        // SAFETY: `self.raw` is live for as long as `self` is (we hold a retain).
+        unsafe { result::ctx_set_current(self.raw) }?;
+        Ok(Bound {
+            restore: Some(previous),
+            _not_send: PhantomData,
+        })
     }
 
     /// Waits until all work in this context is done.
     pub fn synchronize(&self) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         Ok(result::ctx_synchronize()?)
     }
 
@@ -96,7 +136,7 @@ impl Context {
         if self.raw == peer.raw {
             return Ok(());
         }
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: `peer` is live while borrowed.
         match unsafe { result::ctx_enable_peer_access(peer.raw) } {
             Err(e) if e.is(result::codes::PEER_ACCESS_ALREADY_ENABLED) => Ok(()),
@@ -106,7 +146,7 @@ impl Context {
 
     /// (free, total) bytes of this context's device (`cuMemGetInfo`).
     pub fn mem_info(&self) -> Result<(usize, usize)> {
-        self.bind()?;
+        let _bound = self.bind()?;
         Ok(result::mem_get_info()?)
     }
 
@@ -134,8 +174,9 @@ impl Context {
 impl Drop for Context {
     fn drop(&mut self) {
         if let Some(module) = self.kernels.take() {
-            if self.bind().is_ok() {
-                module.unload();
+            match self.bind() {
+                Ok(_bound) => module.unload(),
+                Err(e) => drop_log::record("kernel module (binding its context to unload)", e),
             }
         }
         // SAFETY: matches the retain in `new`; every object borrowing this context is gone.

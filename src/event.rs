@@ -39,14 +39,14 @@ impl std::fmt::Debug for Event<'_> {
 impl<'ctx> Event<'ctx> {
     /// A timing event.
     pub fn new(ctx: &'ctx Context) -> Result<Self> {
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let raw = result::event_create(true, false)?;
         Ok(Event { ctx, raw })
     }
 
     /// An event without timing (cheaper to record and wait for).
     pub fn new_untimed(ctx: &'ctx Context) -> Result<Self> {
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let raw = result::event_create(false, false)?;
         Ok(Event { ctx, raw })
     }
@@ -69,21 +69,21 @@ impl<'ctx> Event<'ctx> {
 
     /// Records the event at the current end of `stream`.
     pub fn record(&self, stream: &Stream<'_>) -> Result<()> {
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: both handles are live while borrowed.
         Ok(unsafe { result::event_record(self.raw, stream.raw()) }?)
     }
 
     /// Waits until the work before the last record is done.
     pub fn synchronize(&self) -> Result<()> {
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: live while borrowed.
         Ok(unsafe { result::event_synchronize(self.raw) }?)
     }
 
     /// Whether the work before the last record is done, without waiting.
     pub fn is_complete(&self) -> Result<bool> {
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: live while borrowed.
         Ok(unsafe { result::event_query(self.raw) }?)
     }
@@ -99,10 +99,13 @@ impl<'ctx> Event<'ctx> {
 
 impl Drop for Event<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.ctx.bind() {
-            drop_log::record("Event (binding its context)", e);
-            return;
-        }
+        let _bound = match self.ctx.bind() {
+            Ok(b) => b,
+            Err(e) => {
+                drop_log::record("Event (binding its context)", e);
+                return;
+            }
+        };
         // SAFETY: we own the event.
         drop_log::check("Event (cuEventDestroy)", unsafe {
             result::event_destroy(self.raw)

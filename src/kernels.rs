@@ -62,7 +62,7 @@ pub(crate) struct KernelModule {
 
 impl KernelModule {
     pub(crate) fn load(ctx: &Context) -> Result<Self> {
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let image = CString::new(PTX).map_err(|_| {
             Error::InvalidArgument("the embedded PTX contains a NUL byte".to_string())
         })?;
@@ -161,7 +161,7 @@ impl<'ctx> Kernels<'ctx> {
         if n == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: each launcher below passes one pointer per kernel parameter, to a value of
         // the parameter's exact type (u64 device pointers, u64 counts, u32/f32 scalars), and
         // has checked that the memory covers `n` elements of what the kernel touches. The

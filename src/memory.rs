@@ -184,7 +184,7 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: the view covers byte_len valid device bytes; dst has the same byte length.
         unsafe { result::memcpy_dtoh(dst.as_mut_ptr().cast(), self.ptr, self.byte_len()) }?;
         Ok(())
@@ -214,7 +214,7 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: device side as in copy_to_slice; host lifetime forwarded to the caller.
         unsafe {
             result::memcpy_dtoh_async(
@@ -282,7 +282,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: the view covers byte_len writable device bytes; src has the same byte length.
         unsafe { result::memcpy_htod(self.ptr, src.as_ptr().cast(), self.byte_len()) }?;
         Ok(())
@@ -304,7 +304,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: device side as in copy_from_slice; host lifetime forwarded to the caller.
         unsafe {
             result::memcpy_htod_async(self.ptr, src.as_ptr().cast(), self.byte_len(), stream.raw())
@@ -348,7 +348,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if bytes == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         match stream {
             // SAFETY: both views cover `bytes` valid bytes of one context; buffers outlive
             // queued work because their drop synchronizes the context.
@@ -381,7 +381,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: the view covers byte_len writable bytes.
         unsafe { result::memset_d8(self.ptr, 0, self.byte_len()) }?;
         Ok(())
@@ -393,7 +393,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: the view covers byte_len writable bytes, which outlive queued work.
         unsafe { result::memset_d8_async(self.ptr, 0, self.byte_len(), stream.raw()) }?;
         Ok(())
@@ -527,7 +527,7 @@ impl<'ctx, T: Pod> DeviceBuffer<'ctx, T> {
         let ptr = if bytes == 0 {
             0
         } else {
-            ctx.bind()?;
+            let _bound = ctx.bind()?;
             result::mem_alloc(bytes)?
         };
         Ok(DeviceBuffer {
@@ -574,6 +574,13 @@ impl<T: Pod> Drop for DeviceBuffer<'_, T> {
         if let Err(e) = self.ctx.synchronize() {
             drop_log::record("DeviceBuffer (cuCtxSynchronize before free)", e);
         }
+        let _bound = match self.ctx.bind() {
+            Ok(b) => b,
+            Err(e) => {
+                drop_log::record("DeviceBuffer (binding its context to free it; leaked)", e);
+                return;
+            }
+        };
         // SAFETY: we own the allocation, and the context's queued work is done.
         drop_log::check("DeviceBuffer (cuMemFree)", unsafe {
             result::mem_free(self.ptr)

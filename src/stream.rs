@@ -40,7 +40,7 @@ impl std::fmt::Debug for Stream<'_> {
 impl<'ctx> Stream<'ctx> {
     /// A new stream in `ctx`.
     pub fn new(ctx: &'ctx Context) -> Result<Self> {
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let raw = result::stream_create()?;
         Ok(Stream { ctx, raw })
     }
@@ -57,7 +57,7 @@ impl<'ctx> Stream<'ctx> {
 
     /// Waits until all work queued on this stream is done.
     pub fn synchronize(&self) -> Result<()> {
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: `self.raw` is live while `self` is.
         Ok(unsafe { result::stream_synchronize(self.raw) }?)
     }
@@ -65,7 +65,7 @@ impl<'ctx> Stream<'ctx> {
     /// Makes later work on this stream wait for `event` (which may be of another context or,
     /// for an IPC event, another process).
     pub fn wait_event(&self, event: &Event<'_>) -> Result<()> {
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: both handles are live while their owners are borrowed.
         Ok(unsafe { result::stream_wait_event(self.raw, event.raw()) }?)
     }
@@ -73,10 +73,13 @@ impl<'ctx> Stream<'ctx> {
 
 impl Drop for Stream<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.ctx.bind() {
-            drop_log::record("Stream (binding its context)", e);
-            return;
-        }
+        let _bound = match self.ctx.bind() {
+            Ok(b) => b,
+            Err(e) => {
+                drop_log::record("Stream (binding its context)", e);
+                return;
+            }
+        };
         // SAFETY: we own the stream; queued work completes on its own after destruction.
         drop_log::check("Stream (cuStreamDestroy)", unsafe {
             result::stream_destroy(self.raw)

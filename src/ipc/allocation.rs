@@ -35,7 +35,7 @@ pub(crate) struct OwnedAllocation {
 impl OwnedAllocation {
     /// `needed` bytes of legacy (`cuMemAlloc`) memory in `ctx`, with its IPC handle.
     pub fn legacy(ctx: &Context, needed: usize) -> Result<Self> {
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let base = result::mem_alloc(needed)?;
         let handle = match result::ipc_get_mem_handle(base) {
             Ok(h) => h,
@@ -58,7 +58,7 @@ impl OwnedAllocation {
 
     /// `needed` bytes, rounded up to the VMM granularity, of fd-exportable memory in `ctx`.
     pub fn vmm(ctx: &Context, needed: usize) -> Result<Self> {
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let dev = ctx.device().raw();
         let granularity = result::mem_granularity_posix_fd(dev)?;
         let size = needed.div_ceil(granularity).max(1) * granularity;
@@ -90,6 +90,13 @@ impl OwnedAllocation {
         if let Err(e) = ctx.synchronize() {
             drop_log::record("shared buffer (cuCtxSynchronize before free)", e);
         }
+        let _bound = match ctx.bind() {
+            Ok(b) => b,
+            Err(e) => {
+                drop_log::record("shared buffer (binding its context to free it; leaked)", e);
+                return;
+            }
+        };
         match self.vmm_handle {
             None => {
                 // SAFETY: we own this cuMemAlloc allocation and its work is done.
@@ -162,7 +169,7 @@ pub(crate) fn map_vmm_fd(
     size: usize,
 ) -> Result<CUdeviceptr> {
     use std::os::fd::AsRawFd;
-    ctx.bind()?;
+    let _bound = ctx.bind()?;
     let handle = result::mem_import_posix_fd(fd.as_raw_fd())?;
     let mut undo = Undo::new(handle);
     let base = result::mem_address_reserve(size, 0)?;
@@ -184,6 +191,13 @@ pub(crate) fn unmap_vmm(ctx: &Context, base: CUdeviceptr, size: usize) {
     if let Err(e) = ctx.synchronize() {
         drop_log::record("imported buffer (cuCtxSynchronize before unmap)", e);
     }
+    let _bound = match ctx.bind() {
+        Ok(b) => b,
+        Err(e) => {
+            drop_log::record("imported buffer (binding its context to unmap it; leaked)", e);
+            return;
+        }
+    };
     // SAFETY: the range was mapped by map_vmm_fd and its work is done.
     drop_log::check("imported buffer (cuMemUnmap)", unsafe {
         result::mem_unmap(base, size)
@@ -199,10 +213,13 @@ pub(crate) fn close_legacy(ctx: &Context, base: CUdeviceptr) {
     if let Err(e) = ctx.synchronize() {
         drop_log::record("imported buffer (cuCtxSynchronize before close)", e);
     }
-    if let Err(e) = ctx.bind() {
-        drop_log::record("imported buffer (binding its context)", e);
-        return;
-    }
+    let _bound = match ctx.bind() {
+        Ok(b) => b,
+        Err(e) => {
+            drop_log::record("imported buffer (binding its context)", e);
+            return;
+        }
+    };
     // SAFETY: `base` came from cuIpcOpenMemHandle in this context and its work is done.
     drop_log::check("imported buffer (cuIpcCloseMemHandle)", unsafe {
         result::ipc_close_mem_handle(base)

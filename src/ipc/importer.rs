@@ -308,7 +308,7 @@ fn import_descriptor<'ctx, T: Pod>(
     }
     let (base, kind) = match d.transport {
         WireTransport::Legacy => {
-            ctx.bind()?;
+            let _bound = ctx.bind()?;
             // SAFETY: the handle came with a checked descriptor; the driver validates it, and
             // the mapping is closed when its last reference drops.
             let base = unsafe { result::ipc_open_mem_handle(&d.handle) }.map_err(|e| {

@@ -159,7 +159,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             _marker: PhantomData,
         };
         // Zero data and signal words (VMM memory is not zeroed by the driver).
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         // SAFETY: the allocation covers `needed` bytes from `base`.
         unsafe { result::memset_d8(base, 0, needed) }?;
         buf.descriptor.alloc_size = buf.allocation_size() as u64;
@@ -322,7 +322,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     pub fn write_signal(&self, stream: &Stream<'_>, signal: Signal, value: u32) -> Result<()> {
         check_stream(self.ctx, stream)?;
         let addr = self.signal_addr(signal)?;
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: the signal words lie inside the allocation, 4-byte aligned, and outlive
         // queued work (drop synchronizes the context).
         Ok(unsafe { result::stream_write_value32(stream.raw(), addr, value) }?)
@@ -333,7 +333,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     pub fn wait_signal(&self, stream: &Stream<'_>, signal: Signal, value: u32) -> Result<()> {
         check_stream(self.ctx, stream)?;
         let addr = self.signal_addr(signal)?;
-        self.ctx.bind()?;
+        let _bound = self.ctx.bind()?;
         // SAFETY: as in write_signal.
         Ok(unsafe { result::stream_wait_value32_geq(stream.raw(), addr, value) }?)
     }
@@ -390,7 +390,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         let mapping = match cache.get(&key) {
             Some(m) => m,
             None => {
-                ctx.bind()?;
+                let _bound = ctx.bind()?;
                 // SAFETY: the driver validates the handle; we close the mapping on every path.
                 let base = unsafe { result::ipc_open_mem_handle(handle) }.map_err(|e| {
                     Error::ImportFailed {
