@@ -117,28 +117,31 @@ fn open_costs(c: &mut Criterion, dir: &std::path::Path, importer: usize) {
         for size in SIZES {
             let path = dir.join(format!("{t}-{}", common::size_name(size)));
             let offer = fetch::<u8>(&path, &opts).unwrap();
-            let d = offer.descriptor;
-            let fd = offer.fd.as_ref().map(|f| f.as_fd_borrowed());
+            let d = offer.descriptor().descriptor();
+            let fd = offer.fd();
+            // Without a lease (the offer's lease keeps the helper's buffer alive meanwhile).
+            let import = || match fd {
+                Some(_) => SharedDeviceBuffer::<u8>::import_parts(&ctx, &d, fd, &opts).unwrap(),
+                // SAFETY: the producer helper keeps its buffer alive while `offer` holds a lease.
+                None => unsafe { SharedDeviceBuffer::<u8>::import_legacy_parts(&ctx, &d, &opts) }
+                    .unwrap(),
+            };
             // Cold import through this crate: checks, cache miss, map; then unmap on drop.
             g.bench_with_input(
                 BenchmarkId::new("cuda-ipc cold", common::size_name(size)),
                 &(),
-                |b, _| {
-                    b.iter(|| {
-                        drop(SharedDeviceBuffer::<u8>::import_parts(&ctx, &d, fd, &opts).unwrap())
-                    })
-                },
+                |b, _| b.iter(|| drop(import())),
             );
             // The raw driver calls on the same handle.
             g.bench_with_input(
                 BenchmarkId::new("raw driver", common::size_name(size)),
                 &(),
                 |b, _| {
-                    b.iter(|| raw_open_close(&ctx, &d, offer.fd.as_ref().map(|f| f.as_raw_fd())))
+                    b.iter(|| raw_open_close(&ctx, &d, offer.fd().map(|f| f.as_raw_fd())))
                 },
             );
             // A cache hit: the buffer is already mapped in this context.
-            let held = SharedDeviceBuffer::<u8>::import_parts(&ctx, &d, fd, &opts).unwrap();
+            let held = import();
             g.bench_with_input(
                 BenchmarkId::new("cuda-ipc cached", common::size_name(size)),
                 &(),
@@ -195,14 +198,5 @@ fn raw_open_close(ctx: &Context, d: &Descriptor, fd: Option<i32>) {
                 result::mem_address_free(p, size).unwrap();
             }
         }
-    }
-}
-
-trait AsFdBorrowed {
-    fn as_fd_borrowed(&self) -> std::os::fd::BorrowedFd<'_>;
-}
-impl AsFdBorrowed for std::os::fd::OwnedFd {
-    fn as_fd_borrowed(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(self)
     }
 }

@@ -20,12 +20,11 @@
 //! code on one thread.
 
 use std::marker::PhantomData;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::device::{init, Device};
 use crate::drop_log;
 use crate::error::Result;
-use crate::ipc::mapping::ImportCache;
 use crate::kernels::KernelModule;
 use crate::result::{self, CUcontext};
 
@@ -54,7 +53,6 @@ pub struct Context {
     device: Device,
     raw: CUcontext,
     kernels: OnceLock<KernelModule>,
-    imports: ImportCache,
 }
 
 // SAFETY: a CUcontext is an opaque handle that the driver allows to be current on any number
@@ -80,7 +78,6 @@ impl Context {
             device,
             raw,
             kernels: OnceLock::new(),
-            imports: ImportCache::default(),
         };
         Ok(ctx)
     }
@@ -151,13 +148,38 @@ impl Context {
     }
 
     /// How many imported mappings are live in this context (each maps one exported buffer,
-    /// however many [`SharedDeviceBuffer`](crate::ipc::SharedDeviceBuffer)s share it).
+    /// however many [`SharedDeviceBuffer`](crate::ipc::SharedDeviceBuffer)s share it). The
+    /// import cache is per process and per primary context: every `Context` of one GPU sees
+    /// the same mappings.
     pub fn imported_mappings(&self) -> usize {
-        self.imports.lock().live()
+        crate::ipc::mapping::live_in(self.raw)
     }
 
-    pub(crate) fn import_cache(&self) -> &ImportCache {
-        &self.imports
+    /// The primary context of `device`, retained once for the rest of the process and never
+    /// released: a `&'static Context`, so buffers, streams and imports made in it can live in
+    /// your own long-lived structs (a server's state, say) without a borrowed lifetime.
+    ///
+    /// ```no_run
+    /// use cuda_ipc::prelude::*;
+    /// struct Server {
+    ///     frames: DeviceBuffer<'static, u32>,
+    /// }
+    /// let ctx: &'static Context = Context::primary(Device::by_ordinal(0)?)?;
+    /// let server = Server { frames: DeviceBuffer::zeroed(ctx, 1024)? };
+    /// # Ok::<(), cuda_ipc::Error>(())
+    /// ```
+    ///
+    /// Every call for one device returns the same `Context`. Use [`Context::new`] instead
+    /// where you want the borrow checker to tie everything to a scope.
+    pub fn primary(device: Device) -> Result<&'static Context> {
+        static PRIMARY: Mutex<Vec<(Device, &'static Context)>> = Mutex::new(Vec::new());
+        let mut known = PRIMARY.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, ctx)) = known.iter().find(|(d, _)| *d == device) {
+            return Ok(ctx);
+        }
+        let ctx: &'static Context = Box::leak(Box::new(Context::new(device)?));
+        known.push((device, ctx));
+        Ok(ctx)
     }
 
     pub(crate) fn kernel_module(&self) -> Result<&KernelModule> {
@@ -165,9 +187,16 @@ impl Context {
             return Ok(module);
         }
         let module = KernelModule::load(self)?;
-        // Another thread may have won the race; its module is kept and ours is unloaded.
-        let _ = self.kernels.set(module);
-        Ok(self.kernels.get().expect("set above or by the winner"))
+        // Another thread may have won the race: its module is kept and ours is unloaded.
+        if let Err(ours) = self.kernels.set(module) {
+            match self.bind() {
+                Ok(_bound) => ours.unload(),
+                Err(e) => drop_log::record("kernel module (binding to unload a duplicate)", e),
+            }
+        }
+        self.kernels.get().ok_or_else(|| {
+            crate::error::Error::Unsupported("the kernel module could not be kept".into())
+        })
     }
 }
 

@@ -173,6 +173,20 @@ pub enum Error {
         hint: String,
     },
 
+    /// A view does not fit the memory actually mapped: the descriptor (or the caller's offset
+    /// and length) claims more than the driver mapped. Nothing was handed out.
+    #[error(
+        "the requested view does not fit the imported memory: {detail} (measured after mapping: \
+         {mapped} bytes). The descriptor is corrupt, stale or lies about the buffer; if you \
+         passed an offset and length yourself, check them against the exporter's allocation"
+    )]
+    MappingTooSmall {
+        /// Bytes really mapped.
+        mapped: u64,
+        /// What does not fit.
+        detail: String,
+    },
+
     /// Waiting for something took longer than allowed.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout {

@@ -67,8 +67,19 @@ impl<'ctx> Event<'ctx> {
         self.raw
     }
 
-    /// Records the event at the current end of `stream`.
+    /// Records the event at the current end of `stream`, which must be a stream of the event's
+    /// own context (the driver's contract for `cuEventRecord`; a stream of another context is
+    /// refused here rather than left to undefined behaviour).
     pub fn record(&self, stream: &Stream<'_>) -> Result<()> {
+        if stream.context().raw() != self.ctx.raw() {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "an event of {:?} cannot record a stream of {:?}: create the event in the \
+                 stream's context (a stream may wait for an event of another context with \
+                 Stream::wait_event)",
+                self.ctx.device(),
+                stream.context().device()
+            )));
+        }
         let _bound = self.ctx.bind()?;
         // SAFETY: both handles are live while borrowed.
         Ok(unsafe { result::event_record(self.raw, stream.raw()) }?)

@@ -93,7 +93,14 @@ impl KernelModule {
                 }
             }
         }
-        let sms = ctx.device().multiprocessor_count()?.max(1);
+        let sms = match ctx.device().multiprocessor_count() {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                // SAFETY: unloading the module we loaded; nothing else uses it yet.
+                let _cleanup = unsafe { result::module_unload(module) };
+                return Err(e);
+            }
+        };
         Ok(KernelModule {
             module,
             functions,

@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod context;
+mod deadline;
 pub mod device;
 mod drop_log;
 pub mod error;

@@ -130,8 +130,14 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
     ///
     /// # Safety
     /// `ptr..ptr + len * size_of::<T>()` must be device memory of `ctx` (or mapped into it),
-    /// valid for reads for `'a`, holding valid `T`s (always true for `Pod`).
+    /// valid for reads for `'a`, holding valid `T`s (always true for `Pod`), and `ptr` must be
+    /// aligned to `align_of::<T>()` (kernels load whole elements; a misaligned load faults and
+    /// poisons the context).
     pub unsafe fn from_raw_parts(ctx: &'a Context, ptr: CUdeviceptr, len: usize) -> Self {
+        debug_assert!(
+            ptr % std::mem::align_of::<T>() as u64 == 0,
+            "DeviceSlice::from_raw_parts: misaligned pointer"
+        );
         DeviceSlice {
             ctx,
             ptr,
@@ -232,9 +238,15 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
     /// A writable view of raw device memory.
     ///
     /// # Safety
-    /// As [`DeviceSlice::from_raw_parts`], and valid for writes, with no other view of it
-    /// alive for `'a`.
+    /// As [`DeviceSlice::from_raw_parts`] (aligned included), and valid for writes for `'a`.
+    /// Other writers of the same memory (another process, another handle on a shared mapping)
+    /// do not make this unsound: the host never dereferences device memory and `T` is `Pod`;
+    /// ordering those writes is the program's job (streams, events, signals).
     pub unsafe fn from_raw_parts(ctx: &'a Context, ptr: CUdeviceptr, len: usize) -> Self {
+        debug_assert!(
+            ptr % std::mem::align_of::<T>() as u64 == 0,
+            "DeviceSliceMut::from_raw_parts: misaligned pointer"
+        );
         DeviceSliceMut {
             ctx,
             ptr,

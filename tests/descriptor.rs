@@ -241,3 +241,37 @@ fn random_bytes_and_random_flips_never_panic_or_pass() {
         }
     }
 }
+
+/// A crafted descriptor whose signal words sit at the very top of the address space: checking
+/// it must not overflow (it panicked in debug builds: `signal_offset + 8`).
+#[test]
+fn signal_words_at_the_top_of_the_address_space_are_refused_without_panicking() {
+    let mut d = sample();
+    d.elem_size = 4;
+    d.elem_align = 4;
+    d.len = 1;
+    d.byte_size = 4;
+    d.offset = u64::MAX - 7;
+    d.alloc_size = u64::MAX;
+    d.signal_offset = u64::MAX - 7;
+    let bytes = d.encode();
+    let err = Descriptor::decode(&bytes).expect_err("signal words overflow");
+    assert!(matches!(err, DescriptorError::Inconsistent(_)), "{err}");
+    assert!(d.checked().is_err());
+}
+
+/// A descriptor built or edited by the caller becomes importable only through `checked()`.
+#[test]
+fn only_checked_descriptors_are_importable() {
+    let mut d = sample();
+    assert_eq!(*d.checked().unwrap(), d);
+    d.byte_size += 4; // len * elem_size no longer matches
+    assert!(matches!(
+        d.checked(),
+        Err(DescriptorError::Inconsistent(_))
+    ));
+    let mut d = sample();
+    d.offset = 2; // misaligned for u32
+    d.alloc_size = 1 << 30;
+    assert!(d.checked().is_err());
+}

@@ -155,7 +155,11 @@ fn run_consumer(gpu: usize, path: &Path, seed: u32) {
             if let Some(handle) =
                 (d.transport == cuda_ipc::ipc::WireTransport::Legacy).then_some(d.handle)
             {
-                match SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &handle, 0, LEN) {
+                // SAFETY: the producer keeps its buffer alive until this process exits; the
+                // buffer is dropped at once.
+                match unsafe {
+                    SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &handle, 0, LEN)
+                } {
                     Ok(_) => println!("CONSUMER: DRIVER accepted the handle"),
                     Err(e) => println!("CONSUMER: DRIVER {e}"),
                 }
@@ -413,7 +417,9 @@ fn imports_a_raw_cupy_handle_and_checks_its_size() {
     }
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     {
-        let buf = SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &handle, 0, n).unwrap();
+        // SAFETY: the python process keeps its array alive until we close its stdin below.
+        let buf = unsafe { SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &handle, 0, n) }
+            .unwrap();
         let v = buf.copy_to_vec().unwrap();
         assert!(
             v.iter().enumerate().all(|(i, &x)| x == i as u32),
@@ -421,9 +427,15 @@ fn imports_a_raw_cupy_handle_and_checks_its_size() {
         );
         assert!(buf.legacy_handle().is_some());
         // Asking for more than the allocation holds is refused after cuMemGetAddressRange.
+        // SAFETY: as above.
         let err =
-            SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &handle, 0, n * 4).unwrap_err();
-        assert!(err.to_string().contains("fewer than"), "{err}");
+            unsafe { SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &handle, 0, n * 4) }
+                .unwrap_err();
+        assert!(
+            matches!(err, cuda_ipc::Error::MappingTooSmall { .. }),
+            "{err}"
+        );
+        assert_eq!(ctx.imported_mappings(), 1, "the refused view left the mapping to buf");
         println!("imported cupy's 4 MiB arange through its raw IPC handle");
     }
     py.stdin.take().unwrap().write_all(b"").unwrap();

@@ -236,7 +236,12 @@ fn a_handle_of_a_freed_buffer_gives_a_typed_error() {
     let d = Descriptor::decode(&std::fs::read(path.with_extension("desc")).unwrap()).unwrap();
     producer.kill(); // its memory is freed with it
     std::thread::sleep(Duration::from_millis(500));
+    // Without a lease, a legacy descriptor is refused before the driver.
     let err = SharedDeviceBuffer::<u32>::import_parts(&ctx, &d, None, &ImportOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, cuda_ipc::Error::Unsupported(_)), "{err:?}");
+    // SAFETY: the import is expected to fail (the memory is gone); nothing is used.
+    let err = unsafe { SharedDeviceBuffer::<u32>::import_legacy_handle(&ctx, &d.handle, 0, 1) }
         .unwrap_err();
     println!("freed legacy handle: {err}");
     assert!(err.driver_error().is_some(), "{err:?}");

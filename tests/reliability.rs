@@ -190,7 +190,7 @@ while True:
     }
     // With descriptors free again, the same import works, and nothing leaked.
     let offer = fetch::<u32>(&path, &opts).unwrap();
-    assert!(offer.fd.is_some());
+    assert!(offer.fd().is_some());
     drop(offer);
     assert_eq!(os::open_fd_count().unwrap(), baseline);
     drop(child);

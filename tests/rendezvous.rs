@@ -73,9 +73,9 @@ fn publish_fetch_lease_and_release_with_a_memfd() {
         assert_eq!(names.len(), 2, "{names:?}");
 
         let offer = fetch::<u32>(&path, &opts(2000)).unwrap();
-        assert_eq!(offer.descriptor.buffer_id, d.buffer_id);
-        assert_eq!(offer.descriptor.generation, 1);
-        let mut f = fs::File::from(offer.fd.as_ref().unwrap().try_clone().unwrap());
+        assert_eq!(offer.descriptor().buffer_id, d.buffer_id);
+        assert_eq!(offer.descriptor().generation, 1);
+        let mut f = fs::File::from(offer.fd().unwrap().try_clone_to_owned().unwrap());
         f.rewind().unwrap();
         let mut text = String::new();
         f.read_to_string(&mut text).unwrap();
@@ -152,7 +152,7 @@ fn a_restarted_producer_publishes_the_next_generation_and_replaces_a_stale_socke
     .unwrap();
     assert_eq!(exporter.descriptor().generation, 6);
     let offer = fetch::<u32>(&path, &opts(2000)).unwrap();
-    assert_eq!(offer.descriptor.generation, 6);
+    assert_eq!(offer.descriptor().generation, 6);
 
     // A second live exporter of the same name is refused.
     let err = Exporter::bind_raw(
@@ -350,7 +350,7 @@ fn hostile_clients_do_not_stop_the_exporter_or_leak() {
 
         // A well-behaved consumer is still served while all of that is going on.
         let offer = fetch::<u32>(&path, &opts(5000)).unwrap();
-        assert!(offer.fd.is_some());
+        assert!(offer.fd().is_some());
         drop(offer);
         eventually(&exporter, |s| s.dropped_bad >= 4 && s.dropped_full > 0);
         drop((silent, garbage, huge, wrong_kind, with_fd, flood, memfd));

@@ -3,12 +3,22 @@
 //!
 //! Layout of every shared allocation: the data at offset 0, then (256-byte aligned) two 32-bit
 //! signal words (ready, done), then rounding up to the transport's granularity.
+//!
+//! # Freeing under a lease
+//! A legacy allocation must not be freed while another process maps it. Every exporter of an
+//! allocation counts the consumers holding a lease on it in the allocation's [`ExportLeases`]
+//! (a lease lasts as long as the consumer maps the memory, or lives). When the owner drops the
+//! buffer while leases are active, the allocation goes to limbo instead: it is freed when the
+//! last lease ends (like PyTorch's IPC "limbo" blocks), with its own retain of the primary
+//! context so that dropping every `Context` does not free it either. A VMM (fd) allocation
+//! needs none of this: each importer's mapping holds its own reference to the memory.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Mutex;
 
 use crate::context::Context;
 use crate::drop_log;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::result::{self, CUdeviceptr, CUmemGenericAllocationHandle};
 
 /// Bytes reserved after the data for the signal words (keeps them in their own cache lines).
@@ -60,8 +70,16 @@ impl OwnedAllocation {
     pub fn vmm(ctx: &Context, needed: usize) -> Result<Self> {
         let _bound = ctx.bind()?;
         let dev = ctx.device().raw();
-        let granularity = result::mem_granularity_posix_fd(dev)?;
-        let size = needed.div_ceil(granularity).max(1) * granularity;
+        let granularity = result::mem_granularity_posix_fd(dev)?.max(1);
+        let size = needed
+            .div_ceil(granularity)
+            .max(1)
+            .checked_mul(granularity)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{needed} bytes rounded up to the VMM granularity ({granularity}) overflow"
+                ))
+            })?;
         let handle = result::mem_create_posix_fd(dev, size)?;
         let mut undo = Undo::new(handle);
         let base = result::mem_address_reserve(size, granularity)?;
@@ -85,7 +103,8 @@ impl OwnedAllocation {
         })
     }
 
-    /// Frees it. `ctx` must be the context it was made in; its queued work is waited for.
+    /// Frees it now. `ctx` must be the context it was made in (or another handle on the same
+    /// primary context); its queued work is waited for.
     pub fn release(self, ctx: &Context) {
         if let Err(e) = ctx.synchronize() {
             drop_log::record("shared buffer (cuCtxSynchronize before free)", e);
@@ -112,6 +131,75 @@ impl OwnedAllocation {
             }
         }
         // export_fd closes with self.
+    }
+}
+
+/// The consumers holding a lease on one owned allocation, across all its exporters, and the
+/// allocation itself once its owner has dropped it under live leases (limbo).
+#[derive(Debug, Default)]
+pub(crate) struct ExportLeases {
+    state: Mutex<LeaseState>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseState {
+    active: usize,
+    limbo: Option<(Context, OwnedAllocation)>,
+}
+
+impl ExportLeases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A consumer took a lease.
+    pub fn acquire(&self) {
+        self.lock().active += 1;
+    }
+
+    /// A consumer's lease ended; the last one frees an allocation in limbo.
+    pub fn release(&self) {
+        let freed = {
+            let mut state = self.lock();
+            state.active = state.active.saturating_sub(1);
+            if state.active == 0 {
+                state.limbo.take()
+            } else {
+                None
+            }
+        };
+        if let Some((ctx, alloc)) = freed {
+            alloc.release(&ctx);
+        }
+    }
+
+    /// Leases active now.
+    pub fn active(&self) -> usize {
+        self.lock().active
+    }
+
+    /// Frees `alloc` now, or, if a consumer holds a lease on it and it is a legacy allocation,
+    /// puts it in limbo until the last lease ends.
+    pub fn release_or_defer(&self, ctx: &Context, alloc: OwnedAllocation) {
+        let mut state = self.lock();
+        if state.active == 0 || alloc.vmm_handle.is_some() {
+            drop(state);
+            alloc.release(ctx);
+            return;
+        }
+        // Our own retain of the primary context keeps the memory alive even if every
+        // `Context` of the program is dropped before the last consumer lets go.
+        match Context::new(ctx.device()) {
+            Ok(own) => state.limbo = Some((own, alloc)),
+            Err(e) => {
+                drop_log::record(
+                    "shared buffer (retaining its context for a deferred free; leaked rather \
+                     than freed under a consumer's lease)",
+                    e,
+                );
+                std::mem::forget(alloc);
+            }
+        }
     }
 }
 
@@ -206,6 +294,20 @@ pub(crate) fn unmap_vmm(ctx: &Context, base: CUdeviceptr, size: usize) {
     drop_log::check("imported buffer (cuMemAddressFree)", unsafe {
         result::mem_address_free(base, size)
     });
+}
+
+/// Bytes usable from `base`, a pointer `cuIpcOpenMemHandle` returned, to the end of its
+/// allocation (`cuMemGetAddressRange`); the caller binds the context.
+pub(crate) fn measure_legacy(base: CUdeviceptr) -> Result<u64> {
+    let (start, size) = result::mem_get_address_range(base)?;
+    let end = start.checked_add(size as u64);
+    match end {
+        Some(end) if start <= base && base < end => Ok(end - base),
+        _ => Err(Error::InvalidArgument(format!(
+            "cuMemGetAddressRange says the allocation of {base:#x} is {size} bytes at \
+             {start:#x}, which does not contain it"
+        ))),
+    }
 }
 
 /// Closes a legacy mapping.

@@ -103,6 +103,8 @@ struct RawDescriptor {
 }
 
 const _: () = assert!(ENCODED_LEN == 216);
+/// Bytes of the two 32-bit signal words.
+pub(crate) const SIGNAL_WORDS_LEN: u64 = 8;
 const CHECKED_LEN: usize = ENCODED_LEN - 8;
 
 /// A decoded, checked descriptor.
@@ -142,6 +144,44 @@ pub struct Descriptor {
     pub signal_offset: u64,
     /// The `cuIpcGetMemHandle` bytes (legacy), zeros otherwise.
     pub handle: [u8; 64],
+}
+
+/// A [`Descriptor`] whose fields were checked to agree with each other: the data range and
+/// the signal words lie inside `alloc_size`, `len * elem_size == byte_size`, the offset is
+/// aligned, the alignment is a power of two. Only [`Descriptor::checked`] makes one, so every
+/// descriptor that reaches a mapping has been checked; its fields cannot be edited afterwards.
+///
+/// Consistency is not truth: an exporter can still lie about `alloc_size`. The import measures
+/// the real size of what it mapped and checks the view against that, never against the
+/// descriptor alone.
+///
+/// ```
+/// use cuda_ipc::ipc::{Descriptor, DescriptorError};
+/// let mut d = Descriptor::example();
+/// assert!(d.checked().is_ok());
+/// d.offset = d.alloc_size; // the data would end past the allocation
+/// assert!(matches!(d.checked(), Err(DescriptorError::Inconsistent(_))));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedDescriptor(Descriptor);
+
+impl std::ops::Deref for CheckedDescriptor {
+    type Target = Descriptor;
+    fn deref(&self) -> &Descriptor {
+        &self.0
+    }
+}
+
+impl CheckedDescriptor {
+    /// Decodes and checks, as [`Descriptor::decode`].
+    pub fn decode(bytes: &[u8]) -> Result<CheckedDescriptor, DescriptorError> {
+        Descriptor::decode(bytes).map(CheckedDescriptor)
+    }
+
+    /// The descriptor inside (a copy, to edit and check again).
+    pub fn descriptor(&self) -> Descriptor {
+        self.0
+    }
 }
 
 /// Why a descriptor was rejected.
@@ -320,6 +360,14 @@ impl Descriptor {
         Ok(d)
     }
 
+    /// Checks that the fields agree with each other (what [`decode`](Self::decode) checks after
+    /// the checksum) and returns the descriptor as a [`CheckedDescriptor`], the only form an
+    /// import accepts. Use it on a descriptor you built or edited yourself.
+    pub fn checked(&self) -> Result<CheckedDescriptor, DescriptorError> {
+        self.check_consistency()?;
+        Ok(CheckedDescriptor(*self))
+    }
+
     fn check_consistency(&self) -> Result<(), DescriptorError> {
         let bad = |s: String| Err(DescriptorError::Inconsistent(s));
         if self.elem_align == 0 || !self.elem_align.is_power_of_two() {
@@ -359,10 +407,13 @@ impl Descriptor {
             ));
         }
         if self.signal_offset != 0 {
-            let end = self.signal_offset.checked_add(8);
-            let overlaps = self.signal_offset < self.offset + self.byte_size
-                && self.offset < self.signal_offset + 8;
-            if end.is_none_or(|e| e > self.alloc_size) || self.signal_offset % 4 != 0 || overlaps {
+            // `offset + byte_size` cannot overflow: checked above.
+            let data_end = self.offset + self.byte_size;
+            let fits = match self.signal_offset.checked_add(SIGNAL_WORDS_LEN) {
+                Some(end) => end <= self.alloc_size && (end <= self.offset || self.signal_offset >= data_end),
+                None => false,
+            };
+            if !fits || self.signal_offset % 4 != 0 {
                 return bad(format!(
                     "signal words at {} do not fit the allocation of {} bytes outside the data",
                     self.signal_offset, self.alloc_size

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::os::{self, PollRequest};
 
 use super::channel::{self, FrameReader, Kind, ReadError};
+use super::allocation::ExportLeases;
 use super::descriptor::Descriptor;
 use super::rendezvous::{prepare_dir, read_limited, write_atomic, Names};
 use super::shared_buffer::SharedDeviceBuffer;
@@ -156,7 +157,13 @@ impl Exporter {
             ),
             None => None,
         };
-        Self::publish(path.as_ref(), *buf.descriptor(), fd, options)
+        Self::publish(
+            path.as_ref(),
+            *buf.descriptor(),
+            fd,
+            options,
+            buf.export_leases(),
+        )
     }
 
     /// Publishes a descriptor and (for the fd transport) a memory fd that this crate did not
@@ -169,7 +176,7 @@ impl Exporter {
         fd: Option<OwnedFd>,
         options: ExportOptions,
     ) -> Result<Exporter> {
-        Exporter::publish(path.as_ref(), *descriptor, fd, options)
+        Exporter::publish(path.as_ref(), *descriptor, fd, options, None)
     }
 
     fn publish(
@@ -177,6 +184,7 @@ impl Exporter {
         mut descriptor: Descriptor,
         fd: Option<OwnedFd>,
         options: ExportOptions,
+        leases: Option<Arc<ExportLeases>>,
     ) -> Result<Self> {
         let names = Names::for_path(path)?;
         prepare_dir(&names.dir)?;
@@ -217,6 +225,7 @@ impl Exporter {
             offer: encoded.to_vec(),
             fd,
             options: options.clone(),
+            leases,
             own_uid: os::effective_uid(),
             shared: Arc::clone(&shared),
             conns: Vec::new(),
@@ -387,6 +396,9 @@ struct Server {
     conns: Vec<Conn>,
     next_id: u64,
     name: String,
+    /// The buffer's lease count (owned buffers): a lease granted here counts there too, so
+    /// the owner never frees a legacy buffer a consumer still maps.
+    leases: Option<Arc<ExportLeases>>,
 }
 
 impl Server {
@@ -571,6 +583,9 @@ impl Server {
                             notify.targets.push((conn.id, target));
                         }
                         conn.state = ConnState::Leased;
+                        if let Some(leases) = &self.leases {
+                            leases.acquire();
+                        }
                         self.shared.update(|s| {
                             s.active_leases += 1;
                             s.total_leases += 1;
@@ -616,6 +631,9 @@ impl Server {
                 .targets
                 .retain(|(id, _)| *id != conn.id);
             self.shared.update(|s| s.active_leases -= 1);
+            if let Some(leases) = &self.leases {
+                leases.release();
+            }
         }
     }
 }

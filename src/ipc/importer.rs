@@ -3,7 +3,6 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
@@ -13,11 +12,11 @@ use crate::device::{Device, GpuUuid};
 use crate::error::{Error, Result};
 use crate::result;
 
-use super::allocation::{close_legacy, map_vmm_fd};
+use super::allocation::{close_legacy, map_vmm_fd, measure_legacy};
 use super::channel::{self, FrameReader, Kind};
-use super::descriptor::{Descriptor, TypeTag, WireTransport};
+use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
-use super::mapping::{CacheKey, ImportedMapping, Lease, MappingKind};
+use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
 use super::rendezvous::{check_dir, read_limited, wait_for, Names};
 use super::shared_buffer::SharedDeviceBuffer;
 
@@ -111,66 +110,146 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     /// waits for the descriptor, checks it (format, element type, length, and for the legacy
     /// transport the PID collision, self-import and other-host cases) before any driver call,
     /// takes a lease on the exporter's socket (receiving the memory's fd for the fd transport),
-    /// and maps the memory — or returns the mapping this context already has.
+    /// and maps the memory — or reuses the mapping this process already has in `ctx`'s
+    /// (primary) context. Either way the view is checked against the size really mapped, and
+    /// the lease is kept for as long as the memory stays mapped here.
     pub fn import_with(
         ctx: &'ctx Context,
         path: impl AsRef<Path>,
         opts: &ImportOptions,
     ) -> Result<Self> {
-        let offer = fetch::<T>(path, opts)?;
-        import_descriptor(
-            ctx,
-            &offer.descriptor,
-            offer.fd.as_ref().map(|f| f.as_fd()),
-            Some(offer.lease),
-        )
+        Self::import_offer(ctx, fetch::<T>(path, opts)?)
+    }
+
+    /// Maps what [`fetch`] returned, moving the offer's lease into the mapping (so the exporter
+    /// knows the memory is in use until the last handle on it is dropped).
+    pub fn import_offer(ctx: &'ctx Context, offer: Offer) -> Result<Self> {
+        let Offer {
+            descriptor,
+            fd,
+            lease,
+            type_checked,
+        } = offer;
+        if type_checked != TypeCheck::of::<T>() {
+            return Err(Error::InvalidArgument(format!(
+                "this offer was fetched for another element type than {}: fetch it with \
+                 fetch::<{}>",
+                std::any::type_name::<T>(),
+                std::any::type_name::<T>()
+            )));
+        }
+        import_descriptor(ctx, &descriptor, fd.as_ref().map(|f| f.as_fd()), Some(lease))
         // The received fd closes here: the mapping keeps the memory.
     }
 
-    /// Imports from a descriptor and (fd transport) the memory's fd obtained by other means,
-    /// e.g. [`fetch`] or a channel of your own: the same checks and cache as
-    /// [`import_with`](Self::import_with), without the rendezvous and without a lease. The fd
-    /// stays the caller's.
+    /// Imports from a descriptor and the memory's fd obtained by other means (a channel of
+    /// your own): the same checks and cache as [`import_with`](Self::import_with), without the
+    /// rendezvous and without a lease. The fd stays the caller's.
+    ///
+    /// Only the fd transport: its mapping holds its own reference to the memory, so nothing the
+    /// exporter does can free it under this buffer. A legacy descriptor is refused here,
+    /// because without a lease nothing would stop its owner from freeing the memory while it is
+    /// mapped: import it with [`import_with`](Self::import_with) /
+    /// [`import_offer`](Self::import_offer), or, taking that responsibility, with the `unsafe`
+    /// [`import_legacy_parts`](Self::import_legacy_parts).
     pub fn import_parts(
         ctx: &'ctx Context,
         descriptor: &Descriptor,
         fd: Option<std::os::fd::BorrowedFd<'_>>,
         opts: &ImportOptions,
     ) -> Result<Self> {
-        check::<T>(descriptor, opts)?;
-        diagnose(descriptor, &ProcessIdentity::current(), "the buffer")?;
-        import_descriptor(ctx, descriptor, fd, None)
+        if descriptor.transport == WireTransport::Legacy {
+            return Err(Error::Unsupported(
+                "import_parts takes no lease, so it cannot keep the owner of a legacy buffer \
+                 from freeing it while mapped: use import_with or import_offer (or the unsafe \
+                 import_legacy_parts, if you guarantee the memory's lifetime yourself)"
+                    .into(),
+            ));
+        }
+        import_parts_unleased(ctx, descriptor, fd, opts)
     }
 
-    /// The mapping of `descriptor` this context already has, if any: no I/O, no driver call.
-    /// The descriptor is checked against `T` first.
+    /// [`import_parts`](Self::import_parts) for a legacy descriptor obtained by other means:
+    /// the same checks, the same cache, no lease.
+    ///
+    /// # Safety
+    /// Nothing tells the exporter that this process maps the memory: the caller guarantees that
+    /// the owner keeps the allocation alive (does not free it) for as long as the returned
+    /// buffer, or any clone of it, lives.
+    pub unsafe fn import_legacy_parts(
+        ctx: &'ctx Context,
+        descriptor: &Descriptor,
+        opts: &ImportOptions,
+    ) -> Result<Self> {
+        import_parts_unleased(ctx, descriptor, None, opts)
+    }
+
+    /// The mapping of `descriptor` this process already has in `ctx`'s context, if any: no I/O,
+    /// no driver call. The descriptor is checked (consistency, then against `T`) and the view
+    /// placed against the size really mapped.
     pub fn import_cached(
         ctx: &'ctx Context,
         descriptor: &Descriptor,
         opts: &ImportOptions,
     ) -> Result<Option<Self>> {
-        check::<T>(descriptor, opts)?;
+        let d = descriptor.checked()?;
+        check::<T>(&d, opts)?;
         let key = CacheKey::Buffer {
-            id: descriptor.buffer_id,
-            generation: descriptor.generation,
+            id: d.buffer_id,
+            generation: d.generation,
         };
-        let found = ctx.import_cache().lock().get(&key);
-        Ok(found.map(|m| Self::from_mapping(ctx, m)))
+        match mapping::lookup(ctx, key) {
+            Some(m) => Self::from_mapping(ctx, m, &d, None).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn import_parts_unleased<'ctx, T: Pod>(
+    ctx: &'ctx Context,
+    descriptor: &Descriptor,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+    opts: &ImportOptions,
+) -> Result<SharedDeviceBuffer<'ctx, T>> {
+    let d = descriptor.checked()?;
+    check::<T>(&d, opts)?;
+    diagnose(&d, &ProcessIdentity::current(), "the buffer")?;
+    import_descriptor(ctx, &d, fd, None)
+}
+
+/// The element type an offer was checked against (size, alignment, and the type's identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TypeCheck(std::any::TypeId);
+
+impl TypeCheck {
+    fn of<T: 'static>() -> TypeCheck {
+        TypeCheck(std::any::TypeId::of::<T>())
     }
 }
 
 /// What an exporter offered: the checked descriptor, the memory's fd (fd transport), and the
-/// lease connection, held until this is dropped or imported.
+/// lease connection, held until this is dropped or imported with
+/// [`SharedDeviceBuffer::import_offer`], which moves the lease into the mapping.
 #[derive(Debug)]
 pub struct Offer {
-    /// The descriptor, checked against the element type and options.
-    pub descriptor: Descriptor,
-    /// The exported memory's descriptor (fd transport only). Closed on drop.
-    pub fd: Option<OwnedFd>,
+    descriptor: CheckedDescriptor,
+    fd: Option<OwnedFd>,
     lease: Lease,
+    type_checked: TypeCheck,
 }
 
 impl Offer {
+    /// The descriptor, checked against the element type and options.
+    pub fn descriptor(&self) -> &CheckedDescriptor {
+        &self.descriptor
+    }
+
+    /// The exported memory's descriptor (fd transport only), borrowed: it closes with the
+    /// offer. To map the memory, use [`SharedDeviceBuffer::import_offer`].
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
     /// Waits for a "ready" announcement of a frame `>= frame` on the lease.
     pub fn wait_ready(&mut self, frame: u64, timeout: Duration) -> Result<u64> {
         self.lease.wait_ready(frame, timeout)
@@ -270,7 +349,8 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         });
     }
     Ok(Offer {
-        descriptor: d,
+        descriptor: d.checked()?,
+        type_checked: TypeCheck::of::<T>(),
         fd: offer.fds.pop(),
         lease: Lease {
             stream,
@@ -281,11 +361,12 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
     })
 }
 
-/// Maps what `d` describes into `ctx`, through the cache. `fd` is required for the fd
-/// transport. The descriptor must already be checked.
+/// Maps what `d` describes into `ctx`, through the process-wide cache, and places the view
+/// against the size really mapped. `fd` is required for the fd transport. `lease` (if any)
+/// joins the mapping's leases, new or reused, so that it stays open while the memory is mapped.
 fn import_descriptor<'ctx, T: Pod>(
     ctx: &'ctx Context,
-    d: &Descriptor,
+    d: &CheckedDescriptor,
     fd: Option<std::os::fd::BorrowedFd<'_>>,
     lease: Option<Lease>,
 ) -> Result<SharedDeviceBuffer<'ctx, T>> {
@@ -293,11 +374,17 @@ fn import_descriptor<'ctx, T: Pod>(
         id: d.buffer_id,
         generation: d.generation,
     };
-    let mut cache = ctx.import_cache().lock();
-    if let Some(m) = cache.get(&key) {
-        // Already mapped here: the existing mapping holds a lease; this connection closes.
-        return Ok(SharedDeviceBuffer::from_mapping(ctx, m));
-    }
+    let (mapping, _reused) = mapping::open_or_reuse(ctx, key, || open(ctx, d, fd))?;
+    let lease = lease.map(|l| mapping.add_lease(l));
+    SharedDeviceBuffer::from_mapping(ctx, mapping, d, lease)
+}
+
+/// Opens (maps) what `d` describes in `ctx` and measures it; undoes its own work on error.
+fn open(
+    ctx: &Context,
+    d: &CheckedDescriptor,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<NewMapping> {
     let importer = ctx.device();
     let owner = Device::by_uuid(&GpuUuid(d.owner_uuid))?;
     if owner != importer && !importer.can_access_peer(&owner)? {
@@ -306,39 +393,38 @@ fn import_descriptor<'ctx, T: Pod>(
             importer: importer.label(),
         });
     }
-    let (base, kind) = match d.transport {
+    match d.transport {
         WireTransport::Legacy => {
             let _bound = ctx.bind()?;
             // SAFETY: the handle came with a checked descriptor; the driver validates it, and
-            // the mapping is closed when its last reference drops.
+            // the mapping is closed on error here or when its last reference drops.
             let base = unsafe { result::ipc_open_mem_handle(&d.handle) }.map_err(|e| {
                 Error::ImportFailed {
                     source: e,
                     hint: legacy_open_hint(d, &ProcessIdentity::current()),
                 }
             })?;
-            match result::mem_get_address_range(base) {
-                Ok((_, size)) if size as u64 >= d.offset + d.byte_size => {}
-                Ok((_, size)) => {
-                    close_legacy(ctx, base);
-                    return Err(Error::InvalidArgument(format!(
-                        "the exported allocation has {size} bytes, fewer than the descriptor's \
-                         {} + {}",
-                        d.offset, d.byte_size
-                    )));
-                }
+            match measure_legacy(base) {
+                Ok(size) => Ok(NewMapping {
+                    kind: MappingKind::Legacy,
+                    base,
+                    size,
+                }),
                 Err(e) => {
                     close_legacy(ctx, base);
-                    return Err(e.into());
+                    Err(e)
                 }
             }
-            (base, MappingKind::Legacy)
         }
         WireTransport::Fd => {
             let fd = fd.ok_or_else(|| {
                 Error::InvalidArgument("an fd-transport import needs the exported fd".into())
             })?;
-            let size = d.alloc_size as usize;
+            let size = usize::try_from(d.alloc_size).map_err(|_| {
+                Error::InvalidArgument(format!("{} bytes do not fit usize", d.alloc_size))
+            })?;
+            // cuMemMap maps exactly `size` bytes or fails: the size mapped is measured by its
+            // success, whatever the descriptor claimed.
             let base = map_vmm_fd(ctx, fd, size).map_err(|e| match e {
                 Error::Driver(source) => Error::ImportFailed {
                     source,
@@ -348,17 +434,11 @@ fn import_descriptor<'ctx, T: Pod>(
                 },
                 other => other,
             })?;
-            (base, MappingKind::Vmm { size })
+            Ok(NewMapping {
+                kind: MappingKind::Vmm,
+                base,
+                size: d.alloc_size,
+            })
         }
-    };
-    let mapping = Arc::new(ImportedMapping {
-        key,
-        kind,
-        base,
-        descriptor: *d,
-        lease: Mutex::new(lease),
-    });
-    cache.insert(&mapping);
-    drop(cache);
-    Ok(SharedDeviceBuffer::from_mapping(ctx, mapping))
+    }
 }

@@ -48,7 +48,7 @@
 //! `cuStreamWaitValue32` ([`SharedDeviceBuffer::write_signal`],
 //! [`SharedDeviceBuffer::wait_signal`]).
 
-mod allocation;
+pub(crate) mod allocation;
 pub mod channel;
 mod descriptor;
 mod exporter;
@@ -59,7 +59,8 @@ pub mod rendezvous;
 mod shared_buffer;
 
 pub use descriptor::{
-    Descriptor, DescriptorError, TypeTag, WireTransport, ENCODED_LEN as DESCRIPTOR_LEN,
+    CheckedDescriptor, Descriptor, DescriptorError, TypeTag, WireTransport,
+    ENCODED_LEN as DESCRIPTOR_LEN,
     VERSION as DESCRIPTOR_VERSION,
 };
 pub use exporter::{AllowedUsers, ExportOptions, ExportStats, Exporter};

@@ -15,10 +15,10 @@ use crate::memory::{
 use crate::result::{self, CUdeviceptr};
 use crate::stream::Stream;
 
-use super::allocation::{layout, OwnedAllocation};
-use super::descriptor::{Descriptor, TypeTag, WireTransport};
+use super::allocation::{layout, ExportLeases, OwnedAllocation};
+use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
 use super::identity::ProcessIdentity;
-use super::mapping::{release_reference, CacheKey, ImportedMapping, MappingKind};
+use super::mapping::{self, release_reference, CacheKey, ImportedMapping, MappingKind, NewMapping};
 use super::Transport;
 
 /// The two 32-bit signal words every shared buffer carries beside its data, for GPU-side
@@ -32,8 +32,16 @@ pub enum Signal {
 }
 
 enum Role {
-    Owned(OwnedAllocation),
-    Imported(Arc<ImportedMapping>),
+    /// This process allocated the memory; its exporters count the consumers' leases.
+    Owned {
+        alloc: OwnedAllocation,
+        leases: Arc<ExportLeases>,
+    },
+    /// Imported: the shared mapping, and which of its leases this handle came with.
+    Imported {
+        mapping: Arc<ImportedMapping>,
+        lease: Option<usize>,
+    },
 }
 
 /// Device memory of `len` elements of `T` that other processes can map: owned by the process
@@ -65,8 +73,26 @@ enum Role {
 /// and an import checks the element type the exporter recorded. Reinterpreting takes an
 /// explicit, checked [`SharedDeviceBuffer::cast`].
 ///
-/// Dropping the owner frees the memory (after its context's queued work); dropping the last
-/// import of a buffer in a context unmaps it. Drop never panics; failures are logged (see
+/// # Shared memory is shared-mutable
+/// `&mut self` methods ([`view_mut`](DeviceMemoryMut::view_mut), copies into the buffer, kernels
+/// that write it) are exclusive among the views of *this handle* only. The same memory may be
+/// written at the same moment by the other process, and by other handles of this process on
+/// the same mapping: a second import of the same buffer, or a [`try_clone`](Self::try_clone).
+/// This is memory-safe (the host never dereferences device memory, and every `T` is `Pod`, so
+/// any bytes are a valid `T`) but it is a data race on the GPU unless you order the accesses:
+/// with streams, events, the [signal words](Self::write_signal) or
+/// [`Exporter::notify_ready`](super::Exporter::notify_ready).
+///
+/// # Invariant
+/// Every handle's (address, length, `T`) lies inside memory that is really mapped: an import
+/// measures the mapping (`cuMemGetAddressRange`, or the size `cuMemMap` accepted) and places
+/// the view against that size, never against the descriptor's claims alone; clones and casts
+/// derive from the handle itself.
+///
+/// Dropping the owner frees the memory (after its context's queued work) — unless a consumer
+/// still holds a lease on a legacy buffer, in which case the free waits for the last lease
+/// (the memory is never freed under a consumer that maps it). Dropping the last import of a
+/// buffer in a context unmaps it. Drop never panics; failures are logged (see
 /// [`crate::take_drop_errors`]).
 pub struct SharedDeviceBuffer<'ctx, T: Pod> {
     ctx: &'ctx Context,
@@ -155,7 +181,10 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             len,
             signals: base + signal_offset as u64,
             descriptor,
-            role: Some(Role::Owned(alloc)),
+            role: Some(Role::Owned {
+                alloc,
+                leases: Arc::default(),
+            }),
             _marker: PhantomData,
         };
         // Zero data and signal words (VMM memory is not zeroed by the driver).
@@ -186,21 +215,30 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         Ok(self)
     }
 
-    pub(crate) fn from_mapping(ctx: &'ctx Context, mapping: Arc<ImportedMapping>) -> Self {
-        let d = mapping.descriptor;
-        SharedDeviceBuffer {
+    /// A handle on `mapping` for the view `d` describes, placed and checked against the
+    /// mapping's measured size (never trusting the descriptor's sizes alone).
+    pub(crate) fn from_mapping(
+        ctx: &'ctx Context,
+        mapping: Arc<ImportedMapping>,
+        d: &CheckedDescriptor,
+        lease: Option<usize>,
+    ) -> Result<Self> {
+        let place = match mapping.place::<T>(d.offset, d.len, d.signal_offset) {
+            Ok(p) => p,
+            Err(e) => {
+                release_reference(ctx, mapping);
+                return Err(e);
+            }
+        };
+        Ok(SharedDeviceBuffer {
             ctx,
-            data: mapping.base + d.offset,
-            len: d.len as usize,
-            signals: if d.signal_offset != 0 {
-                mapping.base + d.signal_offset
-            } else {
-                0
-            },
-            descriptor: d,
-            role: Some(Role::Imported(mapping)),
+            data: place.data,
+            len: place.len,
+            signals: place.signals,
+            descriptor: d.descriptor(),
+            role: Some(Role::Imported { mapping, lease }),
             _marker: PhantomData,
-        }
+        })
     }
 
     /// The context.
@@ -210,7 +248,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
 
     /// Whether this process allocated the memory (rather than imported it).
     pub fn is_owner(&self) -> bool {
-        matches!(self.role, Some(Role::Owned(_)))
+        matches!(self.role, Some(Role::Owned { .. }))
     }
 
     /// The transport.
@@ -226,11 +264,31 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         &self.descriptor
     }
 
-    /// Bytes of the whole allocation: data, signal words and rounding to the granularity.
+    /// Bytes of the whole allocation: data, signal words and rounding to the granularity. For
+    /// an import, the bytes actually mapped, as measured after mapping (not as the exporter's
+    /// descriptor claims).
     pub fn allocation_size(&self) -> usize {
         match &self.role {
-            Some(Role::Owned(a)) => a.size,
-            _ => self.descriptor.alloc_size as usize,
+            Some(Role::Owned { alloc, .. }) => alloc.size,
+            Some(Role::Imported { mapping, .. }) => {
+                usize::try_from(mapping.size).unwrap_or(usize::MAX)
+            }
+            None => 0,
+        }
+    }
+
+    /// How many consumers hold a lease on this buffer now, across all its exporters (owners
+    /// only; 0 for an import). A legacy buffer dropped while this is not 0 is freed only when
+    /// the last of them lets go.
+    pub fn active_leases(&self) -> usize {
+        self.export_leases().map_or(0, |l| l.active())
+    }
+
+    /// The lease count its exporters keep (owners only).
+    pub(crate) fn export_leases(&self) -> Option<Arc<ExportLeases>> {
+        match &self.role {
+            Some(Role::Owned { leases, .. }) => Some(Arc::clone(leases)),
+            _ => None,
         }
     }
 
@@ -250,10 +308,14 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     /// the memory by other means than this crate's rendezvous.
     pub fn export_fd(&self) -> Result<OwnedFd> {
         match &self.role {
-            Some(Role::Owned(OwnedAllocation {
-                export_fd: Some(fd),
+            Some(Role::Owned {
+                alloc:
+                    OwnedAllocation {
+                        export_fd: Some(fd),
+                        ..
+                    },
                 ..
-            })) => fd
+            }) => fd
                 .try_clone()
                 .map_err(|e| Error::io("duplicating the exported fd", e)),
             _ => Err(Error::Unsupported(
@@ -264,15 +326,27 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
 
     pub(crate) fn owned_export_fd(&self) -> Option<&OwnedFd> {
         match &self.role {
-            Some(Role::Owned(a)) => a.export_fd.as_ref(),
+            Some(Role::Owned { alloc, .. }) => alloc.export_fd.as_ref(),
             _ => None,
         }
     }
 
-    /// Another handle on the same imported mapping (no driver call). Owners cannot be cloned.
+    /// Another handle on the same imported mapping, with this handle's element type, offset and
+    /// length (no driver call). Owners cannot be cloned.
     pub fn try_clone(&self) -> Result<Self> {
         match &self.role {
-            Some(Role::Imported(m)) => Ok(Self::from_mapping(self.ctx, Arc::clone(m))),
+            Some(Role::Imported { mapping, lease }) => Ok(SharedDeviceBuffer {
+                ctx: self.ctx,
+                data: self.data,
+                len: self.len,
+                signals: self.signals,
+                descriptor: self.descriptor,
+                role: Some(Role::Imported {
+                    mapping: Arc::clone(mapping),
+                    lease: *lease,
+                }),
+                _marker: PhantomData,
+            }),
             _ => Err(Error::Unsupported(
                 "an owned shared buffer cannot be cloned; import it or borrow it".into(),
             )),
@@ -282,7 +356,8 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     /// Reinterprets the memory as elements of `U`. Checked: the byte length must be a multiple
     /// of `size_of::<U>()` and the address aligned for `U`. The recorded type tag becomes `U`'s.
     pub fn cast<U: Pod>(mut self) -> Result<SharedDeviceBuffer<'ctx, U>> {
-        let bytes = self.len * std::mem::size_of::<T>();
+        // Cannot overflow: the view lies inside a real allocation.
+        let bytes = self.len.saturating_mul(std::mem::size_of::<T>());
         let (size, align) = (std::mem::size_of::<U>(), std::mem::align_of::<U>());
         if size == 0 || bytes % size != 0 || self.data % align as u64 != 0 {
             return Err(Error::InvalidArgument(format!(
@@ -296,6 +371,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         descriptor.elem_align = align as u32;
         descriptor.type_tag = TypeTag::of::<U>().0;
         descriptor.len = (bytes / size) as u64;
+        descriptor.byte_size = bytes as u64;
         Ok(SharedDeviceBuffer {
             ctx: self.ctx,
             data: self.data,
@@ -350,13 +426,15 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     /// ([`Exporter::notify_ready`](super::Exporter::notify_ready)); returns the latest announced.
     /// Imported buffers only.
     pub fn wait_ready(&self, frame: u64, timeout: std::time::Duration) -> Result<u64> {
-        let Some(Role::Imported(m)) = &self.role else {
+        let Some(Role::Imported { mapping, lease }) = &self.role else {
             return Err(Error::Unsupported(
                 "only an imported buffer has a lease to wait on".into(),
             ));
         };
-        let mut lease = m.lease.lock().unwrap_or_else(|p| p.into_inner());
-        match lease.as_mut() {
+        let mut leases = mapping.leases.lock().unwrap_or_else(|p| p.into_inner());
+        // This handle's own lease, or (for a handle made without one, e.g. import_cached)
+        // the mapping's first.
+        match leases.get_mut(lease.unwrap_or(0)) {
             Some(l) => l.wait_ready(frame, timeout),
             None => Err(Error::Unsupported(
                 "this buffer was imported without a rendezvous connection".into(),
@@ -368,87 +446,83 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
     /// `cupy.cuda.runtime.ipcGetMemHandle` or PyTorch's `storage._share_cuda_()`), given the
     /// element type, the byte offset of the data in that allocation and the length. After
     /// opening, the real allocation size (`cuMemGetAddressRange`) is checked against
-    /// `offset + len * size_of::<T>()`. Cached like every import.
-    pub fn import_legacy_handle(
+    /// `offset + len * size_of::<T>()`. Cached like every import. The buffer has no signal
+    /// words, and its [`descriptor`](Self::descriptor) is made up here (zero exporter fields).
+    ///
+    /// # Safety
+    /// No lease protects this mapping: the exporting process must keep the allocation alive
+    /// (not free it, and for a caching allocator such as PyTorch's, not reuse the block) for as
+    /// long as the returned buffer, or any clone of it, lives.
+    pub unsafe fn import_legacy_handle(
         ctx: &'ctx Context,
         handle: &[u8; 64],
         offset: usize,
         len: usize,
     ) -> Result<Self> {
         let byte_size = byte_len_of::<T>(len)?;
-        let end = offset
-            .checked_add(byte_size)
-            .ok_or_else(|| Error::InvalidArgument("offset + length overflows".into()))?;
-        if offset % std::mem::align_of::<T>() != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "offset {offset} is not aligned for {}",
-                std::any::type_name::<T>()
-            )));
-        }
-        let key = CacheKey::RawHandle(*handle);
-        let mut cache = ctx.import_cache().lock();
-        let mapping = match cache.get(&key) {
-            Some(m) => m,
-            None => {
-                let _bound = ctx.bind()?;
-                // SAFETY: the driver validates the handle; we close the mapping on every path.
-                let base = unsafe { result::ipc_open_mem_handle(handle) }.map_err(|e| {
-                    Error::ImportFailed {
-                        source: e,
-                        hint: "the handle may be stale (its exporter exited or freed it), from \
-                               another machine, or from a process with this process's PID (use \
-                               the fd transport across PID namespaces)"
-                            .into(),
-                    }
-                })?;
-                let size = match result::mem_get_address_range(base) {
-                    Ok((_, size)) => size,
-                    Err(e) => {
-                        super::allocation::close_legacy(ctx, base);
-                        return Err(e.into());
-                    }
-                };
-                let mut d = Descriptor::example();
-                d.transport = WireTransport::Legacy;
-                d.alloc_size = size as u64;
-                d.owner_uuid = ctx.device().uuid()?.0;
-                d.signal_offset = 0;
-                d.handle = *handle;
-                let m = Arc::new(ImportedMapping {
-                    key,
+        let owner_uuid = ctx.device().uuid()?.0;
+        let (mapping, _) = mapping::open_or_reuse(ctx, CacheKey::RawHandle(*handle), || {
+            let _bound = ctx.bind()?;
+            // SAFETY: the driver validates the handle; the mapping is closed on every path.
+            let base = unsafe { result::ipc_open_mem_handle(handle) }.map_err(|e| {
+                Error::ImportFailed {
+                    source: e,
+                    hint: "the handle may be stale (its exporter exited or freed it), from \
+                           another machine, or from a process with this process's PID (use \
+                           the fd transport across PID namespaces)"
+                        .into(),
+                }
+            })?;
+            match super::allocation::measure_legacy(base) {
+                Ok(size) => Ok(NewMapping {
                     kind: MappingKind::Legacy,
                     base,
-                    descriptor: d,
-                    lease: std::sync::Mutex::new(None),
-                });
-                cache.insert(&m);
-                m
+                    size,
+                }),
+                Err(e) => {
+                    super::allocation::close_legacy(ctx, base);
+                    Err(e)
+                }
+            }
+        })?;
+        let d = Descriptor {
+            transport: WireTransport::Legacy,
+            elem_size: std::mem::size_of::<T>() as u32,
+            elem_align: std::mem::align_of::<T>() as u32,
+            type_tag: TypeTag::of::<T>().0,
+            len: len as u64,
+            byte_size: byte_size as u64,
+            alloc_size: mapping.size,
+            offset: offset as u64,
+            owner_uuid,
+            exporter_pid: 0,
+            exporter_uid: 0,
+            pid_namespace: 0,
+            boot_id: [0; 16],
+            buffer_id: [0; 16],
+            generation: 0,
+            signal_offset: 0,
+            handle: *handle,
+        };
+        let place = match mapping.place::<T>(offset as u64, len as u64, 0) {
+            Ok(p) => p,
+            Err(e) => {
+                release_reference(ctx, mapping);
+                return Err(e);
             }
         };
-        drop(cache);
-        if end as u64 > mapping.descriptor.alloc_size {
-            let size = mapping.descriptor.alloc_size;
-            super::mapping::release_reference(ctx, mapping);
-            return Err(Error::InvalidArgument(format!(
-                "the handle's allocation has {size} bytes, fewer than the {end} asked for \
-                 (offset {offset} + {len} elements of {} bytes)",
-                std::mem::size_of::<T>()
-            )));
-        }
-        let mut d = mapping.descriptor;
-        d.elem_size = std::mem::size_of::<T>() as u32;
-        d.elem_align = std::mem::align_of::<T>() as u32;
-        d.type_tag = TypeTag::of::<T>().0;
-        d.len = len as u64;
-        d.byte_size = byte_size as u64;
-        d.offset = offset as u64;
-        let base = mapping.base;
-        let mut buf = Self::from_mapping(ctx, mapping);
-        buf.descriptor = d;
-        buf.data = base + offset as u64;
-        buf.len = len;
-        buf.signals = 0;
-        Ok(buf)
+        Ok(SharedDeviceBuffer {
+            ctx,
+            data: place.data,
+            len: place.len,
+            signals: 0,
+            descriptor: d,
+            role: Some(Role::Imported {
+                mapping,
+                lease: None,
+            }),
+            _marker: PhantomData,
+        })
     }
 }
 
@@ -461,9 +535,12 @@ impl<T: Pod> DeviceMemory<T> for SharedDeviceBuffer<'_, T> {
 
 impl<T: Pod> DeviceMemoryMut<T> for SharedDeviceBuffer<'_, T> {
     fn view_mut(&mut self) -> DeviceSliceMut<'_, T> {
-        // SAFETY: as in `view`, and `&mut self` makes the view exclusive in this process.
-        // Other processes may write the same memory: that is the point of sharing it, and
-        // every T is Pod, so any bytes are a valid T.
+        // SAFETY: as in `view`; writable: owners allocated it read-write, imports are mapped
+        // read-write. `&mut self` makes this view exclusive among the views of THIS handle only:
+        // shared memory is shared-mutable by nature (other processes, other imports and clones
+        // in this process may write it at the same time; see the type's docs). That is sound:
+        // the host never holds a Rust reference into device memory, every access goes through
+        // the driver, and every T is Pod, so any bytes are a valid T.
         unsafe { DeviceSliceMut::from_raw_parts(self.ctx, self.data, self.len) }
     }
 }
@@ -471,8 +548,8 @@ impl<T: Pod> DeviceMemoryMut<T> for SharedDeviceBuffer<'_, T> {
 impl<T: Pod> Drop for SharedDeviceBuffer<'_, T> {
     fn drop(&mut self) {
         match self.role.take() {
-            Some(Role::Owned(alloc)) => alloc.release(self.ctx),
-            Some(Role::Imported(mapping)) => release_reference(self.ctx, mapping),
+            Some(Role::Owned { alloc, leases }) => leases.release_or_defer(self.ctx, alloc),
+            Some(Role::Imported { mapping, .. }) => release_reference(self.ctx, mapping),
             None => {}
         }
     }
