@@ -136,9 +136,7 @@ fn open_costs(c: &mut Criterion, dir: &std::path::Path, importer: usize) {
             g.bench_with_input(
                 BenchmarkId::new("raw driver", common::size_name(size)),
                 &(),
-                |b, _| {
-                    b.iter(|| raw_open_close(&ctx, &d, offer.fd().map(|f| f.as_raw_fd())))
-                },
+                |b, _| b.iter(|| raw_open_close(&ctx, &d, offer.fd().map(|f| f.as_raw_fd()))),
             );
             // A cache hit: the buffer is already mapped in this context.
             let held = import();

@@ -266,10 +266,7 @@ fn only_checked_descriptors_are_importable() {
     let mut d = sample();
     assert_eq!(*d.checked().unwrap(), d);
     d.byte_size += 4; // len * elem_size no longer matches
-    assert!(matches!(
-        d.checked(),
-        Err(DescriptorError::Inconsistent(_))
-    ));
+    assert!(matches!(d.checked(), Err(DescriptorError::Inconsistent(_))));
     let mut d = sample();
     d.offset = 2; // misaligned for u32
     d.alloc_size = 1 << 30;

@@ -435,7 +435,11 @@ fn imports_a_raw_cupy_handle_and_checks_its_size() {
             matches!(err, cuda_ipc::Error::MappingTooSmall { .. }),
             "{err}"
         );
-        assert_eq!(ctx.imported_mappings(), 1, "the refused view left the mapping to buf");
+        assert_eq!(
+            ctx.imported_mappings(),
+            1,
+            "the refused view left the mapping to buf"
+        );
         println!("imported cupy's 4 MiB arange through its raw IPC handle");
     }
     py.stdin.take().unwrap().write_all(b"").unwrap();

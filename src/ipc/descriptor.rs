@@ -410,7 +410,9 @@ impl Descriptor {
             // `offset + byte_size` cannot overflow: checked above.
             let data_end = self.offset + self.byte_size;
             let fits = match self.signal_offset.checked_add(SIGNAL_WORDS_LEN) {
-                Some(end) => end <= self.alloc_size && (end <= self.offset || self.signal_offset >= data_end),
+                Some(end) => {
+                    end <= self.alloc_size && (end <= self.offset || self.signal_offset >= data_end)
+                }
                 None => false,
             };
             if !fits || self.signal_offset % 4 != 0 {

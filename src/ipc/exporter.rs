@@ -14,8 +14,8 @@ use bytemuck::Pod;
 use crate::error::{Error, Result};
 use crate::os::{self, PollRequest};
 
-use super::channel::{self, FrameReader, Kind, ReadError};
 use super::allocation::ExportLeases;
+use super::channel::{self, FrameReader, Kind, ReadError};
 use super::descriptor::Descriptor;
 use super::rendezvous::{prepare_dir, read_limited, write_atomic, Names};
 use super::shared_buffer::SharedDeviceBuffer;

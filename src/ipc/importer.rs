@@ -138,7 +138,12 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
                 std::any::type_name::<T>()
             )));
         }
-        import_descriptor(ctx, &descriptor, fd.as_ref().map(|f| f.as_fd()), Some(lease))
+        import_descriptor(
+            ctx,
+            &descriptor,
+            fd.as_ref().map(|f| f.as_fd()),
+            Some(lease),
+        )
         // The received fd closes here: the mapping keeps the memory.
     }
 

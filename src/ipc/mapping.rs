@@ -362,7 +362,9 @@ mod tests {
 
     #[test]
     fn misaligned_data_and_signals_are_refused() {
-        assert!(place(BASE, 4096, 2, 4, 4, 4, 0).unwrap_err().contains("aligned"));
+        assert!(place(BASE, 4096, 2, 4, 4, 4, 0)
+            .unwrap_err()
+            .contains("aligned"));
         assert!(place(BASE, 4096, 0, 4, 4, 4, 4094).is_err());
         assert!(place(BASE, 4096, 0, 4, 4, 4, 4090).is_err());
     }

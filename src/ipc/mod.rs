@@ -60,8 +60,7 @@ mod shared_buffer;
 
 pub use descriptor::{
     CheckedDescriptor, Descriptor, DescriptorError, TypeTag, WireTransport,
-    ENCODED_LEN as DESCRIPTOR_LEN,
-    VERSION as DESCRIPTOR_VERSION,
+    ENCODED_LEN as DESCRIPTOR_LEN, VERSION as DESCRIPTOR_VERSION,
 };
 pub use exporter::{AllowedUsers, ExportOptions, ExportStats, Exporter};
 pub use importer::{fetch, ImportOptions, Offer};
