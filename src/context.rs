@@ -26,7 +26,8 @@ use crate::device::{init, Device};
 use crate::drop_log;
 use crate::error::Result;
 use crate::kernels::KernelModule;
-use crate::result::{self, CUcontext};
+use crate::result::{self, CUcontext, CUstream};
+use crate::uses::StreamUses;
 
 /// Keeps a [`Context`] current on this thread; dropping it makes the context that was current
 /// before [`Context::bind`] current again. Not `Send`: the current context is per thread.
@@ -53,6 +54,8 @@ pub struct Context {
     device: Device,
     raw: CUcontext,
     kernels: OnceLock<KernelModule>,
+    /// The private non-blocking stream of synchronous copies (made on first use).
+    copies: OnceLock<CUstream>,
 }
 
 // SAFETY: a CUcontext is an opaque handle that the driver allows to be current on any number
@@ -78,6 +81,7 @@ impl Context {
             device,
             raw,
             kernels: OnceLock::new(),
+            copies: OnceLock::new(),
         };
         Ok(ctx)
     }
@@ -182,6 +186,38 @@ impl Context {
         Ok(ctx)
     }
 
+    /// Runs a synchronous operation: `op` queues it on this context's private non-blocking
+    /// stream, after every recorded use of the memory in `after`, and this waits for it. Not
+    /// ordered with unrelated streams (no legacy default stream involved).
+    pub(crate) fn run_sync(
+        &self,
+        after: &[Option<&StreamUses>],
+        op: impl FnOnce(CUstream) -> result::DriverResult<()>,
+    ) -> Result<()> {
+        let _bound = self.bind()?;
+        let stream = match self.copies.get() {
+            Some(s) => *s,
+            None => {
+                let made = result::stream_create_non_blocking()?;
+                if let Err(made) = self.copies.set(made) {
+                    // Another thread won the race: ours is unused.
+                    // SAFETY: our own new stream, never used.
+                    drop_log::check("copy stream (cuStreamDestroy)", unsafe {
+                        result::stream_destroy(made)
+                    });
+                }
+                *self.copies.get().unwrap_or(&made)
+            }
+        };
+        for uses in after.iter().flatten() {
+            uses.order_before(self, stream)?;
+        }
+        op(stream)?;
+        // SAFETY: our own live stream.
+        unsafe { result::stream_synchronize(stream) }?;
+        Ok(())
+    }
+
     pub(crate) fn kernel_module(&self) -> Result<&KernelModule> {
         if let Some(module) = self.kernels.get() {
             return Ok(module);
@@ -206,6 +242,15 @@ impl Drop for Context {
             match self.bind() {
                 Ok(_bound) => module.unload(),
                 Err(e) => drop_log::record("kernel module (binding its context to unload)", e),
+            }
+        }
+        if let Some(stream) = self.copies.take() {
+            match self.bind() {
+                // SAFETY: our own stream; every synchronous copy on it has returned.
+                Ok(_bound) => drop_log::check("copy stream (cuStreamDestroy)", unsafe {
+                    result::stream_destroy(stream)
+                }),
+                Err(e) => drop_log::record("copy stream (binding its context)", e),
             }
         }
         // SAFETY: matches the retain in `new`; every object borrowing this context is gone.

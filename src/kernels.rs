@@ -172,7 +172,8 @@ impl<'ctx> Kernels<'ctx> {
         // SAFETY: each launcher below passes one pointer per kernel parameter, to a value of
         // the parameter's exact type (u64 device pointers, u64 counts, u32/f32 scalars), and
         // has checked that the memory covers `n` elements of what the kernel touches. The
-        // memory outlives the launch because buffers synchronize their context before freeing.
+        // memory outlives the launch: each launcher records it as used by `stream`, and memory
+        // waits for the streams that used it before it is freed.
         Ok(unsafe {
             result::launch_kernel(
                 self.module.functions[index],
@@ -214,7 +215,8 @@ impl<'ctx> Kernels<'ctx> {
             (&mut n as *mut u64).cast(),
             (&mut x as *mut u32).cast(),
         ];
-        self.launch(index, n, stream, &mut params)
+        self.launch(index, n, stream, &mut params)?;
+        view.record_use(stream)
     }
 
     /// Fills the words of `buf` with the deterministic pattern of `seed`
@@ -244,7 +246,8 @@ impl<'ctx> Kernels<'ctx> {
             (&mut n as *mut u64).cast(),
             (&mut start as *mut u32).cast(),
         ];
-        self.launch(1, n, stream, &mut params)
+        self.launch(1, n, stream, &mut params)?;
+        view.record_use(stream)
     }
 
     /// Transforms every word in place: `w = w * 0x9E3779B1 + key` (wrapping;
@@ -287,7 +290,8 @@ impl<'ctx> Kernels<'ctx> {
             (&mut a as *mut f32).cast(),
             (&mut b as *mut f32).cast(),
         ];
-        self.launch(3, n, stream, &mut params)
+        self.launch(3, n, stream, &mut params)?;
+        view.record_use(stream)
     }
 
     /// Queues the digest of `buf`'s words ([`reference::checksum_words`]) into `out[0]`,
@@ -317,7 +321,9 @@ impl<'ctx> Kernels<'ctx> {
             (&mut n as *mut u64).cast(),
             (&mut out_ptr as *mut u64).cast(),
         ];
-        self.launch(4, n, stream, &mut params)
+        self.launch(4, n, stream, &mut params)?;
+        view.record_use(stream)?;
+        out_view.record_use(stream)
     }
 
     /// The digest of `buf`'s words, computed on the GPU; waits for `stream`.

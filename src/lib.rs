@@ -46,6 +46,7 @@ pub mod os;
 pub mod result;
 pub mod stream;
 pub mod sys;
+mod uses;
 
 pub use context::Context;
 pub use device::{Device, DeviceInfo, GpuUuid};

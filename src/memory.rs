@@ -17,8 +17,15 @@
 //! # Ok::<(), cuda_ipc::Error>(())
 //! ```
 //!
-//! Dropping a buffer waits for the work queued in its context first (`cuCtxSynchronize`), so a
-//! buffer is never freed under a running kernel or copy of its own context.
+//! # Stream-ordered lifetimes
+//! Memory remembers which streams used it: every kernel, asynchronous copy, memset or signal
+//! operation this crate queues records an event on its stream for the memory it touches.
+//! Dropping a buffer waits for those events only — never for the whole context — so it is never
+//! freed under running work of its own, and never waits for unrelated streams. Synchronous
+//! copies run on a private non-blocking stream of the context, after the memory's recorded
+//! uses: they see everything queued on the memory before them, and do not serialize with
+//! unrelated streams (no legacy default stream). Work you queue yourself with a raw pointer is
+//! not tracked: record it with [`DeviceSlice::record_use`], or synchronize before dropping.
 
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
@@ -30,6 +37,7 @@ use crate::drop_log;
 use crate::error::{Error, Result};
 use crate::result::{self, CUdeviceptr};
 use crate::stream::Stream;
+use crate::uses::StreamUses;
 
 /// Bytes of `len` elements of `T`, or an error on overflow.
 pub(crate) fn byte_len_of<T>(len: usize) -> Result<usize> {
@@ -62,6 +70,7 @@ pub struct DeviceSlice<'a, T> {
     ctx: &'a Context,
     ptr: CUdeviceptr,
     len: usize,
+    uses: Option<&'a StreamUses>,
     _marker: PhantomData<&'a [T]>,
 }
 
@@ -90,6 +99,7 @@ pub struct DeviceSliceMut<'a, T> {
     ctx: &'a Context,
     ptr: CUdeviceptr,
     len: usize,
+    uses: Option<&'a StreamUses>,
     _marker: PhantomData<&'a mut [T]>,
 }
 
@@ -142,6 +152,23 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
             ctx,
             ptr,
             len,
+            uses: None,
+            _marker: PhantomData,
+        }
+    }
+
+    /// A view of memory whose owner tracks the streams that use it (`uses`).
+    pub(crate) fn tracked(
+        ctx: &'a Context,
+        ptr: CUdeviceptr,
+        len: usize,
+        uses: &'a StreamUses,
+    ) -> Self {
+        DeviceSlice {
+            ctx,
+            ptr,
+            len,
+            uses: Some(uses),
             _marker: PhantomData,
         }
     }
@@ -174,6 +201,7 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
             ctx: self.ctx,
             ptr: self.ptr + (start * std::mem::size_of::<T>()) as u64,
             len,
+            uses: self.uses,
             _marker: PhantomData,
         })
     }
@@ -190,10 +218,23 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        let _bound = self.ctx.bind()?;
-        // SAFETY: the view covers byte_len valid device bytes; dst has the same byte length.
-        unsafe { result::memcpy_dtoh(dst.as_mut_ptr().cast(), self.ptr, self.byte_len()) }?;
-        Ok(())
+        let (ptr, bytes) = (self.ptr, self.byte_len());
+        // SAFETY: the view covers `bytes` valid device bytes; dst has the same byte length and
+        // outlives the call, which waits for the copy.
+        self.ctx.run_sync(&[self.uses], |s| unsafe {
+            result::memcpy_dtoh_async(dst.as_mut_ptr().cast(), ptr, bytes, s)
+        })
+    }
+
+    /// Records that work just queued on `stream` with this memory's raw pointer (your own
+    /// kernel, another library's copy) uses it, so that dropping the memory, or a synchronous
+    /// copy of it, waits for that work. Work queued through this crate is recorded already.
+    pub fn record_use(&self, stream: &Stream<'_>) -> Result<()> {
+        check_stream(self.ctx, stream)?;
+        match self.uses {
+            Some(uses) => uses.record(self.ctx, stream.id(), stream.raw()),
+            None => Ok(()),
+        }
     }
 
     /// Copies into a new `Vec`. Synchronous.
@@ -230,7 +271,7 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
                 stream.raw(),
             )
         }?;
-        Ok(())
+        self.record_use(stream)
     }
 }
 
@@ -251,6 +292,23 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
             ctx,
             ptr,
             len,
+            uses: None,
+            _marker: PhantomData,
+        }
+    }
+
+    /// A writable view of memory whose owner tracks the streams that use it (`uses`).
+    pub(crate) fn tracked(
+        ctx: &'a Context,
+        ptr: CUdeviceptr,
+        len: usize,
+        uses: &'a StreamUses,
+    ) -> Self {
+        DeviceSliceMut {
+            ctx,
+            ptr,
+            len,
+            uses: Some(uses),
             _marker: PhantomData,
         }
     }
@@ -261,8 +319,15 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
             ctx: self.ctx,
             ptr: self.ptr,
             len: self.len,
+            uses: self.uses,
             _marker: PhantomData,
         }
+    }
+
+    /// Records that work just queued on `stream` with this memory's raw pointer uses it: see
+    /// [`DeviceSlice::record_use`].
+    pub fn record_use(&self, stream: &Stream<'_>) -> Result<()> {
+        self.as_slice().record_use(stream)
     }
 
     /// The context the memory is accessible from. Length, address and the like come from
@@ -278,6 +343,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
             ctx: self.ctx,
             ptr: self.ptr + (start * std::mem::size_of::<T>()) as u64,
             len,
+            uses: self.uses,
             _marker: PhantomData,
         })
     }
@@ -294,10 +360,12 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        let _bound = self.ctx.bind()?;
-        // SAFETY: the view covers byte_len writable device bytes; src has the same byte length.
-        unsafe { result::memcpy_htod(self.ptr, src.as_ptr().cast(), self.byte_len()) }?;
-        Ok(())
+        let (ptr, bytes) = (self.ptr, self.byte_len());
+        // SAFETY: the view covers `bytes` writable device bytes; src has the same byte length
+        // and outlives the call, which waits for the copy.
+        self.ctx.run_sync(&[self.uses], |s| unsafe {
+            result::memcpy_htod_async(ptr, src.as_ptr().cast(), bytes, s)
+        })
     }
 
     /// Queues a copy of `src` into this range on `stream`.
@@ -321,7 +389,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         unsafe {
             result::memcpy_htod_async(self.ptr, src.as_ptr().cast(), self.byte_len(), stream.raw())
         }?;
-        Ok(())
+        self.record_use(stream)
     }
 
     /// Copies device memory of the same length into this range. Synchronous. Works across
@@ -331,7 +399,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
     }
 
     /// Queues a copy of device memory of the same context into this range on `stream`. Safe
-    /// because dropping device memory waits for its context's queued work.
+    /// because dropping device memory waits for the streams that used it.
     pub fn copy_from_device_async(
         &mut self,
         src: &DeviceSlice<'_, T>,
@@ -360,32 +428,31 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if bytes == 0 {
             return Ok(());
         }
-        let _bound = self.ctx.bind()?;
+        let (dst, src_ptr) = (self.ptr, src.ptr);
         match stream {
-            // SAFETY: both views cover `bytes` valid bytes of one context; buffers outlive
-            // queued work because their drop synchronizes the context.
-            Some(s) => unsafe { result::memcpy_dtod_async(self.ptr, src.ptr, bytes, s.raw()) }?,
+            Some(s) => {
+                let _bound = self.ctx.bind()?;
+                // SAFETY: both views cover `bytes` valid bytes of one context; each memory's
+                // drop waits for the streams that used it, and both record this one below.
+                unsafe { result::memcpy_dtod_async(dst, src_ptr, bytes, s.raw()) }?;
+                src.record_use(s)?;
+                self.record_use(s)
+            }
             None if same_context(self.ctx, src.ctx) => {
-                // SAFETY: both views cover `bytes` valid bytes.
-                unsafe { result::memcpy_dtod(self.ptr, src.ptr, bytes) }?
+                // SAFETY: both views cover `bytes` valid bytes; the call waits for the copy.
+                self.ctx.run_sync(&[self.uses, src.uses], |s| unsafe {
+                    result::memcpy_dtod_async(dst, src_ptr, bytes, s)
+                })
             }
             None => {
-                // SAFETY: each pointer is valid in its own context for `bytes` bytes; the null
-                // stream is then synchronized before the borrows end.
-                unsafe {
-                    result::memcpy_peer_async(
-                        self.ptr,
-                        self.ctx.raw(),
-                        src.ptr,
-                        src.ctx.raw(),
-                        bytes,
-                        std::ptr::null_mut(),
-                    )?;
-                    result::stream_synchronize(std::ptr::null_mut())?;
-                }
+                let (dst_ctx, src_ctx) = (self.ctx.raw(), src.ctx.raw());
+                // SAFETY: each pointer is valid in its own context for `bytes` bytes; the call
+                // waits for the copy before the borrows end.
+                self.ctx.run_sync(&[self.uses, src.uses], |s| unsafe {
+                    result::memcpy_peer_async(dst, dst_ctx, src_ptr, src_ctx, bytes, s)
+                })
             }
         }
-        Ok(())
     }
 
     /// Sets every byte to zero. Synchronous.
@@ -393,10 +460,11 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         if self.byte_len() == 0 {
             return Ok(());
         }
-        let _bound = self.ctx.bind()?;
-        // SAFETY: the view covers byte_len writable bytes.
-        unsafe { result::memset_d8(self.ptr, 0, self.byte_len()) }?;
-        Ok(())
+        let (ptr, bytes) = (self.ptr, self.byte_len());
+        // SAFETY: the view covers `bytes` writable bytes; the call waits for the memset.
+        self.ctx.run_sync(&[self.uses], |s| unsafe {
+            result::memset_d8_async(ptr, 0, bytes, s)
+        })
     }
 
     /// Queues setting every byte to zero on `stream`.
@@ -406,9 +474,9 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
             return Ok(());
         }
         let _bound = self.ctx.bind()?;
-        // SAFETY: the view covers byte_len writable bytes, which outlive queued work.
+        // SAFETY: the view covers byte_len writable bytes, whose drop waits for this stream.
         unsafe { result::memset_d8_async(self.ptr, 0, self.byte_len(), stream.raw()) }?;
-        Ok(())
+        self.record_use(stream)
     }
 }
 
@@ -488,6 +556,7 @@ impl<T: Pod> DeviceMemoryMut<T> for DeviceSliceMut<'_, T> {
             ctx: self.ctx,
             ptr: self.ptr,
             len: self.len,
+            uses: self.uses,
             _marker: PhantomData,
         }
     }
@@ -498,6 +567,7 @@ pub struct DeviceBuffer<'ctx, T: Pod> {
     ctx: &'ctx Context,
     ptr: CUdeviceptr,
     len: usize,
+    uses: StreamUses,
     _marker: PhantomData<T>,
 }
 
@@ -546,6 +616,7 @@ impl<'ctx, T: Pod> DeviceBuffer<'ctx, T> {
             ctx,
             ptr,
             len,
+            uses: StreamUses::default(),
             _marker: PhantomData,
         })
     }
@@ -562,6 +633,7 @@ impl<T: Pod> DeviceMemory<T> for DeviceBuffer<'_, T> {
             ctx: self.ctx,
             ptr: self.ptr,
             len: self.len,
+            uses: Some(&self.uses),
             _marker: PhantomData,
         }
     }
@@ -573,6 +645,7 @@ impl<T: Pod> DeviceMemoryMut<T> for DeviceBuffer<'_, T> {
             ctx: self.ctx,
             ptr: self.ptr,
             len: self.len,
+            uses: Some(&self.uses),
             _marker: PhantomData,
         }
     }
@@ -583,9 +656,10 @@ impl<T: Pod> Drop for DeviceBuffer<'_, T> {
         if self.ptr == 0 {
             return;
         }
-        if let Err(e) = self.ctx.synchronize() {
-            drop_log::record("DeviceBuffer (cuCtxSynchronize before free)", e);
-        }
+        self.uses.wait_and_clear(
+            self.ctx,
+            "DeviceBuffer (waiting for its streams before free)",
+        );
         let _bound = match self.ctx.bind() {
             Ok(b) => b,
             Err(e) => {

@@ -628,6 +628,17 @@ pub fn stream_create() -> DriverResult<CUstream> {
     Ok(s)
 }
 
+/// `cuStreamCreate` with `CU_STREAM_NON_BLOCKING`: a stream that does not synchronize with the
+/// legacy default stream.
+pub fn stream_create_non_blocking() -> DriverResult<CUstream> {
+    let mut s: CUstream = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    check("cuStreamCreate", unsafe {
+        sys::cuStreamCreate(&mut s, sys::STREAM_NON_BLOCKING)
+    })?;
+    Ok(s)
+}
+
 /// `cuStreamDestroy_v2`.
 ///
 /// # Safety

@@ -1,8 +1,9 @@
 //! Streams: ordered queues of GPU work.
 //!
-//! A [`Stream`] borrows its [`Context`], so it cannot outlive it. Streams are blocking streams
-//! (`CU_STREAM_DEFAULT`): they are ordered with the synchronous copies of [`crate::memory`],
-//! which run on the legacy default stream.
+//! A [`Stream`] borrows its [`Context`], so it cannot outlive it. Memory remembers which
+//! streams used it (see [`crate::memory`]): dropping it waits for those streams' work on it,
+//! and a synchronous copy of it is ordered after that work — on a private non-blocking stream
+//! of the context, so it does not serialize with unrelated streams.
 //!
 //! ```no_run
 //! use cuda_ipc::{Context, Device, DeviceBuffer, Stream};
@@ -24,6 +25,7 @@ use crate::result::{self, CUstream};
 pub struct Stream<'ctx> {
     ctx: &'ctx Context,
     raw: CUstream,
+    id: u64,
 }
 
 // SAFETY: a CUstream may be used from any thread; every use binds the context first.
@@ -42,7 +44,11 @@ impl<'ctx> Stream<'ctx> {
     pub fn new(ctx: &'ctx Context) -> Result<Self> {
         let _bound = ctx.bind()?;
         let raw = result::stream_create()?;
-        Ok(Stream { ctx, raw })
+        Ok(Stream {
+            ctx,
+            raw,
+            id: crate::uses::next_stream_id(),
+        })
     }
 
     /// The context.
@@ -53,6 +59,11 @@ impl<'ctx> Stream<'ctx> {
     /// The raw `CUstream`. Do not destroy it: the `Stream` owns it.
     pub fn raw(&self) -> CUstream {
         self.raw
+    }
+
+    /// A process-unique id (never reused, unlike raw handles).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Waits until all work queued on this stream is done.

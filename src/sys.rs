@@ -58,6 +58,8 @@ pub const EVENT_INTERPROCESS: c_uint = 0x4;
 pub const EVENT_DEFAULT: c_uint = 0x0;
 /// `CU_STREAM_DEFAULT`: a blocking stream, ordered with the legacy default stream.
 pub const STREAM_DEFAULT: c_uint = 0x0;
+/// `CU_STREAM_NON_BLOCKING`: a stream not ordered with the legacy default stream.
+pub const STREAM_NON_BLOCKING: c_uint = 0x1;
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
 pub const IPC_MEM_LAZY_ENABLE_PEER_ACCESS: c_uint = 0x1;
 /// `CU_POINTER_ATTRIBUTE_BUFFER_ID` (CUDA 11.7): a process-unique id of an allocation.

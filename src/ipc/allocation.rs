@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::drop_log;
 use crate::error::{Error, Result};
 use crate::result::{self, CUdeviceptr, CUmemGenericAllocationHandle};
+use crate::uses::StreamUses;
 
 /// Bytes reserved after the data for the signal words (keeps them in their own cache lines).
 pub(crate) const SIGNAL_AREA: usize = 256;
@@ -40,6 +41,8 @@ pub(crate) struct OwnedAllocation {
     pub export_fd: Option<OwnedFd>,
     /// The legacy transport's `cuIpcGetMemHandle` bytes.
     pub legacy_handle: Option<[u8; 64]>,
+    /// The streams that used the memory; freeing waits for them.
+    pub uses: StreamUses,
 }
 
 impl OwnedAllocation {
@@ -63,6 +66,7 @@ impl OwnedAllocation {
             vmm_handle: None,
             export_fd: None,
             legacy_handle: Some(handle),
+            uses: StreamUses::default(),
         })
     }
 
@@ -100,15 +104,15 @@ impl OwnedAllocation {
             vmm_handle: Some(handle),
             export_fd: Some(export_fd),
             legacy_handle: None,
+            uses: StreamUses::default(),
         })
     }
 
     /// Frees it now. `ctx` must be the context it was made in (or another handle on the same
     /// primary context); its queued work is waited for.
     pub fn release(self, ctx: &Context) {
-        if let Err(e) = ctx.synchronize() {
-            drop_log::record("shared buffer (cuCtxSynchronize before free)", e);
-        }
+        self.uses
+            .wait_and_clear(ctx, "shared buffer (waiting for its streams before free)");
         let _bound = match ctx.bind() {
             Ok(b) => b,
             Err(e) => {
@@ -274,11 +278,8 @@ pub(crate) fn map_vmm_fd(
     Ok(base)
 }
 
-/// Unmaps what [`map_vmm_fd`] mapped.
+/// Unmaps what [`map_vmm_fd`] mapped. The caller has waited for the work that used it.
 pub(crate) fn unmap_vmm(ctx: &Context, base: CUdeviceptr, size: usize) {
-    if let Err(e) = ctx.synchronize() {
-        drop_log::record("imported buffer (cuCtxSynchronize before unmap)", e);
-    }
     let _bound = match ctx.bind() {
         Ok(b) => b,
         Err(e) => {
@@ -313,11 +314,8 @@ pub(crate) fn measure_legacy(base: CUdeviceptr) -> Result<u64> {
     }
 }
 
-/// Closes a legacy mapping.
+/// Closes a legacy mapping. The caller has waited for the work that used it.
 pub(crate) fn close_legacy(ctx: &Context, base: CUdeviceptr) {
-    if let Err(e) = ctx.synchronize() {
-        drop_log::record("imported buffer (cuCtxSynchronize before close)", e);
-    }
     let _bound = match ctx.bind() {
         Ok(b) => b,
         Err(e) => {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::result::{CUcontext, CUdeviceptr};
+use crate::uses::StreamUses;
 
 use super::allocation::{close_legacy, unmap_vmm};
 use super::channel::{FrameReader, Kind};
@@ -64,6 +65,8 @@ pub(crate) struct ImportedMapping {
     /// Every rendezvous connection that brought this mapping to this process: each stays open
     /// while the memory is mapped, so each exporter knows it is still in use.
     pub leases: Mutex<Vec<Lease>>,
+    /// The streams that used the memory (through any handle); unmapping waits for them.
+    pub uses: StreamUses,
 }
 
 /// Where a typed view lies in a mapping.
@@ -156,6 +159,10 @@ impl ImportedMapping {
 
     /// Unmaps; called by the holder of the last reference, under its slot's lock.
     fn release(self, ctx: &Context) {
+        self.uses.wait_and_clear(
+            ctx,
+            "imported buffer (waiting for its streams before unmap)",
+        );
         match self.kind {
             MappingKind::Legacy => close_legacy(ctx, self.base),
             MappingKind::Vmm => unmap_vmm(ctx, self.base, self.size as usize),
@@ -284,6 +291,7 @@ pub(crate) fn open_or_reuse(
                     base: new.base,
                     size: new.size,
                     leases: Mutex::new(Vec::new()),
+                    uses: StreamUses::default(),
                 });
                 *entry = Some(Arc::downgrade(&mapping));
                 (mapping, false)

@@ -14,6 +14,7 @@ use crate::memory::{
 };
 use crate::result::{self, CUdeviceptr};
 use crate::stream::Stream;
+use crate::uses::StreamUses;
 
 use super::allocation::{layout, ExportLeases, OwnedAllocation};
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
@@ -108,7 +109,7 @@ pub struct SharedDeviceBuffer<'ctx, T: Pod> {
 // context; every driver call binds the context first; the lease is behind a Mutex.
 unsafe impl<T: Pod + Send> Send for SharedDeviceBuffer<'_, T> {}
 // SAFETY: shared access only reads through the driver or writes the signal words with stream
-// operations, which the driver serialises.
+// operations, which the driver serialises; the stream-use record is behind a mutex.
 unsafe impl<T: Pod + Sync> Sync for SharedDeviceBuffer<'_, T> {}
 
 impl<T: Pod> std::fmt::Debug for SharedDeviceBuffer<'_, T> {
@@ -284,6 +285,17 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         self.export_leases().map_or(0, |l| l.active())
     }
 
+    /// The stream uses of the memory: the allocation's, or the mapping's (shared by every
+    /// handle on it).
+    fn uses(&self) -> &StreamUses {
+        static NONE: std::sync::OnceLock<StreamUses> = std::sync::OnceLock::new();
+        match &self.role {
+            Some(Role::Owned { alloc, .. }) => &alloc.uses,
+            Some(Role::Imported { mapping, .. }) => &mapping.uses,
+            None => NONE.get_or_init(StreamUses::default),
+        }
+    }
+
     /// The lease count its exporters keep (owners only).
     pub(crate) fn export_leases(&self) -> Option<Arc<ExportLeases>> {
         match &self.role {
@@ -399,9 +411,10 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         check_stream(self.ctx, stream)?;
         let addr = self.signal_addr(signal)?;
         let _bound = self.ctx.bind()?;
-        // SAFETY: the signal words lie inside the allocation, 4-byte aligned, and outlive
-        // queued work (drop synchronizes the context).
-        Ok(unsafe { result::stream_write_value32(stream.raw(), addr, value) }?)
+        // SAFETY: the signal words lie inside the mapping, 4-byte aligned, and outlive queued
+        // work (the memory's drop waits for the streams recorded below).
+        unsafe { result::stream_write_value32(stream.raw(), addr, value) }?;
+        self.uses().record(self.ctx, stream.id(), stream.raw())
     }
 
     /// Makes later work on `stream` wait, on the GPU, until a signal word reaches `value`
@@ -411,14 +424,15 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         let addr = self.signal_addr(signal)?;
         let _bound = self.ctx.bind()?;
         // SAFETY: as in write_signal.
-        Ok(unsafe { result::stream_wait_value32_geq(stream.raw(), addr, value) }?)
+        unsafe { result::stream_wait_value32_geq(stream.raw(), addr, value) }?;
+        self.uses().record(self.ctx, stream.id(), stream.raw())
     }
 
     /// Reads a signal word from the host (synchronous).
     pub fn read_signal(&self, signal: Signal) -> Result<u32> {
         let addr = self.signal_addr(signal)?;
-        // SAFETY: the signal word is 4 valid bytes of this allocation.
-        let word = unsafe { DeviceSlice::<u32>::from_raw_parts(self.ctx, addr, 1) };
+        // The signal word: 4 valid, aligned bytes of this mapping, ordered after its uses.
+        let word = DeviceSlice::<u32>::tracked(self.ctx, addr, 1, self.uses());
         Ok(word.copy_to_vec()?[0])
     }
 
@@ -528,20 +542,21 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
 
 impl<T: Pod> DeviceMemory<T> for SharedDeviceBuffer<'_, T> {
     fn view(&self) -> DeviceSlice<'_, T> {
-        // SAFETY: `data` covers `len` elements of memory mapped in `ctx` for as long as self.
-        unsafe { DeviceSlice::from_raw_parts(self.ctx, self.data, self.len) }
+        // `data` covers `len` aligned elements of memory mapped in `ctx` for as long as self
+        // (the invariant of this type: placed against the measured mapping).
+        DeviceSlice::tracked(self.ctx, self.data, self.len, self.uses())
     }
 }
 
 impl<T: Pod> DeviceMemoryMut<T> for SharedDeviceBuffer<'_, T> {
     fn view_mut(&mut self) -> DeviceSliceMut<'_, T> {
-        // SAFETY: as in `view`; writable: owners allocated it read-write, imports are mapped
+        // As in `view`; writable: owners allocated it read-write, imports are mapped
         // read-write. `&mut self` makes this view exclusive among the views of THIS handle only:
         // shared memory is shared-mutable by nature (other processes, other imports and clones
         // in this process may write it at the same time; see the type's docs). That is sound:
         // the host never holds a Rust reference into device memory, every access goes through
         // the driver, and every T is Pod, so any bytes are a valid T.
-        unsafe { DeviceSliceMut::from_raw_parts(self.ctx, self.data, self.len) }
+        DeviceSliceMut::tracked(self.ctx, self.data, self.len, self.uses())
     }
 }
 

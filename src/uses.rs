@@ -1,0 +1,146 @@
+//! Which streams have used a piece of device memory, so that freeing it (or a synchronous copy
+//! of it) waits for exactly that work and nothing else.
+//!
+//! Every owner of device memory (a [`DeviceBuffer`](crate::DeviceBuffer), a shared buffer's
+//! allocation, an imported mapping) keeps a [`StreamUses`]: one event per stream that queued
+//! work on the memory through this crate, re-recorded after each such operation. Dropping the
+//! owner waits for those events only — not for the whole context (`cuCtxSynchronize`), so a
+//! buffer dropped while an unrelated stream runs a long kernel returns at once.
+//!
+//! Work queued with a raw device pointer (your own launches, another library's) is invisible
+//! here: record it with [`DeviceSlice::record_use`](crate::DeviceSlice::record_use), or
+//! synchronize it yourself before dropping the memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::context::Context;
+use crate::drop_log;
+use crate::error::Result;
+use crate::result::{self, CUevent, CUstream};
+
+/// Most events kept before completed ones are pruned.
+const PRUNE_AT: usize = 8;
+
+/// A process-unique id for a stream (raw handles may be reused by the driver after a stream is
+/// destroyed; ids never are).
+pub(crate) fn next_stream_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The streams that used one piece of memory, each with an event recorded after its last use.
+#[derive(Debug, Default)]
+pub(crate) struct StreamUses {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    events: Vec<(u64, CUevent)>,
+    /// A use could not be recorded: waiting falls back to the whole context.
+    untracked: bool,
+}
+
+// SAFETY: CUevent handles may be used from any thread; every access is under the mutex and
+// binds the owning context first.
+unsafe impl Send for StreamUses {}
+// SAFETY: see Send.
+unsafe impl Sync for StreamUses {}
+
+impl StreamUses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records, after work just queued on the stream `(id, raw)` of `ctx`, that it uses the
+    /// memory. On failure the memory is marked untracked (its drop then waits for the whole
+    /// context), so a lost record never lets memory be freed under running work.
+    pub fn record(&self, ctx: &Context, id: u64, raw: CUstream) -> Result<()> {
+        let _bound = ctx.bind()?;
+        let mut inner = self.lock();
+        let outcome = inner.record(id, raw);
+        if outcome.is_err() {
+            inner.untracked = true;
+        }
+        outcome
+    }
+
+    /// Makes `stream` (raw, of `ctx`) wait on the GPU for every recorded use.
+    pub fn order_before(&self, ctx: &Context, stream: CUstream) -> Result<()> {
+        let _bound = ctx.bind()?;
+        let inner = self.lock();
+        if inner.untracked {
+            drop(inner);
+            return ctx.synchronize();
+        }
+        for &(_, event) in &inner.events {
+            // SAFETY: our event and the caller's live stream, both of `ctx`.
+            unsafe { result::stream_wait_event(stream, event) }?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every recorded use is done and forgets them (destroying the events). Never
+    /// fails: errors are logged, and anything uncertain waits for the whole context.
+    pub fn wait_and_clear(&self, ctx: &Context, what: &'static str) {
+        let _bound = match ctx.bind() {
+            Ok(b) => b,
+            Err(e) => {
+                drop_log::record(what, e);
+                return;
+            }
+        };
+        let mut inner = self.lock();
+        let mut untracked = std::mem::take(&mut inner.untracked);
+        for (_, event) in inner.events.drain(..) {
+            // SAFETY: our own event, destroyed right after.
+            if let Err(e) = unsafe { result::event_synchronize(event) } {
+                drop_log::record(what, e);
+                untracked = true;
+            }
+            // SAFETY: our own event; not used afterwards.
+            drop_log::check(what, unsafe { result::event_destroy(event) });
+        }
+        drop(inner);
+        if untracked {
+            if let Err(e) = ctx.synchronize() {
+                drop_log::record(what, e);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn record(&mut self, id: u64, raw: CUstream) -> Result<()> {
+        let event = match self.events.iter().find(|(s, _)| *s == id) {
+            Some(&(_, e)) => e,
+            None => {
+                if self.events.len() >= PRUNE_AT {
+                    self.prune();
+                }
+                let e = result::event_create(false, false)?;
+                self.events.push((id, e));
+                e
+            }
+        };
+        // SAFETY: our live event and the caller's live stream, both of the bound context.
+        unsafe { result::event_record(event, raw) }?;
+        Ok(())
+    }
+
+    /// Forgets the uses that are complete.
+    fn prune(&mut self) {
+        self.events.retain(|&(_, event)| {
+            // SAFETY: our own live event.
+            let done = matches!(unsafe { result::event_query(event) }, Ok(true));
+            if done {
+                // SAFETY: our own event, complete and forgotten here.
+                drop_log::check("stream-use event (cuEventDestroy)", unsafe {
+                    result::event_destroy(event)
+                });
+            }
+            !done
+        });
+    }
+}
