@@ -4,7 +4,6 @@
 //! whole-context synchronize these calls would hang until it is released.
 //! Run with `--include-ignored` on a GPU machine.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use cuda_ipc::ipc::{Exporter, SharedDeviceBuffer, Signal, Transport};
@@ -20,92 +19,127 @@ const LEN: usize = 1 << 20;
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn zz_role_entry() {
-    if std::env::var("CUDA_IPC_TEST_ROLE").is_err() {
+    let Ok(role) = std::env::var("CUDA_IPC_TEST_ROLE") else {
         return;
+    };
+    let dir = std::path::PathBuf::from(std::env::var("CUDA_IPC_TEST_PATH").unwrap());
+    let ctx: &'static Context = Context::primary(Device::by_ordinal(0).unwrap()).unwrap();
+    let work = Stream::new(ctx).unwrap();
+    match role.as_str() {
+        "producer" => {
+            let mut bufs = Vec::new();
+            let mut exporters = Vec::new();
+            for t in [Transport::Fd, Transport::Legacy] {
+                let mut buf = SharedDeviceBuffer::<u32>::zeroed(ctx, LEN, t).unwrap();
+                ctx.kernels()
+                    .unwrap()
+                    .fill_pattern(&work, &mut buf, 5)
+                    .unwrap();
+                work.synchronize().unwrap();
+                let name = if t == Transport::Fd { "fd" } else { "legacy" };
+                exporters.push(Exporter::bind(dir.join(name), &buf).unwrap());
+                bufs.push(buf);
+            }
+            println!("PRODUCER: serving");
+            for e in &exporters {
+                e.wait_released(Duration::from_secs(120)).unwrap();
+            }
+            println!("PRODUCER: OK");
+        }
+        "consumer" => {
+            let mut local = DeviceBuffer::<u32>::from_slice(ctx, &[1, 2, 3]).unwrap();
+            let imports: Vec<_> = ["fd", "legacy"]
+                .iter()
+                .map(|n| {
+                    SharedDeviceBuffer::<u32>::import(ctx, dir.join(n), Duration::from_secs(30))
+                        .unwrap()
+                })
+                .collect();
+            for b in &imports {
+                let sum = ctx.kernels().unwrap().checksum(&work, b).unwrap();
+                assert_eq!(sum, reference::pattern_checksum(5, LEN as u64));
+                // Queue more work on the import: its drop must wait for exactly this.
+                ctx.kernels()
+                    .unwrap()
+                    .checksum_into(&work, b, &mut DeviceBuffer::zeroed(ctx, 1).unwrap())
+                    .unwrap();
+            }
+            // The unrelated stream: blocked on the GPU until the gate's Ready word reaches 1.
+            let gate = SharedDeviceBuffer::<u32>::zeroed(ctx, 1, Transport::Auto).unwrap();
+            let busy = Stream::new(ctx).unwrap();
+            gate.wait_signal(&busy, Signal::Ready, 1).unwrap();
+            let after_gate = Event::new_untimed(ctx).unwrap();
+            after_gate.record(&busy).unwrap();
+            println!("CONSUMER: unrelated stream blocked");
+            assert_eq!(local.copy_to_vec().unwrap(), vec![1, 2, 3]);
+            local.copy_from_slice(&[4, 5, 6]).unwrap();
+            local.zero().unwrap();
+            println!("CONSUMER: synchronous copies returned");
+            for (name, b) in ["fd", "legacy"].iter().zip(imports) {
+                drop(b);
+                println!("CONSUMER: {name} import dropped");
+            }
+            assert_eq!(ctx.imported_mappings(), 0);
+            assert!(
+                !after_gate.is_complete().unwrap(),
+                "the unrelated stream ran early"
+            );
+            println!("CONSUMER: the unrelated stream is still blocked");
+            gate.write_signal(&work, Signal::Ready, 1).unwrap();
+            busy.synchronize().unwrap();
+            drop(local);
+            assert_eq!(
+                cuda_ipc::drop_error_count(),
+                0,
+                "{:?}",
+                cuda_ipc::take_drop_errors()
+            );
+            println!("CONSUMER: OK");
+        }
+        other => panic!("unknown role {other}"),
     }
-    let path = std::env::var("CUDA_IPC_TEST_PATH").unwrap();
-    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
-    let stream = Stream::new(&ctx).unwrap();
-    let mut buf = SharedDeviceBuffer::<u32>::zeroed(&ctx, LEN, Transport::Fd).unwrap();
-    ctx.kernels()
-        .unwrap()
-        .fill_pattern(&stream, &mut buf, 5)
-        .unwrap();
-    stream.synchronize().unwrap();
-    let exporter = Exporter::bind(&path, &buf).unwrap();
-    println!("PRODUCER: serving");
-    exporter.wait_released(Duration::from_secs(120)).unwrap();
-    println!("PRODUCER: OK");
 }
 
-/// Runs `f` on another thread; false if it has not returned within `limit`.
-fn returns_within(limit: Duration, f: impl FnOnce() + Send + 'static) -> bool {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    rx.recv_timeout(limit).is_ok()
-}
-
+/// An imported buffer (fd and legacy) dropped, and synchronous copies made, while an unrelated
+/// stream of the same context is blocked: each returns without waiting for it. Runs in a child
+/// process, which is killed if a step hangs (a driver call blocked on the stream may hold the
+/// context's lock, so the test cannot unblock it from another thread).
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn drops_and_sync_copies_do_not_wait_for_unrelated_streams() {
     let dir = temp_dir("streams");
-    let path = dir.join("frames");
-    let mut producer = RoleProcess::spawn(
-        &[],
-        &[
-            ("CUDA_IPC_TEST_ROLE", "producer".into()),
-            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
-        ],
-    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let role = |r: &str| {
+        vec![
+            ("CUDA_IPC_TEST_ROLE", r.to_string()),
+            ("CUDA_IPC_TEST_PATH", dir.display().to_string()),
+        ]
+    };
+    let mut producer = RoleProcess::spawn(&[], &role("producer"));
     producer.expect_line("PRODUCER: serving", Duration::from_secs(60));
-    let ctx: &'static Context = Context::primary(Device::by_ordinal(0).unwrap()).unwrap();
-    let work = Stream::new(ctx).unwrap();
-    // The unrelated stream: blocked on the GPU until the gate's Ready word reaches 1.
-    let gate = SharedDeviceBuffer::<u32>::zeroed(ctx, 1, Transport::Auto).unwrap();
-    let busy = Stream::new(ctx).unwrap();
-    gate.wait_signal(&busy, Signal::Ready, 1).unwrap();
-    let after_gate = Event::new_untimed(ctx).unwrap();
-    after_gate.record(&busy).unwrap();
-
-    let imported = SharedDeviceBuffer::<u32>::import(ctx, &path, Duration::from_secs(30)).unwrap();
-    let sum = ctx.kernels().unwrap().checksum(&work, &imported).unwrap();
-    assert_eq!(sum, reference::pattern_checksum(5, LEN as u64));
-    let ok = returns_within(Duration::from_secs(20), move || {
-        // Synchronous copies and drops of memory the blocked stream never touched.
-        let mut local = DeviceBuffer::<u32>::from_slice(ctx, &[1, 2, 3]).unwrap();
-        assert_eq!(local.copy_to_vec().unwrap(), vec![1, 2, 3]);
-        local.zero().unwrap();
-        let words = imported.view().slice(..3).unwrap().copy_to_vec().unwrap();
-        assert_eq!(words.len(), 3);
-        drop(local);
-        drop(imported); // unmaps: waits for `work`'s checksum, not for `busy`
-    });
-    let still_blocked = !after_gate.is_complete().unwrap();
-    // Open the gate whatever happened, so the process can finish.
-    let opener = Stream::new(ctx).unwrap();
-    gate.write_signal(&opener, Signal::Ready, 1).unwrap();
-    opener.synchronize().unwrap();
-    busy.synchronize().unwrap();
-    assert!(
-        ok,
-        "a drop or synchronous copy waited for an unrelated, blocked stream"
-    );
-    assert!(
-        still_blocked,
-        "the unrelated stream was not blocked: the test proves nothing"
-    );
-    assert_eq!(ctx.imported_mappings(), 0);
+    let mut consumer = RoleProcess::spawn(&[], &role("consumer"));
+    let steps = [
+        "unrelated stream blocked",
+        "synchronous copies returned",
+        "fd import dropped",
+        "legacy import dropped",
+        "still blocked",
+        "CONSUMER: OK",
+    ];
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for step in steps {
+            consumer.expect_line(step, Duration::from_secs(30));
+        }
+    }));
+    if let Err(panic) = outcome {
+        consumer.kill();
+        producer.kill();
+        std::panic::resume_unwind(panic);
+    }
+    let (ok, lines) = consumer.finish(Duration::from_secs(60));
+    assert!(ok, "{}", lines.join("\n"));
     let (ok, lines) = producer.finish(Duration::from_secs(60));
     assert!(ok, "{}", lines.join("\n"));
-    assert_eq!(
-        cuda_ipc::drop_error_count(),
-        0,
-        "{:?}",
-        cuda_ipc::take_drop_errors()
-    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
