@@ -1109,3 +1109,45 @@ pub fn mem_import_posix_fd(fd: i32) -> DriverResult<CUmemGenericAllocationHandle
     })?;
     Ok(h)
 }
+
+#[cfg(test)]
+mod loader_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_entry_point_says_the_driver_is_too_old() {
+        let e = DriverError {
+            call: "cuDeviceGetUuid",
+            code: codes::NOT_FOUND,
+            unavailable: Some(sys::Unavailable::EntryPoint("cuDeviceGetUuid_v2")),
+        };
+        assert_eq!(e.missing_entry_point(), Some("cuDeviceGetUuid_v2"));
+        assert!(!e.is_driver_not_loaded());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cuDeviceGetUuid failed: the NVIDIA driver library"),
+            "{text}"
+        );
+        assert!(
+            text.contains("has no entry point cuDeviceGetUuid_v2"),
+            "{text}"
+        );
+        assert!(text.contains("install a newer NVIDIA driver"), "{text}");
+    }
+
+    #[test]
+    fn not_found_from_a_driver_that_has_the_entry_point_is_a_plain_driver_error() {
+        // cuModuleGetFunction returns CUDA_ERROR_NOT_FOUND for an unknown kernel name.
+        let e = DriverError::new("cuModuleGetFunction", codes::NOT_FOUND);
+        if let Ok(driver) = sys::driver() {
+            assert!(driver.missing_entry_points().is_empty());
+            assert_eq!(e.missing_entry_point(), None);
+            assert!(!e.is_driver_not_loaded());
+            assert!(e
+                .to_string()
+                .starts_with("cuModuleGetFunction failed with CUDA_ERROR_NOT_FOUND (500)"));
+        } else {
+            assert!(e.is_driver_not_loaded());
+        }
+    }
+}

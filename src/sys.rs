@@ -184,13 +184,7 @@ fn load() -> Result<Driver, DriverLibraryError> {
 /// `cuDeviceGetUuid_v2`) could not be called, if it could not. Consults only a load that has
 /// already been attempted: it never opens the library itself.
 pub fn missing_entry_point(call: &str) -> Option<Unavailable> {
-    let is_symbol_of = |symbol: &str| {
-        symbol == call
-            || symbol
-                .strip_prefix(call)
-                .and_then(|rest| rest.strip_prefix("_v"))
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
+    let is_symbol_of = |symbol: &str| serves(symbol, call);
     match DRIVER.get()? {
         Ok(driver) => driver
             .missing
@@ -204,6 +198,16 @@ pub fn missing_entry_point(call: &str) -> Option<Unavailable> {
             .find(|s| is_symbol_of(s))
             .map(|_| Unavailable::NoLibrary),
     }
+}
+
+/// Whether the driver symbol `symbol` is the one behind the call named `call`: the same name, or
+/// the name with a version suffix (`cuMemAlloc` is served by `cuMemAlloc_v2`).
+fn serves(symbol: &str, call: &str) -> bool {
+    symbol == call
+        || symbol
+            .strip_prefix(call)
+            .and_then(|rest| rest.strip_prefix("_v"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Why a driver function could not be called at all.
@@ -462,4 +466,35 @@ driver_api! {
         os_handle: *mut c_void,
         handle_type: CUmemAllocationHandleType,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_served_by_its_symbol_or_a_versioned_one_only() {
+        assert!(serves("cuInit", "cuInit"));
+        assert!(serves("cuMemAlloc_v2", "cuMemAlloc"));
+        assert!(serves("cuDeviceGetUuid_v2", "cuDeviceGetUuid"));
+        assert!(!serves("cuMemAllocHost", "cuMemAlloc"));
+        assert!(!serves("cuMemAlloc_v", "cuMemAlloc"));
+        assert!(!serves("cuMemAlloc_vx", "cuMemAlloc"));
+        assert!(!serves("cuMemcpyHtoDAsync_v2", "cuMemcpyHtoD"));
+    }
+
+    #[test]
+    fn every_call_name_of_result_has_exactly_one_entry_point() {
+        // The names result.rs passes to `check` (the C API names without version suffix).
+        for call in [
+            "cuInit",
+            "cuMemcpyHtoD",
+            "cuMemcpyHtoDAsync",
+            "cuDevicePrimaryCtxRelease",
+        ] {
+            let n = ENTRY_POINTS.iter().filter(|s| serves(s, call)).count();
+            assert_eq!(n, 1, "{call}");
+        }
+        assert!(ENTRY_POINTS.contains(&"cuGetErrorString"));
+    }
 }
