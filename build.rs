@@ -165,9 +165,9 @@ fn version_of(nvcc: &Path) -> String {
 /// cuda-ipc loads libcuda at run time and references none of its symbols, but its dependency
 /// `cuda-driver-sys` (kept for its types) prints `cargo:rustc-link-lib=dylib=cuda`. Where no
 /// `libcuda.so` is on the linker's search path, this writes `OUT_DIR/stub/libcuda.so`: a linker
-/// script holding only a comment. GNU ld, gold, lld and mold read a text input as a linker
-/// script, so `-lcuda` resolves to it and adds nothing: no `NEEDED libcuda` in any binary, no C
-/// compiler needed, the same text for every target architecture. Where a real `libcuda.so`
+/// script holding only a comment. GNU ld, gold and lld (each checked) read a text input as a
+/// linker script, so `-lcuda` resolves to it and adds nothing: no `NEEDED libcuda` in any
+/// binary, no C compiler needed, the same text for every target architecture. Where a real `libcuda.so`
 /// (driver or toolkit stub) is found, the stub is not offered, so it never shadows the real
 /// library for a crate that does call libcuda itself; `--as-needed` (rustc's default on Linux)
 /// then drops the unused real one.
@@ -178,7 +178,7 @@ fn provide_link_stub(out_dir: &Path) {
             .into_iter()
             .find(|dir| dir.join("libcuda.so").exists())
         {
-            // The real library resolves -lcuda; --as-needed drops it.
+            // The real library at `dir` resolves -lcuda; --as-needed drops it.
             let _ = dir;
             return;
         }
