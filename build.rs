@@ -173,15 +173,13 @@ fn version_of(nvcc: &Path) -> String {
 /// then drops the unused real one.
 fn provide_link_stub(out_dir: &Path) {
     let cross = env::var("TARGET").ok() != env::var("HOST").ok();
-    if !cross {
-        if let Some(dir) = link_search_dirs()
-            .into_iter()
-            .find(|dir| dir.join("libcuda.so").exists())
-        {
-            // The real library at `dir` resolves -lcuda; --as-needed drops it.
-            let _ = dir;
-            return;
-        }
+    // Where a real library resolves -lcuda, --as-needed drops it: no stand-in needed.
+    if !cross
+        && link_search_dirs()
+            .iter()
+            .any(|dir| dir.join("libcuda.so").exists())
+    {
+        return;
     }
     let stub_dir = out_dir.join("stub");
     let stub = stub_dir.join("libcuda.so");

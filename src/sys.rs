@@ -274,6 +274,7 @@ macro_rules! driver_api {
             /// # Safety
             /// The arguments must meet the contract cuda.h documents for this function: valid
             /// pointers for everything it reads or writes, live handles of the right context.
+            #[allow(clippy::too_many_arguments)] // the C signature, as cuda.h declares it
             pub unsafe fn $name($($arg: $ty),*) -> CUresultCode {
                 match driver().ok().and_then(|driver| driver.api.$name) {
                     // SAFETY: the caller meets the driver's contract for these arguments, and

@@ -37,6 +37,13 @@ fn without_the_driver_library_every_entry_point_gives_driver_not_found() {
     if let Some(empty) = std::env::var_os(CHILD) {
         return child(Path::new(&empty));
     }
+    // Nothing loads libcuda before the first driver call: the binary does not link it (with
+    // the CI environment's LD_LIBRARY_PATH, a NEEDED libcuda would be mapped at start).
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        !maps.contains("libcuda"),
+        "libcuda is mapped before any driver call:\n{maps}"
+    );
     if let Some(place) = system_libcuda() {
         eprintln!(
             "skipped: this machine has a system libcuda.so.1 ({place}), which cannot be hidden"
