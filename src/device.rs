@@ -23,8 +23,10 @@ use crate::error::{Error, Result};
 use crate::result::attribute as attr;
 use crate::result::{self, codes, CUdevice};
 
-/// Initialises the driver once per process (`cuInit`), turning "no GPU" into [`Error::NoDevice`].
+/// Initialises the driver once per process (`cuInit`), turning "no driver library" into
+/// [`Error::DriverNotFound`] and "no GPU" into [`Error::NoDevice`].
 pub fn init() -> Result<()> {
+    load_driver()?;
     static INIT: OnceLock<std::result::Result<(), result::DriverError>> = OnceLock::new();
     match INIT.get_or_init(result::init) {
         Ok(()) => Ok(()),
@@ -35,8 +37,20 @@ pub fn init() -> Result<()> {
     }
 }
 
-/// The CUDA version the driver supports, e.g. `(13, 0)`.
+/// Opens the driver library (once per process), or says what was searched and why it failed.
+fn load_driver() -> Result<()> {
+    match result::load_driver() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::DriverNotFound {
+            searched: e.searched().to_string(),
+            reason: e.reason().to_string(),
+        }),
+    }
+}
+
+/// The CUDA version the driver supports, e.g. `(13, 0)`. Needs the driver library, not a GPU.
 pub fn driver_version() -> Result<(i32, i32)> {
+    load_driver()?;
     let v = result::driver_version()?;
     Ok((v / 1000, (v % 1000) / 10))
 }

@@ -14,12 +14,36 @@ pub use crate::result::DriverError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in cuda-ipc.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the variant's name and the same text as `Display`, so that
+/// `fn main() -> Result<()>` shows the helpful message:
+///
+/// ```
+/// let e = cuda_ipc::Error::InvalidArgument("len is 0".into());
+/// assert_eq!(format!("{e:?}"), "InvalidArgument: invalid argument: len is 0");
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A driver call failed.
     #[error(transparent)]
     Driver(#[from] DriverError),
+
+    /// The NVIDIA driver library (`libcuda.so.1`) could not be loaded: no driver is installed,
+    /// or it is not visible to this process (a container without the NVIDIA runtime).
+    #[error(
+        "the NVIDIA driver library could not be loaded: looked for {searched}: {reason}. \
+         Install the NVIDIA driver on this machine (it provides libcuda.so.1); in a container, \
+         run it with the NVIDIA container toolkit (`docker run --gpus all`, or in Kubernetes a \
+         GPU claim or nvidia.com/gpu limit) so that the driver libraries are mounted into it; \
+         or add the directory holding libcuda.so.1 to LD_LIBRARY_PATH"
+    )]
+    DriverNotFound {
+        /// The library names and the search path that were tried.
+        searched: String,
+        /// The dynamic loader's reason (`dlerror`).
+        reason: String,
+    },
 
     /// The driver loaded but sees no GPU.
     #[error(
@@ -228,7 +252,41 @@ pub enum Error {
     Unsupported(String),
 }
 
+impl std::fmt::Debug for Error {
+    /// `Variant: <Display text>`: the helpful text, also for `fn main() -> Result<()>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {self}", self.variant_name())
+    }
+}
+
 impl Error {
+    /// The variant's name, e.g. `"NoDevice"`.
+    pub fn variant_name(&self) -> &'static str {
+        match self {
+            Error::Driver(_) => "Driver",
+            Error::DriverNotFound { .. } => "DriverNotFound",
+            Error::NoDevice { .. } => "NoDevice",
+            Error::NoSuchOrdinal { .. } => "NoSuchOrdinal",
+            Error::DeviceNotFound { .. } => "DeviceNotFound",
+            Error::BadUuid { .. } => "BadUuid",
+            Error::InvalidArgument(_) => "InvalidArgument",
+            Error::LengthMismatch { .. } => "LengthMismatch",
+            Error::Io { .. } => "Io",
+            Error::Descriptor(_) => "Descriptor",
+            Error::TransportUnsupported { .. } => "TransportUnsupported",
+            Error::PeerAccessUnsupported { .. } => "PeerAccessUnsupported",
+            Error::PidCollision { .. } => "PidCollision",
+            Error::SelfImport { .. } => "SelfImport",
+            Error::DifferentHost { .. } => "DifferentHost",
+            Error::ImportFailed { .. } => "ImportFailed",
+            Error::Timeout { .. } => "Timeout",
+            Error::Protocol { .. } => "Protocol",
+            Error::Refused { .. } => "Refused",
+            Error::UnsafeDirectory { .. } => "UnsafeDirectory",
+            Error::Unsupported(_) => "Unsupported",
+        }
+    }
+
     /// An [`Error::Io`] with a context line.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {

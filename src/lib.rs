@@ -41,6 +41,7 @@ pub mod error;
 pub mod event;
 pub mod ipc;
 pub mod kernels;
+mod loader;
 pub mod memory;
 pub mod os;
 pub mod result;

@@ -27,17 +27,43 @@ pub use crate::sys::{
 ///
 /// `Display` renders the driver's own name and description of the code (`cuGetErrorName`,
 /// `cuGetErrorString`), falling back to this crate's table when the driver library does not know
-/// the code.
+/// the code. When the call never reached the driver (the library is not loaded, or it lacks the
+/// entry point: an older driver), it says that instead; see [`DriverError::missing_entry_point`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DriverError {
     call: &'static str,
     code: u32,
+    unavailable: Option<sys::Unavailable>,
 }
 
 impl DriverError {
     /// An error of `call` with the raw `CUresult` value `code`.
+    ///
+    /// A `CUDA_ERROR_NOT_FOUND` of a call whose entry point the loaded driver lacks (or of any
+    /// call when the library could not be loaded) is recorded as such.
     pub fn new(call: &'static str, code: u32) -> Self {
-        Self { call, code }
+        let unavailable = if code == codes::NOT_FOUND {
+            sys::missing_entry_point(call)
+        } else {
+            None
+        };
+        Self {
+            call,
+            code,
+            unavailable,
+        }
+    }
+    /// The driver symbol that `call` needs and the loaded driver library does not export (it is
+    /// older than this crate needs), e.g. `cuDeviceGetUuid_v2`.
+    pub fn missing_entry_point(&self) -> Option<&'static str> {
+        match self.unavailable {
+            Some(sys::Unavailable::EntryPoint(symbol)) => Some(symbol),
+            _ => None,
+        }
+    }
+    /// Whether the call failed because the driver library could not be loaded at all.
+    pub fn is_driver_not_loaded(&self) -> bool {
+        self.unavailable == Some(sys::Unavailable::NoLibrary)
     }
     /// The driver call that failed, e.g. `"cuIpcOpenMemHandle"`.
     pub fn call(&self) -> &'static str {
@@ -79,6 +105,31 @@ impl DriverError {
 
 impl std::fmt::Display for DriverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.unavailable {
+            Some(sys::Unavailable::EntryPoint(symbol)) => {
+                return write!(
+                    f,
+                    "{} failed: the NVIDIA driver library ({}) has no entry point {symbol}, which \
+                     this call needs (reported as CUDA_ERROR_NOT_FOUND, 500): the driver is older \
+                     than cuda-ipc requires; install a newer NVIDIA driver (CUDA 12.0 or newer)",
+                    self.call,
+                    sys::driver().map_or("libcuda", |d| d.library_name()),
+                );
+            }
+            Some(sys::Unavailable::NoLibrary) => {
+                write!(
+                    f,
+                    "{} failed: the NVIDIA driver library could not be loaded (reported as \
+                     CUDA_ERROR_NOT_FOUND, 500)",
+                    self.call
+                )?;
+                if let Err(e) = sys::driver() {
+                    write!(f, "; looked for {}: {}", e.searched(), e.reason())?;
+                }
+                return Ok(());
+            }
+            None => {}
+        }
         write!(
             f,
             "{} failed with {} ({})",
@@ -275,6 +326,12 @@ fn check(call: &'static str, rc: sys::CUresultCode) -> DriverResult<()> {
 }
 
 // ---- initialisation and devices -------------------------------------------------------------
+
+/// Opens the driver library if that has not been tried yet ([`sys::driver`]): `Ok` with the name
+/// that opened it, or what was searched and why nothing could be opened.
+pub fn load_driver() -> Result<&'static str, &'static sys::DriverLibraryError> {
+    sys::driver().map(|driver| driver.library_name())
+}
 
 /// `cuInit(0)`.
 pub fn init() -> DriverResult<()> {
@@ -1062,4 +1119,46 @@ pub fn mem_import_posix_fd(fd: i32) -> DriverResult<CUmemGenericAllocationHandle
         )
     })?;
     Ok(h)
+}
+
+#[cfg(test)]
+mod loader_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_entry_point_says_the_driver_is_too_old() {
+        let e = DriverError {
+            call: "cuDeviceGetUuid",
+            code: codes::NOT_FOUND,
+            unavailable: Some(sys::Unavailable::EntryPoint("cuDeviceGetUuid_v2")),
+        };
+        assert_eq!(e.missing_entry_point(), Some("cuDeviceGetUuid_v2"));
+        assert!(!e.is_driver_not_loaded());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cuDeviceGetUuid failed: the NVIDIA driver library"),
+            "{text}"
+        );
+        assert!(
+            text.contains("has no entry point cuDeviceGetUuid_v2"),
+            "{text}"
+        );
+        assert!(text.contains("install a newer NVIDIA driver"), "{text}");
+    }
+
+    #[test]
+    fn not_found_from_a_driver_that_has_the_entry_point_is_a_plain_driver_error() {
+        // cuModuleGetFunction returns CUDA_ERROR_NOT_FOUND for an unknown kernel name.
+        let e = DriverError::new("cuModuleGetFunction", codes::NOT_FOUND);
+        if let Ok(driver) = sys::driver() {
+            assert!(driver.missing_entry_points().is_empty());
+            assert_eq!(e.missing_entry_point(), None);
+            assert!(!e.is_driver_not_loaded());
+            assert!(e
+                .to_string()
+                .starts_with("cuModuleGetFunction failed with CUDA_ERROR_NOT_FOUND (500)"));
+        } else {
+            assert!(e.is_driver_not_loaded());
+        }
+    }
 }

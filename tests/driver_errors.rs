@@ -73,3 +73,39 @@ fn ffi_layouts_match_cuda_h() {
     assert_eq!(size_of::<sys::CUmemAccessDesc>(), 12);
     assert_eq!(size_of::<sys::CUresultCode>(), 4);
 }
+
+#[test]
+fn error_debug_is_the_variant_name_and_the_helpful_text() {
+    use cuda_ipc::Error;
+    let e = Error::NoSuchOrdinal {
+        ordinal: 3,
+        count: 2,
+    };
+    assert_eq!(
+        format!("{e:?}"),
+        format!("NoSuchOrdinal: {e}"),
+        "Debug must show what Display shows"
+    );
+    assert!(format!("{e:?}").contains("GPU ordinal 3 does not exist"));
+    // What `fn main() -> Result<()>` prints for a driver error.
+    let e: Error = DriverError::new("cuMemAlloc", codes::OUT_OF_MEMORY).into();
+    let debug = format!("{e:?}");
+    assert!(
+        debug.starts_with("Driver: cuMemAlloc failed with CUDA_ERROR_OUT_OF_MEMORY (2)"),
+        "{debug}"
+    );
+    let e = Error::DriverNotFound {
+        searched: "libcuda.so.1".into(),
+        reason: "gone".into(),
+    };
+    assert_eq!(e.variant_name(), "DriverNotFound");
+    assert_eq!(format!("{e:#?}"), format!("DriverNotFound: {e}"));
+}
+
+#[test]
+fn the_driver_library_loads_with_every_entry_point() {
+    // CI's 535 driver (and any CUDA 12.0+ driver) exports every symbol this crate declares.
+    let driver = cuda_ipc::sys::driver().expect("the driver library (LD_LIBRARY_PATH)");
+    assert!(driver.library_name().starts_with("libcuda.so"));
+    assert_eq!(driver.missing_entry_points(), &[] as &[&str]);
+}

@@ -21,6 +21,8 @@ fn no_visible_gpu_gives_no_device_with_a_helpful_message() {
     let text = err.to_string();
     assert!(text.contains("CUDA_ERROR_NO_DEVICE"), "{text}");
     assert!(text.contains("nvidia-smi"), "{text}");
+    // `fn main() -> Result<()>` prints Debug: the same helpful text, after the variant's name.
+    assert_eq!(format!("{err:?}"), format!("NoDevice: {text}"));
 
     // Every entry point that needs a GPU says the same, and none panics.
     assert!(matches!(Device::all(), Err(Error::NoDevice { .. })));
