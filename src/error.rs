@@ -279,6 +279,7 @@ impl Error {
             Error::SelfImport { .. } => "SelfImport",
             Error::DifferentHost { .. } => "DifferentHost",
             Error::ImportFailed { .. } => "ImportFailed",
+            Error::MappingTooSmall { .. } => "MappingTooSmall",
             Error::Timeout { .. } => "Timeout",
             Error::Protocol { .. } => "Protocol",
             Error::Refused { .. } => "Refused",
