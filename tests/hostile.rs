@@ -516,3 +516,157 @@ fn a_bad_checksum_is_called_corruption_not_tampering() {
     assert!(err.contains("corrupted"), "{err}");
     assert!(!err.contains("tamper"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Group sharing (pods of one claim running as different uids, sharing an fsGroup).
+
+const GROUP: u32 = 4242;
+
+/// A consumer as uid 65534 with the given supplementary groups: prints GOT <memfd text>, or
+/// DENIED <errno name> where it cannot reach the files, or REFUSED <reason>.
+const PY_CONSUMER: &str = r#"
+import errno
+become(65534, 65534, [int(g) for g in sys.argv[2].split(",") if g])
+try:
+    open(sys.argv[1] + ".desc", "rb").read()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1] + ".sock")
+except OSError as e:
+    print("DENIED", errno.errorcode[e.errno], flush=True); sys.exit(0)
+try:
+    s.sendall(frame(1, struct.pack("<I", 1)))
+except OSError:
+    pass  # refused before the hello arrived: the refusal is still readable
+kind, body, fds = read_frame(s)
+if kind == 3:
+    print("REFUSED", body.decode(), flush=True); sys.exit(0)
+os.lseek(fds[0], 0, 0)
+print("GOT", os.read(fds[0], 64).decode(), flush=True)
+"#;
+
+fn py_consume(path: &Path, groups: &str) -> String {
+    let (py, rx) = python(PY_CONSUMER, &[path.to_str().unwrap(), groups]);
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the python consumer said nothing");
+    drop(py);
+    line
+}
+
+#[test]
+#[serial]
+fn group_sharing_lets_a_member_of_another_uid_import_and_no_one_else() {
+    use std::os::unix::fs::MetadataExt;
+    need_root();
+    let dir = temp_dir("group");
+    let path = dir.join("frames");
+    let exporter = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd_with(b"shared")),
+        ExportOptions {
+            group: Some(GROUP),
+            allowed: AllowedUsers::Group(GROUP),
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
+    assert_eq!((meta(&dir).mode() & 0o7777, meta(&dir).gid()), (0o3770, GROUP));
+    let desc = meta(exporter.descriptor_path());
+    assert_eq!((desc.mode() & 0o777, desc.gid()), (0o640, GROUP));
+    let sock = meta(exporter.socket_path());
+    assert_eq!((sock.mode() & 0o777, sock.gid()), (0o660, GROUP));
+
+    // Uid 65534 in the group: reads the descriptor, passes SO_PEERCRED/SO_PEERGROUPS.
+    assert_eq!(py_consume(&path, &GROUP.to_string()), "GOT shared");
+    exporter.wait_consumers(1, Duration::from_secs(5)).unwrap();
+    // The same uid outside the group cannot even reach the files.
+    assert_eq!(py_consume(&path, "4243"), "DENIED EACCES");
+    drop(exporter);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[serial]
+fn group_sharing_allows_only_the_listed_uids_when_told_so() {
+    need_root();
+    let dir = temp_dir("group-uids");
+    let path = dir.join("frames");
+    let exporter = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd_with(b"shared")),
+        ExportOptions {
+            group: Some(GROUP),
+            allowed: AllowedUsers::Uids(vec![12345]),
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    let line = py_consume(&path, &GROUP.to_string());
+    assert!(line.starts_with("REFUSED uid 65534 is not allowed"), "{line}");
+    assert!(!line.contains("12345"), "{line}");
+    drop(exporter);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An exporter as uid 65534 in the group, in a directory 2770 root:GROUP.
+fn foreign_group_exporter(tag: &str) -> (PathBuf, common::py::Py) {
+    use std::os::unix::fs::chown;
+    let dir = temp_dir(tag);
+    fs::create_dir(&dir).unwrap();
+    chown(&dir, Some(0), Some(GROUP)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o2770)).unwrap();
+    let path = dir.join("frames");
+    let mut d = fd_descriptor();
+    d.exporter_uid = NOBODY;
+    let script = r#"
+become(65534, 65534, [4242])
+base, desc = sys.argv[1], bytes.fromhex(sys.argv[2])
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind(base + ".sock"); os.chmod(base + ".sock", 0o660); l.listen(16)
+fd = os.open(base + ".desc", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+os.write(fd, desc); os.close(fd)
+m = os.memfd_create("x"); os.write(m, b"from-nobody")
+print("SERVING", flush=True)
+while True:
+    c, _ = l.accept()
+    try:
+        read_frame(c)
+        socket.send_fds(c, [frame(2, desc)], [m])
+    except BaseException:
+        pass
+"#;
+    let (py, rx) = python(script, &[path.to_str().unwrap(), &hex(&d.encode())]);
+    expect(&rx, "SERVING");
+    (path, py)
+}
+
+#[test]
+#[serial]
+fn a_consumer_imports_from_another_uid_only_with_the_group_and_the_uid_named() {
+    need_root();
+    let (path, py) = foreign_group_exporter("xgroup");
+    let with = |group: Option<u32>, trusted: Vec<u32>| ImportOptions {
+        group,
+        trusted_exporters: trusted,
+        ..opts(1000)
+    };
+    // A group-writable directory is refused unless the consumer expects that group.
+    let err = fetch::<u32>(&path, &with(None, vec![NOBODY])).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsafeDirectory { reason, .. } if reason.contains("ImportOptions::group")),
+        "{err:?}"
+    );
+    let err = fetch::<u32>(&path, &with(Some(GROUP + 1), vec![NOBODY])).unwrap_err();
+    assert!(matches!(err, Error::UnsafeDirectory { .. }), "{err:?}");
+    // The right group, but uid 65534 is not trusted: its descriptor is not even read.
+    let err = fetch::<u32>(&path, &with(Some(GROUP), vec![])).unwrap_err();
+    assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+    // Both named: the import works.
+    let offer = fetch::<u32>(&path, &with(Some(GROUP), vec![NOBODY])).unwrap();
+    assert_eq!(fd_text(offer.fd.as_ref().unwrap()), "from-nobody");
+    drop((offer, py));
+    fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
