@@ -532,12 +532,7 @@ pub fn rename_at(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
     let (from, to) = (cstring(from)?, cstring(to)?);
     // SAFETY: both names are NUL-terminated.
     check_rc(unsafe {
-        libc::renameat(
-            dir.as_raw_fd(),
-            from.as_ptr(),
-            dir.as_raw_fd(),
-            to.as_ptr(),
-        )
+        libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr())
     })
 }
 

@@ -207,7 +207,10 @@ while True:
 "#;
     let (py, rx) = python(
         script,
-        &[path.with_extension("sock").to_str().unwrap(), &hex(&d.encode())],
+        &[
+            path.with_extension("sock").to_str().unwrap(),
+            &hex(&d.encode()),
+        ],
     );
     expect(&rx, "LISTENING");
     (path, py)
@@ -572,7 +575,10 @@ fn group_sharing_lets_a_member_of_another_uid_import_and_no_one_else() {
     )
     .unwrap();
     let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
-    assert_eq!((meta(&dir).mode() & 0o7777, meta(&dir).gid()), (0o3770, GROUP));
+    assert_eq!(
+        (meta(&dir).mode() & 0o7777, meta(&dir).gid()),
+        (0o3770, GROUP)
+    );
     let desc = meta(exporter.descriptor_path());
     assert_eq!((desc.mode() & 0o777, desc.gid()), (0o640, GROUP));
     let sock = meta(exporter.socket_path());
@@ -605,7 +611,10 @@ fn group_sharing_allows_only_the_listed_uids_when_told_so() {
     )
     .unwrap();
     let line = py_consume(&path, &GROUP.to_string());
-    assert!(line.starts_with("REFUSED uid 65534 is not allowed"), "{line}");
+    assert!(
+        line.starts_with("REFUSED uid 65534 is not allowed"),
+        "{line}"
+    );
     assert!(!line.contains("12345"), "{line}");
     drop(exporter);
     fs::remove_dir_all(&dir).unwrap();

@@ -433,7 +433,8 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             {
                 let b = offer_bytes.clone();
                 Box::new(move |mut s: UnixStream| {
-                    s.write_all(&channel::frame(Kind::Offer, &b).unwrap()[..40]).unwrap()
+                    s.write_all(&channel::frame(Kind::Offer, &b).unwrap()[..40])
+                        .unwrap()
                 })
             },
             "middle of a message",

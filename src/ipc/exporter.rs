@@ -69,7 +69,12 @@ pub enum AllowedUsers {
 }
 
 impl AllowedUsers {
-    fn allows(&self, cred: &os::PeerCredentials, groups: impl FnOnce() -> Vec<u32>, own: u32) -> bool {
+    fn allows(
+        &self,
+        cred: &os::PeerCredentials,
+        groups: impl FnOnce() -> Vec<u32>,
+        own: u32,
+    ) -> bool {
         match self {
             AllowedUsers::SameUser => cred.uid == own,
             AllowedUsers::Uids(list) => list.contains(&cred.uid),
@@ -261,8 +266,12 @@ impl Exporter {
             .map_or(0, |d| d.generation);
         descriptor.generation = previous.max(file_generation).saturating_add(1);
         descriptor.exporter_uid = os::effective_uid();
-        write_generation(&lock, descriptor.generation)
-            .map_err(|e| Error::io(format!("recording the generation in {}", names.lock.display()), e))?;
+        write_generation(&lock, descriptor.generation).map_err(|e| {
+            Error::io(
+                format!("recording the generation in {}", names.lock.display()),
+                e,
+            )
+        })?;
         let encoded = descriptor.encode();
 
         let (file_mode, sock_mode) = match options.group {
@@ -277,8 +286,9 @@ impl Exporter {
             .map_err(|e| Error::io(format!("binding {}", dir.shown(&tmp).display()), e))?;
         let placed = (|| {
             if let Some(g) = options.group {
-                os::chgrp_at(dir.fd(), &tmp, g)
-                    .map_err(|e| Error::io(format!("chgrp {g} {}", dir.shown(&tmp).display()), e))?;
+                os::chgrp_at(dir.fd(), &tmp, g).map_err(|e| {
+                    Error::io(format!("chgrp {g} {}", dir.shown(&tmp).display()), e)
+                })?;
             }
             os::chmod_at(dir.fd(), &tmp, sock_mode).map_err(|e| {
                 Error::io(
@@ -658,7 +668,8 @@ impl Server {
                 self.shared.update(|s| s.refused_uid += 1);
                 continue;
             }
-            if self.conns.len() >= self.options.max_connections.max(1) && !self.make_room(cred.uid) {
+            if self.conns.len() >= self.options.max_connections.max(1) && !self.make_room(cred.uid)
+            {
                 let busy = format!(
                     "the exporter of {:?} already has {} connections (max_connections); try                      again later, or ask its producer to raise ExportOptions::max_connections",
                     self.name, self.options.max_connections

@@ -164,9 +164,7 @@ fn wait_for_descriptor(
     timeout: Duration,
 ) -> Result<(RendezvousDir, Vec<u8>)> {
     let mut interval = Duration::from_millis(1);
-    let not_found = |e: &Error| {
-        matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-    };
+    let not_found = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
     loop {
         let attempt = RendezvousDir::open(&names.dir, trust).and_then(|dir| {
             let bytes = dir.read_trusted(
@@ -292,7 +290,12 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
     let what = format!("buffer {:?}", names.name);
     diagnose(&file_desc, &own, &what)?;
     if !trust.trusts_uid(file_desc.exporter_uid) {
-        check_exporter(&names, file_desc.exporter_uid, file_desc.exporter_uid, &trust)?;
+        check_exporter(
+            &names,
+            file_desc.exporter_uid,
+            file_desc.exporter_uid,
+            &trust,
+        )?;
     }
 
     let peer = format!("exporter at {}", names.socket.display());

@@ -241,7 +241,10 @@ fn check_ancestor(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
 /// Checks the rendezvous directory itself.
 fn check_leaf(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
     if !st.is_dir() {
-        return Err(unsafe_dir(path, format!("{} is not a directory", st.kind_name())));
+        return Err(unsafe_dir(
+            path,
+            format!("{} is not a directory", st.kind_name()),
+        ));
     }
     if !trust.trusts_uid(st.uid) {
         return Err(unsafe_dir(
@@ -314,7 +317,8 @@ impl RendezvousDir {
     /// resolved, every ancestor is opened with `O_NOFOLLOW` and checked, then the directory
     /// itself. A missing directory is an [`Error::Io`] of kind `NotFound`.
     pub fn open(path: &Path, trust: &Trust) -> Result<RendezvousDir> {
-        let real = std::fs::canonicalize(path).map_err(|e| io_at("rendezvous directory", path, e))?;
+        let real =
+            std::fs::canonicalize(path).map_err(|e| io_at("rendezvous directory", path, e))?;
         let mut parts: Vec<&OsStr> = Vec::new();
         for c in real.components() {
             match c {
@@ -332,7 +336,10 @@ impl RendezvousDir {
             .map_err(|e| io_at("opening", Path::new("/"), e))?;
         let mut shown = PathBuf::from("/");
         let Some((last, ancestors)) = parts.split_last() else {
-            return Err(unsafe_dir(path, "the root directory cannot be a rendezvous".into()));
+            return Err(unsafe_dir(
+                path,
+                "the root directory cannot be a rendezvous".into(),
+            ));
         };
         let check_here = |fd: BorrowedFd<'_>, shown: &Path| -> Result<()> {
             let st = os::fstat(fd).map_err(|e| io_at("fstat", shown, e))?;
@@ -378,9 +385,7 @@ impl RendezvousDir {
                                 .map_err(|e| io_at("opening", path, e))?;
                             os::fchgrp(fd.as_fd(), g).map_err(|e| {
                                 io_at(
-                                    &format!(
-                                        "giving group {g} (is this process a member?) to"
-                                    ),
+                                    &format!("giving group {g} (is this process a member?) to"),
                                     path,
                                     e,
                                 )
@@ -470,7 +475,13 @@ impl RendezvousDir {
 
     /// Writes `bytes` to `name` atomically with exactly `mode` (and group `group`): a
     /// temporary file, `fchmod`, fsync, `renameat` over `name`, fsync of the directory.
-    pub fn write_atomic(&self, name: &str, bytes: &[u8], mode: u32, group: Option<u32>) -> Result<()> {
+    pub fn write_atomic(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        group: Option<u32>,
+    ) -> Result<()> {
         let tmp = temp_name(name)?;
         let shown = self.shown(&tmp);
         let result = (|| {
@@ -481,7 +492,8 @@ impl RendezvousDir {
             }
             os::fchmod(fd.as_fd(), mode).map_err(|e| io_at("chmod", &shown, e))?;
             let mut f = File::from(fd);
-            f.write_all(bytes).map_err(|e| io_at("writing", &shown, e))?;
+            f.write_all(bytes)
+                .map_err(|e| io_at("writing", &shown, e))?;
             f.sync_all().map_err(|e| io_at("syncing", &shown, e))?;
             self.rename(&tmp, name)?;
             File::from(
@@ -551,7 +563,10 @@ pub fn check_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `target` atomically with mode 0600 (see
 /// [`RendezvousDir::write_atomic`]); `target`'s directory is opened without checks.
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
