@@ -102,8 +102,9 @@ pub struct ExportOptions {
     /// Share through this group, for consumers running as other uids: the directory, if
     /// created, is 3770 (setgid, sticky) and group-owned by it (an existing group-writable one
     /// must be setgid and group-owned by it), the descriptor 0640 and the socket 0660, both
-    /// of this group. The process must be a member of the group. `None` (the default): the
-    /// directory 0700, the files 0600.
+    /// of this group. The process must be a member of the group. With the legacy transport
+    /// the descriptor carries a bearer handle: every member of the group can map the memory.
+    /// `None` (the default): the directory 0700, the files 0600.
     pub group: Option<u32>,
 }
 
