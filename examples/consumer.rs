@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cuda_ipc::ipc::{rendezvous, SharedDeviceBuffer};
+use cuda_ipc::ipc::{rendezvous, ImportOptions, SharedDeviceBuffer};
 use cuda_ipc::kernels::reference;
 use cuda_ipc::prelude::*;
 
@@ -100,7 +100,12 @@ fn consume(
     let k = ctx.kernels()?;
 
     let start = Instant::now();
-    let mut buf = SharedDeviceBuffer::<u32>::import(ctx, path, opts.timeout)?;
+    let import = ImportOptions {
+        group: opts.group,
+        trusted_exporters: opts.trust_uids.clone(),
+        ..ImportOptions::with_timeout(opts.timeout)
+    };
+    let mut buf = SharedDeviceBuffer::<u32>::import_with(ctx, path, &import)?;
     let opened = start.elapsed();
     let seed = common::seed_for(&owner_uuid);
     k.checksum(&stream, &buf)?; // warm-up, so the timing below is the read itself

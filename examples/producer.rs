@@ -10,7 +10,7 @@ mod common;
 
 use std::process::ExitCode;
 
-use cuda_ipc::ipc::{ExportOptions, Exporter, SharedDeviceBuffer};
+use cuda_ipc::ipc::{AllowedUsers, ExportOptions, Exporter, SharedDeviceBuffer};
 use cuda_ipc::kernels::reference;
 use cuda_ipc::prelude::*;
 
@@ -63,6 +63,10 @@ fn run(opts: &common::Options) -> Result<bool> {
         let name = format!("gpu{}", ctx.device().ordinal());
         let options = ExportOptions {
             expected_consumers: opts.consumers,
+            group: opts.group,
+            allowed: opts
+                .group
+                .map_or(AllowedUsers::SameUser, AllowedUsers::Group),
             ..ExportOptions::default()
         };
         let exporter = Exporter::bind_with(opts.dir.join(&name), buf, options)?;

@@ -238,6 +238,29 @@ pub enum Error {
         reason: String,
     },
 
+    /// Every connection slot of the exporter is taken (its `max_connections`); it said so
+    /// until the import's timeout ran out.
+    #[error(
+        "{path}: the exporter is busy: {detail}. Try again later (a longer import timeout \
+         keeps retrying), or have the producer raise ExportOptions::max_connections"
+    )]
+    Busy {
+        /// The socket path.
+        path: PathBuf,
+        /// What the exporter said.
+        detail: String,
+    },
+
+    /// Whoever answers on the rendezvous socket is not an exporter this consumer trusts
+    /// (checked with `SO_PEERCRED` before any memory is accepted).
+    #[error("{path}: not importing from this exporter: {reason}")]
+    UntrustedExporter {
+        /// The socket path.
+        path: PathBuf,
+        /// Who answered and why it is not trusted, and what to do.
+        reason: String,
+    },
+
     /// The rendezvous directory is not safe to use.
     #[error("{path}: {reason}")]
     UnsafeDirectory {
@@ -284,6 +307,8 @@ impl Error {
             Error::Protocol { .. } => "Protocol",
             Error::Refused { .. } => "Refused",
             Error::UnsafeDirectory { .. } => "UnsafeDirectory",
+            Error::Busy { .. } => "Busy",
+            Error::UntrustedExporter { .. } => "UntrustedExporter",
             Error::Unsupported(_) => "Unsupported",
         }
     }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Credentials of the process on the other end of a Unix socket (`SO_PEERCRED`), as the kernel
@@ -309,4 +309,379 @@ pub fn fd_limit_hint(e: &io::Error) -> &'static str {
         Some(libc::ENFILE) => " (the system is out of file descriptors; try again later)",
         _ => "",
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files relative to an opened directory: the rendezvous opens its directory once and does
+// everything else through that descriptor, so a path swapped underneath cannot redirect it.
+
+/// What `fstat` says about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    /// Inode number.
+    pub ino: u64,
+    /// Device.
+    pub dev: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Stat {
+    /// A directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    /// A regular file.
+    pub fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    /// A Unix socket.
+    pub fn is_socket(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFSOCK
+    }
+    /// The permission bits, with setuid, setgid and sticky (`0o7777`).
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+    /// A short name of the file type, for error messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFDIR => "a directory",
+            libc::S_IFREG => "a regular file",
+            libc::S_IFSOCK => "a socket",
+            libc::S_IFIFO => "a FIFO",
+            libc::S_IFLNK => "a symbolic link",
+            libc::S_IFCHR => "a character device",
+            libc::S_IFBLK => "a block device",
+            _ => "an unknown kind of file",
+        }
+    }
+}
+
+fn stat_of(st: &libc::stat) -> Stat {
+    Stat {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode,
+        ino: st.st_ino,
+        dev: st.st_dev,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+    }
+}
+
+fn cstring(name: &str) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
+}
+
+fn cpath(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+fn dirfd_or_cwd(dir: Option<BorrowedFd<'_>>) -> RawFd {
+    dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd())
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is valid for writes of one `stat`.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled `st` (and zeroed is a valid `stat` anyway).
+    Ok(stat_of(&unsafe { st.assume_init() }))
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: the entry itself, not what a link points to.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Stat> {
+    let name = cstring(name)?;
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `name` is NUL-terminated and `st` is valid for writes of one `stat`.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(stat_of(&unsafe { st.assume_init() }))
+}
+
+/// How [`open_at`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAt {
+    /// A directory, without following a final symbolic link, as a handle for `*at` calls and
+    /// `fstat` only (`O_PATH`): works where the directory is searchable but not readable.
+    DirPath,
+    /// A directory, without following a final symbolic link, readable (for `fchmod`,
+    /// `fchown`, `fsync`).
+    Dir,
+    /// A file for reading, without following a symbolic link and without blocking on a FIFO
+    /// or device (`O_NONBLOCK`).
+    Read,
+    /// A new file for writing, with these permission bits (before the umask); fails if the
+    /// name exists (`O_EXCL`).
+    CreateNew(u32),
+    /// A file for reading and writing, created with these permission bits if missing, never
+    /// through a symbolic link, without blocking.
+    ReadWriteCreate(u32),
+}
+
+/// `openat(dir, name, ...)` (the current directory when `dir` is `None`), close-on-exec.
+pub fn open_at(
+    dir: Option<BorrowedFd<'_>>,
+    name: &std::path::Path,
+    how: OpenAt,
+) -> io::Result<OwnedFd> {
+    let name = cpath(name)?;
+    let base = libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    let (flags, mode) = match how {
+        OpenAt::DirPath => (base | libc::O_PATH | libc::O_DIRECTORY, 0),
+        OpenAt::Dir => (base | libc::O_RDONLY | libc::O_DIRECTORY, 0),
+        OpenAt::Read => (base | libc::O_RDONLY | libc::O_NONBLOCK, 0),
+        OpenAt::CreateNew(m) => (base | libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, m),
+        OpenAt::ReadWriteCreate(m) => (base | libc::O_RDWR | libc::O_CREAT | libc::O_NONBLOCK, m),
+    };
+    loop {
+        // SAFETY: `name` is NUL-terminated; the mode argument is read only with O_CREAT.
+        let fd = unsafe {
+            libc::openat(
+                dirfd_or_cwd(dir),
+                name.as_ptr(),
+                flags,
+                mode as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn check_rc(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mkdirat(dir, name, mode)` (the mode is reduced by the umask).
+pub fn mkdir_at(dir: Option<BorrowedFd<'_>>, name: &std::path::Path, mode: u32) -> io::Result<()> {
+    let name = cpath(name)?;
+    // SAFETY: `name` is NUL-terminated.
+    check_rc(unsafe { libc::mkdirat(dirfd_or_cwd(dir), name.as_ptr(), mode as libc::mode_t) })
+}
+
+/// `fchmod(2)`: exact permission bits, whatever the umask was.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed descriptor.
+    check_rc(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
+}
+
+/// `fchown(fd, -1, gid)`: sets the group only.
+pub fn fchgrp(fd: BorrowedFd<'_>, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed descriptor; uid -1 leaves the owner unchanged.
+    check_rc(unsafe { libc::fchown(fd.as_raw_fd(), u32::MAX, gid) })
+}
+
+/// `fchmodat(dir, name, mode, 0)` on an entry of an opened directory (for a socket, which
+/// cannot be opened).
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: `name` is NUL-terminated.
+    check_rc(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, 0) })
+}
+
+/// `fchownat(dir, name, -1, gid, AT_SYMLINK_NOFOLLOW)`: sets the group of an entry.
+pub fn chgrp_at(dir: BorrowedFd<'_>, name: &str, gid: u32) -> io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: `name` is NUL-terminated; uid -1 leaves the owner unchanged.
+    check_rc(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            u32::MAX,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// `renameat(dir, from, dir, to)`: atomically replaces `to`.
+pub fn rename_at(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+    let (from, to) = (cstring(from)?, cstring(to)?);
+    // SAFETY: both names are NUL-terminated.
+    check_rc(unsafe {
+        libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr())
+    })
+}
+
+/// `unlinkat(dir, name, 0)`.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: `name` is NUL-terminated.
+    check_rc(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+}
+
+/// Takes an exclusive `flock` without waiting: `Ok(false)` when another open file holds it.
+/// The lock lasts until every duplicate of the descriptor is closed.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        // SAFETY: plain syscall on a borrowed descriptor.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The effective group ids of this process: the primary one and the supplementary ones.
+pub fn own_groups() -> Vec<u32> {
+    // SAFETY: getegid cannot fail.
+    let mut out = vec![unsafe { libc::getegid() }];
+    // SAFETY: a count query with a null list writes nothing.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n > 0 {
+        let mut list = vec![0 as libc::gid_t; n as usize];
+        // SAFETY: `list` has room for `n` groups.
+        let got = unsafe { libc::getgroups(n, list.as_mut_ptr()) };
+        if got > 0 {
+            out.extend_from_slice(&list[..got as usize]);
+        }
+    }
+    out
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13+; the value is the same on every architecture but sparc,
+/// mips, parisc and alpha, whose libc crate does not name it either).
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups of the process on the other end of a Unix socket, as the kernel
+/// recorded them when it connected (`SO_PEERGROUPS`).
+pub fn peer_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / size_of::<u32>());
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // ERANGE: `len` now says how much room is needed.
+        if e.raw_os_error() == Some(libc::ERANGE) && (len as usize) > groups.len() * 4 {
+            groups.resize((len as usize).div_ceil(size_of::<u32>()), 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
+
+fn set_send_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval of the size given.
+    check_rc(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })
+}
+
+/// One `connect` of a new Unix stream socket to `path`, waiting at most `wait` (at least
+/// 1 ms) while the listener's backlog is full: then it fails with `WouldBlock` (`EAGAIN`), so
+/// the caller can retry until its own deadline. The socket returned is blocking, without a
+/// send timeout.
+pub fn connect_unix(
+    path: &std::path::Path,
+    wait: Duration,
+) -> io::Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: zeroed sockaddr_un is valid (an empty path).
+    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long for sockaddr_un (or contains NUL)",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain syscall; the result is checked below.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // A blocking connect waits for room in a full backlog, queued with other connectors, for
+    // at most SO_SNDTIMEO.
+    set_send_timeout(fd.as_fd(), wait.max(Duration::from_millis(1)))?;
+    let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EINPROGRESS) | Some(libc::EAGAIN) => {
+                return Err(io::Error::from(io::ErrorKind::WouldBlock))
+            }
+            _ => return Err(e),
+        }
+    }
+    set_send_timeout(fd.as_fd(), Duration::ZERO)?;
+    Ok(std::os::unix::net::UnixStream::from(fd))
 }

@@ -175,10 +175,87 @@ fn both_claim_versions_ask_for_two_nvidia_gpus() {
             assert_eq!(s(class, "deviceClassName"), "gpu.nvidia.com", "{rel}");
         }
     }
+    // resource.k8s.io/v1beta1 exists from Kubernetes 1.32 (1.31 had v1alpha3 only).
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/resourceclaim-v1beta1.yaml"),
+    )
+    .unwrap();
+    assert!(text.starts_with("# Kubernetes 1.32-1.33"), "{text}");
+    assert!(
+        text.contains("DynamicResourceAllocation"),
+        "say how to enable the beta API"
+    );
     assert_eq!(
         s(&load("namespace.yaml")["metadata"]["name"], "ns"),
         "cuda-ipc-demo"
     );
+}
+
+/// The container's command line.
+fn command(c: &Yaml) -> Vec<String> {
+    c["command"]
+        .as_vec()
+        .expect("command")
+        .iter()
+        .map(|a| s(a, "arg").to_string())
+        .collect()
+}
+
+/// The value after `flag` in `cmd`, if the flag is there.
+fn flag<'a>(cmd: &'a [String], flag: &str) -> Option<&'a str> {
+    cmd.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str())
+}
+
+/// The uid a container runs as (its own securityContext, else the pod's).
+fn run_as_user(pod: &Yaml, c: &Yaml) -> i64 {
+    c["securityContext"]["runAsUser"]
+        .as_i64()
+        .or_else(|| pod["spec"]["securityContext"]["runAsUser"].as_i64())
+        .expect("runAsUser")
+}
+
+/// Group sharing between uids: every pod has the fsGroup `gid`; the producer publishes with
+/// `--group gid`; each consumer runs as another uid, expects `--group gid` and trusts the
+/// producer's uid (`--trust-uid`).
+fn check_group_sharing(rels: &[&str], gid: i64) {
+    let mut producer_uid = None;
+    let mut consumers = Vec::new();
+    for rel in rels {
+        let pod = load(rel);
+        assert_eq!(
+            pod["spec"]["securityContext"]["fsGroup"].as_i64(),
+            Some(gid),
+            "{rel}: fsGroup"
+        );
+        for c in containers(&pod) {
+            let cmd = command(c);
+            assert_eq!(
+                flag(&cmd, "--group"),
+                Some(gid.to_string().as_str()),
+                "{rel}: {cmd:?}"
+            );
+            let uid = run_as_user(&pod, c);
+            if cmd[0].ends_with("/producer") {
+                producer_uid = Some(uid);
+            } else {
+                consumers.push((
+                    rel.to_string(),
+                    uid,
+                    flag(&cmd, "--trust-uid").map(str::to_string),
+                ));
+            }
+        }
+    }
+    let producer_uid = producer_uid.expect("a producer");
+    assert!(!consumers.is_empty());
+    for (rel, uid, trusted) in consumers {
+        assert_ne!(uid, producer_uid, "{rel}: pods of other uids are the point");
+        assert_eq!(
+            trusted,
+            Some(producer_uid.to_string()),
+            "{rel}: --trust-uid"
+        );
+    }
 }
 
 #[test]
@@ -187,13 +264,41 @@ fn fd_pods_share_claim_and_directory_and_need_no_privileges() {
     let (cdir, cvol) = check_pod("fd/consumer-pod.yaml");
     assert_eq!(pdir, cdir);
     assert_eq!(pvol["hostPath"]["path"], cvol["hostPath"]["path"]);
+    assert_eq!(s(&pvol["hostPath"]["type"], "type"), "Directory");
     restricted("fd/producer-pod.yaml");
     restricted("fd/consumer-pod.yaml");
-    for rel in ["fd/producer-pod.yaml", "fd/consumer-pod.yaml"] {
+    check_group_sharing(&["fd/producer-pod.yaml", "fd/consumer-pod.yaml"], 2000);
+}
+
+/// The node step in the manifest's comments: the hostPath owned by root and the group,
+/// setgid and sticky (an ancestor writable by others without the sticky bit is refused).
+fn documents_the_node_directory(rel: &str) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/k8s")
+            .join(rel),
+    )
+    .unwrap();
+    assert!(
+        text.contains("install -d -o 0 -g 2000 -m 3770 /var/run/cuda-ipc-demo"),
+        "{rel}: the node's directory step"
+    );
+}
+
+#[test]
+fn host_path_pods_say_how_to_prepare_the_node_directory() {
+    for rel in [
+        "fd/producer-pod.yaml",
+        "legacy/producer-pod.yaml",
+        "legacy/consumer-pod.yaml",
+    ] {
+        documents_the_node_directory(rel);
+        let pod = load(rel);
+        let vol = &pod["spec"]["volumes"][0];
         assert_eq!(
-            load(rel)["spec"]["securityContext"]["runAsUser"].as_i64(),
-            Some(1000),
-            "{rel}: one uid for both"
+            s(&vol["hostPath"]["type"], "type"),
+            "Directory",
+            "{rel}: not created by the kubelet"
         );
     }
 }
@@ -235,11 +340,41 @@ fn legacy_pods_have_the_seeds_minimum() {
 
 #[test]
 fn one_pod_variant_fits_the_restricted_profile() {
-    let (_, vol) = check_pod("one-pod/shared-pod.yaml");
+    let rel = "one-pod/shared-pod.yaml";
+    let (dir, vol) = check_pod(rel);
     assert!(!vol["emptyDir"].is_badvalue(), "an emptyDir");
     assert!(vol["hostPath"].is_badvalue(), "no hostPath");
-    restricted("one-pod/shared-pod.yaml");
-    assert_eq!(containers(&load("one-pod/shared-pod.yaml")).len(), 2);
+    restricted(rel);
+    let pod = load(rel);
+    assert_eq!(containers(&pod).len(), 2);
+    check_group_sharing(&[rel], 2000);
+    // The emptyDir's root (2777) must not be an ancestor of the rendezvous directory: the
+    // containers mount only the subdirectory the init container made 3770.
+    for c in containers(&pod) {
+        let m = &c["volumeMounts"][0];
+        assert_eq!(
+            s(&m["mountPath"], "mountPath"),
+            dir,
+            "{rel}: the directory is the mount"
+        );
+        assert_eq!(s(&m["subPath"], "subPath"), "cuda-ipc", "{rel}");
+    }
+    let init = &pod["spec"]["initContainers"][0];
+    let cmd = command(init);
+    let mount = s(&init["volumeMounts"][0]["mountPath"], "init mount");
+    assert_eq!(
+        cmd,
+        ["mkdir", "-p", "-m", "3770", &format!("{mount}/cuda-ipc")],
+        "{rel}"
+    );
+    assert_eq!(
+        init["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+    assert_eq!(
+        init["securityContext"]["capabilities"]["drop"][0].as_str(),
+        Some("ALL")
+    );
 }
 
 #[test]

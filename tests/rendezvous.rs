@@ -65,12 +65,14 @@ fn publish_fetch_lease_and_release_with_a_memfd() {
         assert_eq!(mode(exporter.descriptor_path()), 0o600);
         assert_eq!(mode(exporter.socket_path()), 0o600);
         assert_eq!(exporter.descriptor().generation, 1);
+        assert_eq!(mode(&path.with_extension("lock")), 0o600);
         // Atomic publish leaves no temporary files behind.
-        let names: Vec<String> = fs::read_dir(&dir)
+        let mut names: Vec<String> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        names.sort();
+        assert_eq!(names, ["frames.desc", "frames.lock", "frames.sock"]);
 
         let offer = fetch::<u32>(&path, &opts(2000)).unwrap();
         assert_eq!(offer.descriptor().buffer_id, d.buffer_id);
@@ -94,6 +96,8 @@ fn publish_fetch_lease_and_release_with_a_memfd() {
     }
     assert!(!path.with_extension("desc").exists());
     assert!(!path.with_extension("sock").exists());
+    // The lock file stays: it records the generation for the next exporter of the name.
+    fs::remove_file(path.with_extension("lock")).unwrap();
     fs::remove_dir(&dir).unwrap();
     assert_eq!(
         os::open_fd_count().unwrap(),
@@ -329,17 +333,17 @@ fn hostile_clients_do_not_stop_the_exporter_or_leak() {
     {
         let silent = UnixStream::connect(&sock).unwrap();
         let garbage = raw_client(&sock, b"GET / HTTP/1.1\r\n\r\n");
-        let mut huge = channel::frame(Kind::Hello, &[1, 0, 0, 0]);
+        let mut huge = channel::frame(Kind::Hello, &[1, 0, 0, 0]).unwrap();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let huge = raw_client(&sock, &huge);
-        let half = channel::frame(Kind::Hello, &1u32.to_le_bytes());
+        let half = channel::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap();
         drop(raw_client(&sock, &half[..7])); // hangs up mid-message
-        let wrong_kind = raw_client(&sock, &channel::frame(Kind::Offer, &[0; 8]));
+        let wrong_kind = raw_client(&sock, &channel::frame(Kind::Offer, &[0; 8]).unwrap());
         let with_fd = UnixStream::connect(&sock).unwrap();
         let memfd = os::memfd("intruder").unwrap();
         os::send_with_fds(
             with_fd.as_fd(),
-            &channel::frame(Kind::Hello, &1u32.to_le_bytes()),
+            &channel::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap(),
             &[memfd.as_fd()],
         )
         .unwrap();
@@ -411,7 +415,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
                     let (a, c) = (os::memfd("a").unwrap(), os::memfd("b").unwrap());
                     os::send_with_fds(
                         s.as_fd(),
-                        &channel::frame(Kind::Offer, &b),
+                        &channel::frame(Kind::Offer, &b).unwrap(),
                         &[a.as_fd(), c.as_fd()],
                     )
                     .unwrap();
@@ -429,7 +433,8 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             {
                 let b = offer_bytes.clone();
                 Box::new(move |mut s: UnixStream| {
-                    s.write_all(&channel::frame(Kind::Offer, &b)[..40]).unwrap()
+                    s.write_all(&channel::frame(Kind::Offer, &b).unwrap()[..40])
+                        .unwrap()
                 })
             },
             "middle of a message",

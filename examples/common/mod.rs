@@ -35,6 +35,11 @@ pub struct Options {
     pub timeout: Duration,
     pub consumers: usize,
     pub import_on: Option<usize>,
+    /// `--group GID`: share through this group (producer: ExportOptions::group and
+    /// AllowedUsers::Group; consumer: ImportOptions::group).
+    pub group: Option<u32>,
+    /// `--trust-uid UID` (consumer): the producer's uid, when it is another user.
+    pub trust_uids: Vec<u32>,
 }
 
 pub fn usage(program: &str) -> String {
@@ -50,7 +55,9 @@ pub fn usage(program: &str) -> String {
         s += "  --consumers N        consumers to wait for (default: 1)\n";
     } else {
         s += "  --import-on N        map every buffer on GPU N (default: its owner GPU)\n";
+        s += "  --trust-uid UID      the producer's uid, when it runs as another user\n";
     }
+    s += "  --group GID          share through this group (pods of other uids: fsGroup)\n";
     s += "  --timeout SECS       how long to wait for the other side (default: 60)\n";
     s += "  -h, --help           this help\n";
     s
@@ -69,6 +76,8 @@ pub fn parse(program: &str) -> Options {
         timeout: Duration::from_secs(60),
         consumers: 1,
         import_on: None,
+        group: None,
+        trust_uids: Vec::new(),
     };
     let fail = |msg: String| -> ! {
         eprintln!("{program}: {msg}\n\n{}", usage(program));
@@ -133,6 +142,17 @@ pub fn parse(program: &str) -> Options {
                 o.import_on = Some(v.parse().unwrap_or_else(|_| {
                     fail(format!("--import-on takes a GPU ordinal, not {v:?}"))
                 }))
+            }
+            "--group" | "--trust-uid" => {
+                let v = value(&arg);
+                let id: u32 = v
+                    .parse()
+                    .unwrap_or_else(|_| fail(format!("{arg} takes a numeric id, not {v:?}")));
+                if arg == "--group" {
+                    o.group = Some(id)
+                } else {
+                    o.trust_uids.push(id)
+                }
             }
             other => fail(format!("unknown option {other:?}")),
         }

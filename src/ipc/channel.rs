@@ -35,6 +35,8 @@ pub enum Kind {
     Refuse = 3,
     /// Exporter → consumer: the buffer now holds this frame (u64).
     Ready = 4,
+    /// Exporter → consumer: every connection slot is taken; try again later (UTF-8 text).
+    Busy = 5,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             2 => Kind::Offer,
             3 => Kind::Refuse,
             4 => Kind::Ready,
+            5 => Kind::Busy,
             _ => return None,
         })
     }
@@ -60,16 +63,24 @@ pub struct Message {
     pub fds: Vec<OwnedFd>,
 }
 
-/// Encodes a frame.
-pub fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() <= MAX_PAYLOAD, "payload over MAX_PAYLOAD");
+/// Encodes a frame; a payload over [`MAX_PAYLOAD`] bytes is an `InvalidInput` error.
+pub fn frame(kind: Kind, payload: &[u8]) -> io::Result<Vec<u8>> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a {kind:?} payload of {} bytes is over MAX_PAYLOAD ({MAX_PAYLOAD})",
+                payload.len()
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&FRAME_MAGIC);
     out.push(kind as u8);
     out.extend_from_slice(&[0, 0, 0]);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
-    out
+    Ok(out)
 }
 
 /// Sends one frame, with `fd` attached to its first byte. The socket's write timeout bounds it.
@@ -79,7 +90,7 @@ pub fn send(
     payload: &[u8],
     fd: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> io::Result<()> {
-    let bytes = frame(kind, payload);
+    let bytes = frame(kind, payload)?;
     let mut sent = 0;
     while sent < bytes.len() {
         let fds: Vec<_> = if sent == 0 {
@@ -235,7 +246,7 @@ impl FrameReader {
         timeout: Duration,
         peer: &str,
     ) -> Result<Message> {
-        let deadline = Instant::now() + timeout;
+        let deadline = super::rendezvous::deadline_after(timeout);
         loop {
             if let Some(m) = self.take().map_err(|e| e.into_error(peer))? {
                 return Ok(m);

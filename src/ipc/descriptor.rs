@@ -220,7 +220,7 @@ pub enum DescriptorError {
         found: u32,
     },
     /// The checksum does not match: the bytes were corrupted or changed.
-    #[error("descriptor checksum mismatch: the descriptor was corrupted or tampered with")]
+    #[error("descriptor checksum mismatch: the descriptor was corrupted (truncated, overwritten or damaged); publish it again")]
     ChecksumMismatch,
     /// An unknown transport number.
     #[error("unknown transport {0} in descriptor")]

@@ -1,8 +1,36 @@
 //! The exporter: publishes a shared buffer under a name and serves its consumers.
+//!
+//! [`Exporter::bind`] opens (or creates) the rendezvous directory and checks it (see
+//! [`rendezvous`](super::rendezvous) for the files, their modes and the threat model), takes
+//! the name's lock file for its lifetime, picks the next generation, binds its socket under a
+//! temporary name and renames it into place, and writes the descriptor last. A thread then
+//! serves consumers: it checks each one's uid (and groups) with `SO_PEERCRED` against
+//! [`AllowedUsers`], answers a hello with the descriptor (and, for the fd transport, the
+//! memory's fd), and keeps the connection as the consumer's lease.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cuda_ipc::ipc::{AllowedUsers, ExportOptions, Exporter, SharedDeviceBuffer, Transport};
+//! use cuda_ipc::prelude::*;
+//!
+//! let ctx = Context::new(Device::by_ordinal(0)?)?;
+//! let buf = SharedDeviceBuffer::<f32>::zeroed(&ctx, 1 << 20, Transport::Fd)?;
+//! // Pods of one claim running as different uids, sharing the group 2000 (fsGroup).
+//! let options = ExportOptions {
+//!     group: Some(2000),
+//!     allowed: AllowedUsers::Group(2000),
+//!     expected_consumers: 2,
+//!     ..ExportOptions::default()
+//! };
+//! let exporter = Exporter::bind_with("/shared/cuda-ipc/frames", &buf, options)?;
+//! exporter.wait_released(Duration::from_secs(60))?;
+//! # Ok::<(), cuda_ipc::Error>(())
+//! ```
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,26 +45,41 @@ use crate::os::{self, PollRequest};
 use super::allocation::ExportLeases;
 use super::channel::{self, FrameReader, Kind, ReadError};
 use super::descriptor::Descriptor;
-use super::rendezvous::{prepare_dir, read_limited, write_atomic, Names};
+use super::rendezvous::{deadline_after, temp_name, Names, RendezvousDir, Trust};
 use super::shared_buffer::SharedDeviceBuffer;
 
-/// Which users may take the memory.
+/// Which users may take the memory, checked on each connection with `SO_PEERCRED` (and
+/// `SO_PEERGROUPS` for [`Group`](Self::Group)).
+///
+/// Another uid can only reach the socket when the files are group-accessible: with the
+/// default (private) modes, only this user and root can connect whatever this says. To share
+/// with other uids, set [`ExportOptions::group`] to a group they are in.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AllowedUsers {
     /// Only processes running as the exporter's own effective uid (the default).
     #[default]
     SameUser,
-    /// Only these uids.
+    /// Only these uids (add the exporter's own if it should import too). Reachable by other
+    /// uids only with [`ExportOptions::group`].
     Uids(Vec<u32>),
-    /// Anyone who can reach the socket.
+    /// Processes whose effective or supplementary groups include this gid (e.g. the pods'
+    /// `fsGroup`), and the exporter's own uid. Use with [`ExportOptions::group`].
+    Group(u32),
+    /// Anyone who can reach the socket (with [`ExportOptions::group`]: the group's members).
     Any,
 }
 
 impl AllowedUsers {
-    fn allows(&self, uid: u32, own: u32) -> bool {
+    fn allows(
+        &self,
+        cred: &os::PeerCredentials,
+        groups: impl FnOnce() -> Vec<u32>,
+        own: u32,
+    ) -> bool {
         match self {
-            AllowedUsers::SameUser => uid == own,
-            AllowedUsers::Uids(list) => list.contains(&uid),
+            AllowedUsers::SameUser => cred.uid == own,
+            AllowedUsers::Uids(list) => list.contains(&cred.uid),
+            AllowedUsers::Group(g) => cred.uid == own || cred.gid == *g || groups().contains(g),
             AllowedUsers::Any => true,
         }
     }
@@ -49,11 +92,21 @@ pub struct ExportOptions {
     pub allowed: AllowedUsers,
     /// How many consumers [`Exporter::wait_released`] waits for before "all released" counts.
     pub expected_consumers: usize,
-    /// Most connections at once (handshaking and leased). When full, a new connection
-    /// replaces the oldest one still handshaking; when every slot holds a lease, it is closed.
+    /// Most connections at once (handshaking and leased). When full, a new connection may
+    /// replace a silent one (connected, nothing sent yet) of the uid holding the most
+    /// connections, so each uid keeps a fair share; a connection that has sent bytes or holds
+    /// a lease is never evicted. Otherwise the newcomer is told the exporter is busy
+    /// ([`Error::Busy`] on its side).
     pub max_connections: usize,
     /// How long a connection may take to say hello.
     pub handshake_timeout: Duration,
+    /// Share through this group, for consumers running as other uids: the directory, if
+    /// created, is 3770 (setgid, sticky) and group-owned by it (an existing group-writable one
+    /// must be setgid and group-owned by it), the descriptor 0640 and the socket 0660, both
+    /// of this group. The process must be a member of the group. With the legacy transport
+    /// the descriptor carries a bearer handle: every member of the group can map the memory.
+    /// `None` (the default): the directory 0700, the files 0600.
+    pub group: Option<u32>,
 }
 
 impl Default for ExportOptions {
@@ -63,6 +116,7 @@ impl Default for ExportOptions {
             expected_consumers: 1,
             max_connections: 128,
             handshake_timeout: Duration::from_secs(5),
+            group: None,
         }
     }
 }
@@ -78,7 +132,8 @@ pub struct ExportStats {
     pub refused_uid: usize,
     /// Connections closed for breaking the protocol or not saying hello in time.
     pub dropped_bad: usize,
-    /// Connections closed because `max_connections` were open.
+    /// Connections closed because `max_connections` were open: silent ones evicted for a
+    /// newcomer, and newcomers told the exporter is busy.
     pub dropped_full: usize,
 }
 
@@ -107,12 +162,16 @@ impl Shared {
 }
 
 /// A published shared buffer. While it lives, consumers can import the buffer by its path;
-/// dropping it stops serving, closes every lease connection and removes the published files.
+/// dropping it stops serving and removes the published files.
 ///
 /// The exporter does not borrow the buffer, so the producer can keep writing frames into it
-/// while it is published. Keep the buffer alive until [`wait_released`](Self::wait_released)
-/// returns: consumers that import a freed legacy buffer get a driver error, and with the fd
-/// transport the memory lives on as long as the exporter (which holds its fd) or any mapping.
+/// while it is published, and may drop buffer and exporter in any order. The memory is never
+/// freed under a consumer: each consumer holds a lease (its connection) for as long as it maps
+/// the memory, and the buffer counts the leases of all its exporters. A legacy buffer dropped
+/// while leases are held is freed when the last one ends — also after the exporter is dropped,
+/// whose leased connections then drain on a background thread. With the fd transport every
+/// mapping holds its own reference to the memory, so the owner's drop frees only its own.
+/// [`wait_released`](Self::wait_released) waits for the consumers to finish.
 pub struct Exporter {
     names: Names,
     descriptor: Descriptor,
@@ -121,6 +180,9 @@ pub struct Exporter {
     thread: Option<JoinHandle<()>>,
     expected_consumers: usize,
     socket_inode: u64,
+    dir: RendezvousDir,
+    /// Holds the name's `flock` until the exporter is gone (dropped after `drop` ran).
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -136,10 +198,12 @@ impl Exporter {
         Self::bind_with(path, buf, ExportOptions::default())
     }
 
-    /// Publishes `buf` at `path` with `options`. The directory is created 0700 if missing and
-    /// refused if others could write to it; a live exporter of the same name is an error, a
-    /// stale socket of a dead one is replaced. A buffer published again under a name gets the
-    /// next generation, so consumers never confuse it with the old one.
+    /// Publishes `buf` at `path` with `options`. The directory is created 0700 (3770 with
+    /// [`ExportOptions::group`]) if missing and refused if others could write to it or swap
+    /// it (see [`rendezvous`](super::rendezvous)); a live exporter of the same name (it holds
+    /// the name's lock) is an error, a stale socket of a dead one is replaced atomically. Each
+    /// publication of a name gets a higher generation than the last, also after a clean
+    /// restart, so consumers never confuse it with the old one.
     pub fn bind_with<T: Pod>(
         path: impl AsRef<Path>,
         buf: &SharedDeviceBuffer<'_, T>,
@@ -187,35 +251,78 @@ impl Exporter {
         leases: Option<Arc<ExportLeases>>,
     ) -> Result<Self> {
         let names = Names::for_path(path)?;
-        prepare_dir(&names.dir)?;
+        let trust = Trust {
+            uids: Vec::new(),
+            group: options.group,
+        };
+        let dir = RendezvousDir::create(&names.dir, &trust)?;
+        let (lock, previous) = take_lock(&dir, &names)?;
 
-        if names.socket.exists() {
-            if UnixStream::connect(&names.socket).is_ok() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is served by a live exporter; choose another name or stop it first",
-                    names.socket.display()
-                )));
+        // Under the lock: whatever socket is there belongs to a dead exporter (or to one of a
+        // version without the lock, which must not be unlinked: check that it does not
+        // answer).
+        let sock_name = names.socket_name();
+        if dir.stat_entry(&sock_name).is_ok() {
+            match os::connect_unix(&dir.proc_path(&sock_name), Duration::from_millis(100)) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) => {}
+                _ => return Err(live_exporter(&names)),
             }
-            std::fs::remove_file(&names.socket)
-                .map_err(|e| Error::io(format!("removing stale {}", names.socket.display()), e))?;
         }
-        let previous = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN)
+        let file_generation = dir
+            .read_file(&names.descriptor_name(), super::descriptor::ENCODED_LEN)
             .ok()
             .and_then(|b| Descriptor::decode(&b).ok())
             .map_or(0, |d| d.generation);
-        descriptor.generation = previous + 1;
+        descriptor.generation = previous.max(file_generation).saturating_add(1);
+        descriptor.exporter_uid = os::effective_uid();
+        write_generation(&lock, descriptor.generation).map_err(|e| {
+            Error::io(
+                format!("recording the generation in {}", names.lock.display()),
+                e,
+            )
+        })?;
         let encoded = descriptor.encode();
 
-        let listener = UnixListener::bind(&names.socket)
-            .map_err(|e| Error::io(format!("binding {}", names.socket.display()), e))?;
-        std::fs::set_permissions(&names.socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io(format!("chmod 0600 {}", names.socket.display()), e))?;
+        let (file_mode, sock_mode) = match options.group {
+            Some(_) => (0o640, 0o660),
+            None => (0o600, 0o600),
+        };
+        // Bind under a temporary name, set the mode through the directory, then rename into
+        // place: the published name never has looser permissions, and replacing a stale
+        // socket is atomic.
+        let tmp = temp_name(&sock_name)?;
+        let listener = UnixListener::bind(dir.proc_path(&tmp))
+            .map_err(|e| Error::io(format!("binding {}", dir.shown(&tmp).display()), e))?;
+        let placed = (|| {
+            if let Some(g) = options.group {
+                os::chgrp_at(dir.fd(), &tmp, g).map_err(|e| {
+                    Error::io(format!("chgrp {g} {}", dir.shown(&tmp).display()), e)
+                })?;
+            }
+            os::chmod_at(dir.fd(), &tmp, sock_mode).map_err(|e| {
+                Error::io(
+                    format!("chmod {sock_mode:04o} {}", dir.shown(&tmp).display()),
+                    e,
+                )
+            })?;
+            dir.rename(&tmp, &sock_name)?;
+            dir.stat_entry(&sock_name)
+                .map_err(|e| Error::io(format!("stat {}", names.socket.display()), e))
+        })();
+        let socket_inode = match placed {
+            Ok(st) => st.ino,
+            Err(e) => {
+                let _ = dir.unlink(&tmp);
+                return Err(e);
+            }
+        };
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("making the listener non-blocking", e))?;
-        let socket_inode = std::os::unix::fs::MetadataExt::ino(
-            &std::fs::metadata(&names.socket).map_err(|e| Error::io("stat socket", e))?,
-        );
         let (wake, wake_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the exporter's wake pipe", e))?;
         let shared = Arc::new(Shared::default());
@@ -244,9 +351,16 @@ impl Exporter {
             thread: Some(thread),
             expected_consumers: options.expected_consumers,
             socket_inode,
+            dir,
+            _lock: lock,
         };
         // Publish last: whoever sees the descriptor finds the socket listening.
-        write_atomic(&exporter.names.descriptor, &encoded)?;
+        exporter.dir.write_atomic(
+            &exporter.names.descriptor_name(),
+            &encoded,
+            file_mode,
+            options.group,
+        )?;
         Ok(exporter)
     }
 
@@ -291,7 +405,7 @@ impl Exporter {
         what: impl Fn(&ExportStats) -> String,
         done: impl Fn(&ExportStats) -> bool,
     ) -> Result<ExportStats> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut stats = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if done(&stats) {
@@ -343,14 +457,20 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        let _ = (&self.wake).write_all(b"Q"); // any byte (or EOF) stops the server thread
+        // Any byte (or EOF) stops the server thread; MSG_NOSIGNAL: no SIGPIPE if it is gone.
+        let _ = os::send_with_fds(self.wake.as_fd(), b"Q", &[]);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 crate::drop_log::record("Exporter", "its server thread panicked");
             }
         }
-        // Remove what we published, unless a newer exporter replaced it.
-        let ours = read_limited(&self.names.descriptor, super::descriptor::ENCODED_LEN)
+        // Remove what we published (we still hold the lock), unless something else replaced
+        // it. The lock file stays: it keeps the generation, and removing it would let two
+        // exporters lock different files of one name.
+        let desc_name = self.names.descriptor_name();
+        let ours = self
+            .dir
+            .read_file(&desc_name, super::descriptor::ENCODED_LEN)
             .ok()
             .and_then(|b| Descriptor::decode(&b).ok())
             .is_some_and(|d| {
@@ -358,19 +478,107 @@ impl Drop for Exporter {
                     && d.generation == self.descriptor.generation
             });
         if ours {
-            if let Err(e) = std::fs::remove_file(&self.names.descriptor) {
+            if let Err(e) = self.dir.unlink(&desc_name) {
                 crate::drop_log::record("Exporter (removing the descriptor)", e);
             }
         }
-        let socket_ours = std::fs::metadata(&self.names.socket)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == self.socket_inode)
-            .unwrap_or(false);
+        let sock_name = self.names.socket_name();
+        let socket_ours = self
+            .dir
+            .stat_entry(&sock_name)
+            .is_ok_and(|st| st.ino == self.socket_inode);
         if socket_ours {
-            if let Err(e) = std::fs::remove_file(&self.names.socket) {
+            if let Err(e) = self.dir.unlink(&sock_name) {
                 crate::drop_log::record("Exporter (removing the socket)", e);
             }
         }
     }
+}
+
+/// Waits until every leased connection hangs up, releasing its lease on the owned buffer as it
+/// does. Consumers send nothing after their hello, so any readable event is the hang-up (or
+/// junk, which is discarded).
+fn drain_leases(mut streams: Vec<UnixStream>, leases: &ExportLeases) {
+    let mut buf = [0u8; 64];
+    while !streams.is_empty() {
+        let mut polls: Vec<PollRequest> = streams
+            .iter()
+            .map(|s| PollRequest::readable(s.as_raw_fd()))
+            .collect();
+        if os::poll(&mut polls, Duration::from_secs(1)).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        for i in (0..streams.len()).rev() {
+            if !polls[i].is_ready() {
+                continue;
+            }
+            let gone = match (&streams[i]).read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if gone {
+                streams.swap_remove(i);
+                leases.release();
+            }
+        }
+    }
+}
+
+fn live_exporter(names: &Names) -> Error {
+    Error::InvalidArgument(format!(
+        "{} is served by a live exporter (it holds {}); choose another name or stop it first",
+        names.socket.display(),
+        names.lock.display()
+    ))
+}
+
+/// Opens `<name>.lock` and takes its exclusive lock; returns it with the generation it records.
+fn take_lock(dir: &RendezvousDir, names: &Names) -> Result<(std::fs::File, u64)> {
+    let lock_name = names.lock_name();
+    let fd = os::open_at(
+        Some(dir.fd()),
+        Path::new(&lock_name),
+        os::OpenAt::ReadWriteCreate(0o600),
+    )
+    .map_err(|e| {
+        Error::io(
+            format!("opening {}{}", names.lock.display(), os::fd_limit_hint(&e)),
+            e,
+        )
+    })?;
+    let st = os::fstat(fd.as_fd()).map_err(|e| Error::io("fstat of the lock file", e))?;
+    if !st.is_regular() || st.uid != os::effective_uid() {
+        return Err(Error::UnsafeDirectory {
+            path: names.lock.clone(),
+            reason: format!(
+                "{} owned by uid {}, not a regular file of this user: remove it",
+                st.kind_name(),
+                st.uid
+            ),
+        });
+    }
+    if !os::try_lock_exclusive(fd.as_fd()).map_err(|e| Error::io("flock", e))? {
+        return Err(live_exporter(names));
+    }
+    let mut file = std::fs::File::from(fd);
+    let mut text = String::new();
+    let _ = (&mut file).take(64).read_to_string(&mut text);
+    let previous = text
+        .trim()
+        .strip_prefix("generation ")
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((file, previous))
+}
+
+fn write_generation(lock: &std::fs::File, generation: u64) -> std::io::Result<()> {
+    let text = format!("generation {generation}\n");
+    lock.set_len(0)?;
+    lock.write_all_at(text.as_bytes(), 0)?;
+    let _ = (&*lock).rewind();
+    Ok(())
 }
 
 enum ConnState {
@@ -380,9 +588,12 @@ enum ConnState {
 
 struct Conn {
     id: u64,
+    uid: u32,
     stream: UnixStream,
     reader: FrameReader,
     state: ConnState,
+    /// The peer has sent bytes: never evicted to make room.
+    spoke: bool,
 }
 
 struct Server {
@@ -457,24 +668,40 @@ impl Server {
                 }
             }
         }
-        // Shutting down: every lease connection closes here.
-        let leased = self
+        // Shutting down: handshakes close here; leases close here too, unless they protect an
+        // owned buffer's memory, in which case they drain (below).
+        let leased: Vec<UnixStream> = self
             .conns
-            .iter()
+            .drain(..)
             .filter(|c| matches!(c.state, ConnState::Leased))
-            .count();
+            .map(|c| c.stream)
+            .collect();
         self.shared
             .notify
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .targets
             .clear();
-        self.conns.clear();
-        self.shared.update(|s| s.active_leases -= leased);
+        self.shared.update(|s| s.active_leases -= leased.len());
+        if let (Some(leases), false) = (self.leases.take(), leased.is_empty()) {
+            // The consumers still map the memory: keep counting their leases until each one
+            // hangs up, so that the owner frees a legacy buffer only after the last (see
+            // allocation.rs). A detached thread: dropping the Exporter does not wait for it.
+            let spawned = std::thread::Builder::new()
+                .name(format!("cuda-ipc drain {}", self.name))
+                .spawn(move || drain_leases(leased, &leases));
+            if let Err(e) = spawned {
+                // The streams closed with the failed closure; their leases stay counted, so
+                // the memory is leaked rather than freed under a consumer.
+                crate::drop_log::record("Exporter (spawning the lease drain; memory kept)", e);
+            }
+        }
     }
 
     fn accept_all(&mut self) {
-        loop {
+        // A bounded batch, so that a flood of connections cannot keep the thread from
+        // serving the ones already accepted.
+        for _ in 0..64 {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
@@ -484,27 +711,6 @@ impl Server {
                 }
                 Err(_) => return, // WouldBlock, or a transient error: poll again
             };
-            if self.conns.len() >= self.options.max_connections.max(1) {
-                // Full: make room by dropping the oldest connection still in its handshake
-                // (a flood of idle connections cannot lock consumers out); if every slot
-                // holds a lease, the newcomer is the one closed.
-                let oldest = self
-                    .conns
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| match c.state {
-                        ConnState::Handshake { deadline } => Some((deadline, i)),
-                        ConnState::Leased => None,
-                    })
-                    .min();
-                self.shared.update(|s| s.dropped_full += 1);
-                match oldest {
-                    Some((_, i)) => {
-                        self.conns.swap_remove(i);
-                    }
-                    None => continue, // the newcomer is closed by drop
-                }
-            }
             let cred = match os::peer_credentials(stream.as_fd()) {
                 Ok(c) => c,
                 Err(_) => {
@@ -513,13 +719,25 @@ impl Server {
                 }
             };
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            if !self.options.allowed.allows(cred.uid, self.own_uid) {
+            let groups = || os::peer_groups(stream.as_fd()).unwrap_or_default();
+            if !self.options.allowed.allows(&cred, groups, self.own_uid) {
+                // Only that it is not allowed: not who is, nor who the exporter is.
                 let reason = format!(
-                    "uid {} may not import {:?} (the exporter allows {:?}; exporter uid {})",
-                    cred.uid, self.name, self.options.allowed, self.own_uid
+                    "uid {} is not allowed to import {:?}; ask its producer to allow it",
+                    cred.uid, self.name
                 );
-                let _ = channel::send(&stream, Kind::Refuse, reason.as_bytes(), None);
+                let _ = channel::send(&stream, Kind::Refuse, clip(&reason), None);
                 self.shared.update(|s| s.refused_uid += 1);
+                continue;
+            }
+            if self.conns.len() >= self.options.max_connections.max(1) && !self.make_room(cred.uid)
+            {
+                let busy = format!(
+                    "the exporter of {:?} already has {} connections (max_connections); try                      again later, or ask its producer to raise ExportOptions::max_connections",
+                    self.name, self.options.max_connections
+                );
+                let _ = channel::send(&stream, Kind::Busy, clip(&busy), None);
+                self.shared.update(|s| s.dropped_full += 1);
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -528,12 +746,50 @@ impl Server {
             self.next_id += 1;
             self.conns.push(Conn {
                 id: self.next_id,
+                uid: cred.uid,
                 stream,
                 reader: FrameReader::new(),
                 state: ConnState::Handshake {
-                    deadline: Instant::now() + self.options.handshake_timeout,
+                    deadline: deadline_after(self.options.handshake_timeout),
                 },
+                spoke: false,
             });
+        }
+    }
+
+    /// Frees a slot for a newcomer of `uid`, if that is fair: first reads what every
+    /// handshaking connection has sent (closing the ones that hung up, granting the hellos),
+    /// then evicts the oldest silent connection of the uid holding the most connections,
+    /// unless that uid holds fewer than the newcomer's. False: no room.
+    fn make_room(&mut self, uid: u32) -> bool {
+        for i in (0..self.conns.len()).rev() {
+            if matches!(self.conns[i].state, ConnState::Handshake { .. }) && !self.service(i) {
+                self.remove(i);
+            }
+        }
+        let max = self.options.max_connections.max(1);
+        if self.conns.len() < max {
+            return true;
+        }
+        let mut per_uid: HashMap<u32, usize> = HashMap::new();
+        for c in &self.conns {
+            *per_uid.entry(c.uid).or_default() += 1;
+        }
+        let own = per_uid.get(&uid).copied().unwrap_or(0);
+        let victim = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.spoke && matches!(c.state, ConnState::Handshake { .. }))
+            .map(|(i, c)| (per_uid[&c.uid], std::cmp::Reverse(c.id), i))
+            .max();
+        match victim {
+            Some((count, _, i)) if count >= own => {
+                self.shared.update(|s| s.dropped_full += 1);
+                self.conns.swap_remove(i);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -541,7 +797,7 @@ impl Server {
     fn service(&mut self, i: usize) -> bool {
         let conn = &mut self.conns[i];
         match conn.reader.fill(&conn.stream) {
-            Ok(_) => {}
+            Ok(got) => conn.spoke |= got,
             Err(ReadError::Closed) => return false,
             Err(ReadError::Protocol(why)) => {
                 self.refuse(i, &why);
@@ -615,7 +871,7 @@ impl Server {
     fn refuse(&mut self, i: usize, why: &str) {
         let conn = &self.conns[i];
         if matches!(conn.state, ConnState::Handshake { .. }) {
-            let _ = channel::send(&conn.stream, Kind::Refuse, why.as_bytes(), None);
+            let _ = channel::send(&conn.stream, Kind::Refuse, clip(why), None);
         }
         self.shared.update(|s| s.dropped_bad += 1);
     }
@@ -636,4 +892,13 @@ impl Server {
             }
         }
     }
+}
+
+/// `text` cut to at most [`channel::MAX_PAYLOAD`] bytes, at a character boundary.
+fn clip(text: &str) -> &[u8] {
+    let mut end = text.len().min(channel::MAX_PAYLOAD);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text.as_bytes()[..end]
 }

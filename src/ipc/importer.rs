@@ -17,7 +17,7 @@ use super::channel::{self, FrameReader, Kind};
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
 use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
-use super::rendezvous::{check_dir, read_limited, wait_for, Names};
+use super::rendezvous::{deadline_after, Names, RendezvousDir, Trust};
 use super::shared_buffer::SharedDeviceBuffer;
 
 /// How to import.
@@ -30,6 +30,15 @@ pub struct ImportOptions {
     pub type_tag: Option<TypeTag>,
     /// Refuse the buffer unless it has exactly this many elements.
     pub expected_len: Option<usize>,
+    /// Exporter uids trusted besides this process's own and root: the rendezvous directory,
+    /// the descriptor and the process answering on the socket (`SO_PEERCRED`) must belong to
+    /// one of them. Name the producer's uid here to import across users (with a shared
+    /// [`group`](Self::group)). Default: none.
+    pub trusted_exporters: Vec<u32>,
+    /// The sharing group (see [`ExportOptions::group`](super::ExportOptions::group)): a
+    /// group-writable rendezvous directory is accepted only when it is setgid and owned by
+    /// this group. Default: `None` (a group-writable directory is refused).
+    pub group: Option<u32>,
 }
 
 impl Default for ImportOptions {
@@ -38,6 +47,8 @@ impl Default for ImportOptions {
             timeout: Duration::from_secs(30),
             type_tag: None,
             expected_len: None,
+            trusted_exporters: Vec::new(),
+            group: None,
         }
     }
 }
@@ -50,6 +61,13 @@ impl ImportOptions {
             ..Self::default()
         }
     }
+
+    fn trust(&self) -> Trust {
+        Trust {
+            uids: self.trusted_exporters.clone(),
+            group: self.group,
+        }
+    }
 }
 
 fn check<T: Pod>(d: &Descriptor, opts: &ImportOptions) -> Result<()> {
@@ -60,28 +78,41 @@ fn check<T: Pod>(d: &Descriptor, opts: &ImportOptions) -> Result<()> {
     Ok(())
 }
 
-/// Connects to the exporter's socket, retrying while it is not (yet) listening.
-fn connect(names: &Names, deadline: Instant, timeout: Duration) -> Result<UnixStream> {
+/// Connects to the exporter's socket through the opened directory, retrying while it is not
+/// (yet) listening or its backlog is full, until `deadline`.
+fn connect(
+    dir: &RendezvousDir,
+    names: &Names,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<UnixStream> {
     let mut interval = Duration::from_millis(1);
+    let target = dir.proc_path(&names.socket_name());
     loop {
-        match UnixStream::connect(&names.socket) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match crate::os::connect_unix(&target, left) {
             Ok(s) => return Ok(s),
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::WouldBlock
                 ) =>
             {
-                if Instant::now() >= deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     return Err(Error::Timeout {
                         what: format!(
                             "the exporter to accept connections at {} (last error: {e}; has the \
-                             producer exited?)",
+                             producer exited, or is it overloaded?)",
                             names.socket.display()
                         ),
                         waited: timeout,
                     });
                 }
+                std::thread::sleep(interval.min(left));
+                interval = (interval * 2).min(Duration::from_millis(50));
             }
             Err(e) => {
                 return Err(Error::io(
@@ -94,7 +125,71 @@ fn connect(names: &Names, deadline: Instant, timeout: Duration) -> Result<UnixSt
                 ))
             }
         }
-        std::thread::sleep(interval.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Checks that `uid` (of the process listening on the socket, or named by a descriptor) may
+/// serve this consumer: it is the descriptor's exporter and a trusted uid.
+fn check_exporter(names: &Names, served_by: u32, claimed: u32, trust: &Trust) -> Result<()> {
+    let refuse = |reason: String| Error::UntrustedExporter {
+        path: names.socket.clone(),
+        reason,
+    };
+    if served_by != claimed {
+        return Err(refuse(format!(
+            "the socket is served by uid {served_by}, but the descriptor names uid {claimed} as \
+             its exporter: someone else is answering. Check who can write in {}",
+            names.dir.display()
+        )));
+    }
+    if !trust.trusts_uid(served_by) {
+        return Err(refuse(format!(
+            "it runs as uid {served_by}, which this consumer does not trust (only its own uid \
+             {}, root, and ImportOptions::trusted_exporters {:?}): if uid {served_by} is the \
+             producer, name it there",
+            crate::os::effective_uid(),
+            trust.uids
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for the directory and its descriptor to appear; returns the opened directory and
+/// the descriptor's bytes.
+fn wait_for_descriptor(
+    names: &Names,
+    trust: &Trust,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(RendezvousDir, Vec<u8>)> {
+    let mut interval = Duration::from_millis(1);
+    let not_found = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+    loop {
+        let attempt = RendezvousDir::open(&names.dir, trust).and_then(|dir| {
+            let bytes = dir.read_trusted(
+                &names.descriptor_name(),
+                super::descriptor::ENCODED_LEN,
+                trust,
+            )?;
+            Ok((dir, bytes))
+        });
+        match attempt {
+            Err(e) if not_found(&e) => {}
+            other => return other,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout {
+                what: format!(
+                    "buffer {:?} to appear at {} (is the producer running, and does it use the \
+                     same directory and name?)",
+                    names.name,
+                    names.descriptor.display()
+                ),
+                waited: timeout,
+            });
+        }
+        std::thread::sleep(interval.min(left));
         interval = (interval * 2).min(Duration::from_millis(50));
     }
 }
@@ -261,65 +356,93 @@ impl Offer {
     }
 }
 
-/// Everything an import does before the driver: waits for `path` to be published, reads and
-/// checks the descriptor as an array of `T` (and the PID, namespace and host of its exporter),
-/// connects to the exporter, says hello, and receives the offer (exactly one fd for the fd
-/// transport, none for legacy). Every received fd that is not returned is closed.
+/// Everything an import does before the driver: waits for `path` to be published; opens the
+/// directory once and checks it and its ancestors; reads and checks the descriptor through it
+/// as an array of `T` (and the PID, namespace and host of its exporter); connects to the
+/// exporter through the opened directory and checks that the process answering
+/// (`SO_PEERCRED`) is the descriptor's exporter and a uid this consumer trusts; says hello, and
+/// receives the offer (exactly one fd for the fd transport, none for legacy). An exporter that
+/// is busy is asked again until the timeout. Every received fd that is not returned is closed.
 pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Offer> {
     let names = Names::for_path(path)?;
-    let start = Instant::now();
-    let deadline = start + opts.timeout;
-    wait_for(
-        &names.descriptor,
-        opts.timeout,
-        &format!("buffer {:?}", names.name),
-    )?;
-    check_dir(&names.dir)?;
-    let bytes = read_limited(&names.descriptor, super::descriptor::ENCODED_LEN).map_err(|e| {
-        Error::io(
-            format!(
-                "reading {}{}",
-                names.descriptor.display(),
-                crate::os::fd_limit_hint(&e)
-            ),
-            e,
-        )
-    })?;
+    let deadline = deadline_after(opts.timeout);
+    let trust = opts.trust();
+    let (dir, bytes) = wait_for_descriptor(&names, &trust, deadline, opts.timeout)?;
     let file_desc = Descriptor::decode(&bytes)?;
     check::<T>(&file_desc, opts)?;
     let own = ProcessIdentity::current();
     let what = format!("buffer {:?}", names.name);
     diagnose(&file_desc, &own, &what)?;
+    if !trust.trusts_uid(file_desc.exporter_uid) {
+        check_exporter(
+            &names,
+            file_desc.exporter_uid,
+            file_desc.exporter_uid,
+            &trust,
+        )?;
+    }
 
     let peer = format!("exporter at {}", names.socket.display());
-    let stream = connect(&names, deadline, opts.timeout)?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    stream
-        .set_write_timeout(Some(left))
-        .map_err(|e| Error::io("setting a socket timeout", e))?;
-    // An exporter that refuses us may close before our hello arrives; its refusal is still
-    // in our receive buffer, so read before reporting a failed send.
-    let hello = channel::send(
-        &stream,
-        Kind::Hello,
-        &channel::PROTOCOL_VERSION.to_le_bytes(),
-        None,
-    );
-    let mut reader = FrameReader::new();
-    let mut offer = match reader.read_within(&stream, left, &peer) {
-        Ok(m) => m,
-        Err(e) => {
-            return Err(match (hello, e) {
-                (Err(he), _) => Error::io(format!("sending hello to {peer}"), he),
-                (Ok(()), Error::Timeout { .. }) => Error::Timeout {
-                    what: format!("the offer of {peer}"),
-                    waited: opts.timeout,
-                },
-                (Ok(()), other) => other,
-            })
+    let mut busy_wait = Duration::from_millis(5);
+    // What the exporter said when it was last busy: once the time is up, that is the error.
+    let mut busy: Option<String> = None;
+    let busy_error = |detail: String| Error::Busy {
+        path: names.socket.clone(),
+        detail,
+    };
+    let (stream, reader, mut offer) = loop {
+        let stream = match connect(&dir, &names, deadline, opts.timeout) {
+            Ok(s) => s,
+            Err(Error::Timeout { .. }) if busy.is_some() => {
+                return Err(busy_error(busy.unwrap_or_default()))
+            }
+            Err(e) => return Err(e),
+        };
+        let server = crate::os::peer_credentials(stream.as_fd())
+            .map_err(|e| Error::io(format!("SO_PEERCRED of {peer}"), e))?;
+        check_exporter(&names, server.uid, file_desc.exporter_uid, &trust)?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream
+            .set_write_timeout(Some(left))
+            .map_err(|e| Error::io("setting a socket timeout", e))?;
+        // An exporter that refuses us may close before our hello arrives; its refusal is still
+        // in our receive buffer, so read before reporting a failed send.
+        let hello = channel::send(
+            &stream,
+            Kind::Hello,
+            &channel::PROTOCOL_VERSION.to_le_bytes(),
+            None,
+        );
+        let mut reader = FrameReader::new();
+        let message = match reader.read_within(&stream, left, &peer) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(match (hello, e) {
+                    (_, Error::Timeout { .. }) if busy.is_some() => {
+                        busy_error(busy.unwrap_or_default())
+                    }
+                    (Err(he), _) => Error::io(format!("sending hello to {peer}"), he),
+                    (Ok(()), Error::Timeout { .. }) => Error::Timeout {
+                        what: format!("the offer of {peer}"),
+                        waited: opts.timeout,
+                    },
+                    (Ok(()), other) => other,
+                })
+            }
+        };
+        if message.kind != Kind::Busy {
+            break (stream, reader, message);
         }
+        let detail = String::from_utf8_lossy(&message.payload).into_owned();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(busy_error(detail));
+        }
+        busy = Some(detail);
+        std::thread::sleep(busy_wait.min(left));
+        busy_wait = (busy_wait * 2).min(Duration::from_millis(100));
     };
     match offer.kind {
         Kind::Offer => {}
@@ -341,6 +464,7 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         // Republished between our read and our connection: check the new one too.
         check::<T>(&d, opts)?;
         diagnose(&d, &own, &what)?;
+        check_exporter(&names, file_desc.exporter_uid, d.exporter_uid, &trust)?;
     }
     let expected_fds = usize::from(d.transport == WireTransport::Fd);
     if offer.fds.len() != expected_fds {

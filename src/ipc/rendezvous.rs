@@ -1,23 +1,82 @@
 //! The rendezvous directory: where an exporter publishes a name and consumers find it.
 //!
-//! For the name `frames` in `/shared/cuda-ipc`, an exporter writes
-//! - `frames.desc`: the [descriptor](super::Descriptor), written atomically (temp file, fsync,
-//!   rename), mode 0600;
-//! - `frames.sock`: its Unix socket, mode 0600, where consumers take a lease and, with the fd
-//!   transport, receive the memory.
+//! For the name `frames` in `/shared/cuda-ipc`, an exporter keeps
+//! - `frames.lock`: held with an exclusive `flock` for the exporter's lifetime (a second
+//!   exporter of the name is refused while it lives), and the last generation published under
+//!   the name (so generations keep increasing across restarts). It is never removed;
+//! - `frames.desc`: the [descriptor](super::Descriptor), written atomically (temporary file,
+//!   `fchmod`, fsync, rename);
+//! - `frames.sock`: its Unix socket, where consumers take a lease and, with the fd transport,
+//!   receive the memory. It is bound under a temporary name, `chmod`ed through the directory
+//!   and renamed into place, so it is never reachable with looser permissions and a stale
+//!   socket of a dead exporter is replaced atomically (a live one is never unlinked).
 //!
-//! The directory is created 0700 if missing. A directory that is writable by group or others,
-//! or owned by another user (root excepted), is refused: whoever can write there could plant a
-//! descriptor or socket of their own.
+//! | | private (default) | group sharing ([`ExportOptions::group`](super::ExportOptions::group)) |
+//! |---|---|---|
+//! | directory (if created) | 0700 | 3770 (setgid, sticky), group-owned by the group |
+//! | `.desc` | 0600 | 0640 |
+//! | `.sock` | 0600 | 0660 |
+//! | `.lock` | 0600 | 0600 |
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cuda_ipc::ipc::rendezvous::{Names, RendezvousDir, Trust};
+//!
+//! let names = Names::for_path("/shared/cuda-ipc/frames")?;
+//! // What a consumer does first: open the directory once, check it and its ancestors, then
+//! // read the descriptor through it.
+//! let dir = RendezvousDir::open(&names.dir, &Trust::default())?;
+//! let bytes = dir.read_file(&names.descriptor_name(), cuda_ipc::ipc::DESCRIPTOR_LEN)?;
+//! # Ok::<(), cuda_ipc::Error>(())
+//! ```
+//!
+//! # The checks
+//! Both sides open the directory once (`O_DIRECTORY | O_NOFOLLOW`) after resolving its path,
+//! walking every ancestor with `O_NOFOLLOW` opens, and do everything else through that
+//! descriptor (`openat`, `renameat`, and the socket through `/proc/self/fd/<fd>/<name>.sock`),
+//! so swapping a path component afterwards changes nothing. With `fstat`:
+//! - every ancestor must be owned by root, this user or a trusted exporter uid, and must not be
+//!   writable by others (or by a group other than the sharing group) unless it has the sticky
+//!   bit (like `/tmp`): whoever can rename entries there could swap the directory;
+//! - the directory must be owned by root, this user or (consumer) a trusted exporter uid, not
+//!   writable by others, and group-writable only when it is setgid and owned by the sharing
+//!   group the caller names;
+//! - the descriptor must be a regular file (opened `O_NONBLOCK`: a FIFO cannot hang anyone)
+//!   of at most [`DESCRIPTOR_LEN`](super::DESCRIPTOR_LEN) bytes, owned by a trusted uid, not
+//!   writable by group or others.
+//!
+//! The consumer then checks who answers on the socket: `SO_PEERCRED` gives the uid of the
+//! process that listens, which must equal the descriptor's `exporter_uid` and be a uid the
+//! consumer trusts: its own, root, or one named in
+//! [`ImportOptions::trusted_exporters`](super::ImportOptions::trusted_exporters). The exporter
+//! in turn checks each consumer's `SO_PEERCRED` uid (and groups) against
+//! [`AllowedUsers`](super::AllowedUsers).
+//!
+//! # Threat model
+//! A local user of **another uid** cannot make a consumer use memory of their choosing: they
+//! cannot write in the directory (or, in group mode, only as a group member, and the sticky
+//! bit keeps them from replacing the exporter's files), a directory or ancestor they could
+//! swap is refused, and a socket they serve fails the `SO_PEERCRED` check. What they can do:
+//! deny service where they can write (e.g. plant a file under the name before the exporter
+//! starts, or, as an allowed consumer, hold leases up to their fair share of
+//! [`max_connections`](super::ExportOptions::max_connections)); a refused peer learns only
+//! that it is not allowed. The checksum in the descriptor detects corruption, not forgery:
+//! authenticity comes from these checks.
+//!
+//! A process of the **same uid** is not a boundary: it can ptrace either side, read the
+//! memory, replace the files or take every lease. The exporter still survives its protocol
+//! abuse (floods, garbage, silent connections): it never evicts a connection that has sent
+//! bytes, and a full exporter answers "busy" instead of resetting.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::os;
+use crate::os::{self, OpenAt, Stat};
 
 /// The files of one published name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +89,17 @@ pub struct Names {
     pub descriptor: PathBuf,
     /// `<dir>/<name>.sock`.
     pub socket: PathBuf,
+    /// `<dir>/<name>.lock`.
+    pub lock: PathBuf,
 }
 
-/// Longest name accepted (a socket path must fit in 108 bytes).
+/// Longest name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 
 impl Names {
     /// Splits `path` (`<dir>/<name>`) and checks the name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
-    /// starting with `.`.
+    /// starting with `.`. The directory's path may be of any length: the socket is reached
+    /// through the opened directory.
     pub fn for_path(path: impl AsRef<Path>) -> Result<Names> {
         let path = path.as_ref();
         let bad = |why: &str| {
@@ -66,136 +128,482 @@ impl Names {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let socket = dir.join(format!("{name}.sock"));
-        if socket.as_os_str().len() >= 108 {
-            return Err(bad(
-                "the socket path would be longer than 107 bytes; use a shorter directory",
-            ));
-        }
         Ok(Names {
             descriptor: dir.join(format!("{name}.desc")),
-            socket,
+            socket: dir.join(format!("{name}.sock")),
+            lock: dir.join(format!("{name}.lock")),
             dir,
             name: name.to_string(),
         })
     }
-}
 
-/// Creates `dir` with mode 0700 if it is missing (parents as needed), then checks it.
-pub fn prepare_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                Error::io(
-                    format!("creating rendezvous directory {}", dir.display()),
-                    e,
-                )
-            })?;
+    /// `<name>.desc`, relative to the directory.
+    pub fn descriptor_name(&self) -> String {
+        format!("{}.desc", self.name)
     }
-    check_dir(dir)
+
+    /// `<name>.sock`, relative to the directory.
+    pub fn socket_name(&self) -> String {
+        format!("{}.sock", self.name)
+    }
+
+    /// `<name>.lock`, relative to the directory.
+    pub fn lock_name(&self) -> String {
+        format!("{}.lock", self.name)
+    }
 }
 
-/// Checks that `dir` is a directory owned by this user (or root) and not writable by group or
-/// others.
-pub fn check_dir(dir: &Path) -> Result<()> {
-    let meta = fs::metadata(dir)
-        .map_err(|e| Error::io(format!("rendezvous directory {}", dir.display()), e))?;
-    let refuse = |reason: String| Error::UnsafeDirectory {
-        path: dir.to_path_buf(),
+/// Whom a side of the rendezvous trusts with the directory and its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// Uids trusted besides this process's own and root (a consumer's trusted exporters).
+    pub uids: Vec<u32>,
+    /// The sharing group: a group-writable directory is accepted when it is setgid and owned
+    /// by this group.
+    pub group: Option<u32>,
+}
+
+impl Trust {
+    /// Whether files and sockets of `uid` are trusted: this user, root, or one of `uids`.
+    pub fn trusts_uid(&self, uid: u32) -> bool {
+        uid == 0 || uid == os::effective_uid() || self.uids.contains(&uid)
+    }
+
+    fn owners(&self) -> String {
+        let mut list = format!("this user (uid {}) or root", os::effective_uid());
+        for u in &self.uids {
+            list.push_str(&format!(", uid {u}"));
+        }
+        list
+    }
+}
+
+/// A deadline `timeout` from now; a timeout too large to represent (e.g. `Duration::MAX`)
+/// gives a deadline decades away instead of overflowing.
+pub fn deadline_after(timeout: Duration) -> Instant {
+    crate::deadline::after(timeout)
+}
+
+/// An opened, checked rendezvous directory. Everything in it is reached through this
+/// descriptor, never by path again.
+#[derive(Debug)]
+pub struct RendezvousDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    stat: Stat,
+}
+
+fn unsafe_dir(path: &Path, reason: String) -> Error {
+    Error::UnsafeDirectory {
+        path: path.to_path_buf(),
         reason,
-    };
-    if !meta.is_dir() {
-        return Err(refuse("not a directory".into()));
     }
-    let uid = os::effective_uid();
-    if meta.uid() != uid && meta.uid() != 0 {
-        return Err(refuse(format!(
-            "owned by uid {}, not by this user (uid {uid}) or root: another user could replace \
-             the descriptors in it. Use a directory of your own (it is created 0700 if missing)",
-            meta.uid()
-        )));
+}
+
+/// Whether `stat` (of an ancestor of the rendezvous directory, shown as `path`) lets someone
+/// untrusted rename entries in it.
+fn check_ancestor(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
+    if !trust.trusts_uid(st.uid) {
+        return Err(unsafe_dir(
+            path,
+            format!(
+                "this ancestor of the rendezvous directory is owned by uid {}, not by {}: its \
+                 owner could swap the directory. Use a directory under one owned by you or root",
+                st.uid,
+                trust.owners()
+            ),
+        ));
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(refuse(format!(
-            "mode {mode:04o} lets group or others write in it, so they could plant a descriptor \
-             or socket: `chmod go-w` it, or use a subdirectory (created 0700 if missing)"
-        )));
+    let mode = st.perm();
+    let sticky = mode & 0o1000 != 0;
+    let others_write = mode & 0o002 != 0;
+    let group_write = mode & 0o020 != 0 && trust.group != Some(st.gid);
+    if !sticky && (others_write || group_write) {
+        let who = if others_write { "others" } else { "its group" };
+        return Err(unsafe_dir(
+            path,
+            format!(
+                "this ancestor of the rendezvous directory has mode {mode:04o}: it is writable \
+                 by {who} without the sticky bit, so another user could swap the rendezvous \
+                 directory under it (writable by others). `chmod +t` or `chmod o-w,g-w` it, or \
+                 use a directory elsewhere (in Kubernetes: see deploy/k8s, which prepares the \
+                 volume)"
+            ),
+        ));
     }
     Ok(())
 }
 
-/// Writes `bytes` to `target` atomically: a temporary file in the same directory (mode 0600),
-/// fsync, rename over `target`, fsync of the directory.
-pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let suffix: [u8; 6] = os::random_bytes().map_err(|e| Error::io("getrandom", e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("desc"),
-        suffix
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ));
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(ctx("creating"), e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io(ctx("writing"), e))?;
-        f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-        fs::rename(&tmp, target).map_err(|e| {
-            Error::io(
-                format!("renaming {} to {}", tmp.display(), target.display()),
-                e,
-            )
-        })?;
-        if let Ok(d) = File::open(dir) {
-            d.sync_all()
-                .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Checks the rendezvous directory itself.
+fn check_leaf(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
+    if !st.is_dir() {
+        return Err(unsafe_dir(
+            path,
+            format!("{} is not a directory", st.kind_name()),
+        ));
     }
-    result
+    if !trust.trusts_uid(st.uid) {
+        return Err(unsafe_dir(
+            path,
+            format!(
+                "owned by uid {}, not by {}: another user could replace the descriptors in \
+                 it. Use a directory of your own (it is created 0700 if missing){}",
+                st.uid,
+                trust.owners(),
+                if trust.uids.is_empty() {
+                    ", or, to import from another user, name its uid in \
+                     ImportOptions::trusted_exporters"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let mode = st.perm();
+    if mode & 0o002 != 0 {
+        return Err(unsafe_dir(
+            path,
+            format!(
+                "mode {mode:04o} lets others write in it, so they could plant a descriptor or \
+                 socket: `chmod go-w` it, or use a subdirectory (created 0700 if missing)"
+            ),
+        ));
+    }
+    if mode & 0o020 != 0 {
+        let setgid = mode & 0o2000 != 0;
+        match trust.group {
+            Some(g) if g == st.gid && setgid => {}
+            Some(g) => {
+                return Err(unsafe_dir(
+                    path,
+                    format!(
+                        "mode {mode:04o}, group {}: a group-writable rendezvous directory must be \
+                         setgid and owned by the sharing group {g} (`chgrp {g}` and `chmod 2770` \
+                         it)",
+                        st.gid
+                    ),
+                ))
+            }
+            None => {
+                return Err(unsafe_dir(
+                    path,
+                    format!(
+                        "mode {mode:04o} lets group {} write in it, so its members could plant a \
+                         descriptor or socket: `chmod go-w` it, or, to share through that \
+                         group, set the group option (ExportOptions::group, \
+                         ImportOptions::group)",
+                        st.gid
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
-/// Reads at most `limit` bytes of `path`; a longer file gives `limit + 1` bytes so the caller
-/// can tell it is too long.
-pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+fn io_at(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::io(
+        format!("{what} {}{}", path.display(), os::fd_limit_hint(&e)),
+        e,
+    )
+}
+
+impl RendezvousDir {
+    /// Opens and checks the directory at `path` (see the [module docs](self)): its path is
+    /// resolved, every ancestor is opened with `O_NOFOLLOW` and checked, then the directory
+    /// itself. A missing directory is an [`Error::Io`] of kind `NotFound`.
+    pub fn open(path: &Path, trust: &Trust) -> Result<RendezvousDir> {
+        let real =
+            std::fs::canonicalize(path).map_err(|e| io_at("rendezvous directory", path, e))?;
+        let mut parts: Vec<&OsStr> = Vec::new();
+        for c in real.components() {
+            match c {
+                Component::RootDir => {}
+                Component::Normal(p) => parts.push(p),
+                _ => {
+                    return Err(unsafe_dir(
+                        path,
+                        "its resolved path is not a plain absolute path".into(),
+                    ))
+                }
+            }
+        }
+        let mut current = os::open_at(None, Path::new("/"), OpenAt::DirPath)
+            .map_err(|e| io_at("opening", Path::new("/"), e))?;
+        let mut shown = PathBuf::from("/");
+        let Some((last, ancestors)) = parts.split_last() else {
+            return Err(unsafe_dir(
+                path,
+                "the root directory cannot be a rendezvous".into(),
+            ));
+        };
+        let check_here = |fd: BorrowedFd<'_>, shown: &Path| -> Result<()> {
+            let st = os::fstat(fd).map_err(|e| io_at("fstat", shown, e))?;
+            check_ancestor(shown, &st, trust)
+        };
+        check_here(current.as_fd(), &shown)?;
+        for part in ancestors {
+            shown.push(part);
+            current = os::open_at(Some(current.as_fd()), Path::new(part), OpenAt::DirPath)
+                .map_err(|e| io_at("opening (without following links)", &shown, e))?;
+            check_here(current.as_fd(), &shown)?;
+        }
+        shown.push(last);
+        let fd = os::open_at(Some(current.as_fd()), Path::new(last), OpenAt::Dir)
+            .map_err(|e| io_at("opening rendezvous directory", &shown, e))?;
+        let stat = os::fstat(fd.as_fd()).map_err(|e| io_at("fstat", &shown, e))?;
+        check_leaf(path, &stat, trust)?;
+        Ok(RendezvousDir {
+            fd,
+            path: path.to_path_buf(),
+            stat,
+        })
+    }
+
+    /// Creates the directory if it is missing (parents 0700 as needed; the directory itself
+    /// 0700, or 3770 group-owned by `trust.group`), then [opens](Self::open) it.
+    pub fn create(path: &Path, trust: &Trust) -> Result<RendezvousDir> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| io_at("creating", parent, e))?;
+                }
+                match os::mkdir_at(None, path, 0o700) {
+                    Ok(()) => {
+                        if let Some(g) = trust.group {
+                            let fd = os::open_at(None, path, OpenAt::Dir)
+                                .map_err(|e| io_at("opening", path, e))?;
+                            os::fchgrp(fd.as_fd(), g).map_err(|e| {
+                                io_at(
+                                    &format!("giving group {g} (is this process a member?) to"),
+                                    path,
+                                    e,
+                                )
+                            })?;
+                            os::fchmod(fd.as_fd(), 0o3770)
+                                .map_err(|e| io_at("chmod 3770", path, e))?;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_at("creating rendezvous directory", path, e)),
+                }
+            }
+            Err(e) => return Err(io_at("rendezvous directory", path, e)),
+        }
+        Self::open(path, trust)
+    }
+
+    /// The path it was opened by (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What `fstat` said when it was opened.
+    pub fn stat(&self) -> &Stat {
+        &self.stat
+    }
+
+    /// The directory's descriptor.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// `/proc/self/fd/<fd>/<name>`: a path to an entry that resolves through the opened
+    /// directory (short enough for a socket address whatever the directory's path).
+    pub fn proc_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
+
+    /// The entry `name` shown with the directory's path (for messages).
+    pub fn shown(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Opens `name` for reading, which must be a regular file owned by a uid in `trust` and
+    /// not writable by group or others; reads at most `limit` bytes (`limit + 1` when it is
+    /// longer, so the caller can tell). A FIFO or device is refused without blocking.
+    pub fn read_trusted(&self, name: &str, limit: usize, trust: &Trust) -> Result<Vec<u8>> {
+        let shown = self.shown(name);
+        let fd = os::open_at(Some(self.fd()), Path::new(name), OpenAt::Read)
+            .map_err(|e| io_at("reading", &shown, e))?;
+        let st = os::fstat(fd.as_fd()).map_err(|e| io_at("fstat", &shown, e))?;
+        if !st.is_regular() {
+            return Err(unsafe_dir(
+                &shown,
+                format!(
+                    "{} where the descriptor should be, not a regular file: remove it",
+                    st.kind_name()
+                ),
+            ));
+        }
+        if !trust.trusts_uid(st.uid) {
+            return Err(unsafe_dir(
+                &shown,
+                format!(
+                    "owned by uid {}, not by {}: not reading a descriptor another user wrote",
+                    st.uid,
+                    trust.owners()
+                ),
+            ));
+        }
+        if st.perm() & 0o022 != 0 {
+            return Err(unsafe_dir(
+                &shown,
+                format!(
+                    "mode {:04o} lets others change it: not trusting it",
+                    st.perm()
+                ),
+            ));
+        }
+        read_fd_limited(fd, limit).map_err(|e| io_at("reading", &shown, e))
+    }
+
+    /// [`read_trusted`](Self::read_trusted) with the default trust (this user and root).
+    pub fn read_file(&self, name: &str, limit: usize) -> Result<Vec<u8>> {
+        self.read_trusted(name, limit, &Trust::default())
+    }
+
+    /// Writes `bytes` to `name` atomically with exactly `mode` (and group `group`): a
+    /// temporary file, `fchmod`, fsync, `renameat` over `name`, fsync of the directory.
+    pub fn write_atomic(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        group: Option<u32>,
+    ) -> Result<()> {
+        let tmp = temp_name(name)?;
+        let shown = self.shown(&tmp);
+        let result = (|| {
+            let fd = os::open_at(Some(self.fd()), Path::new(&tmp), OpenAt::CreateNew(0o600))
+                .map_err(|e| io_at("creating", &shown, e))?;
+            if let Some(g) = group {
+                os::fchgrp(fd.as_fd(), g).map_err(|e| io_at("chgrp", &shown, e))?;
+            }
+            os::fchmod(fd.as_fd(), mode).map_err(|e| io_at("chmod", &shown, e))?;
+            let mut f = File::from(fd);
+            f.write_all(bytes)
+                .map_err(|e| io_at("writing", &shown, e))?;
+            f.sync_all().map_err(|e| io_at("syncing", &shown, e))?;
+            self.rename(&tmp, name)?;
+            File::from(
+                self.fd
+                    .try_clone()
+                    .map_err(|e| io_at("dup of", &self.path, e))?,
+            )
+            .sync_all()
+            .map_err(|e| io_at("syncing", &self.path, e))
+        })();
+        if result.is_err() {
+            let _ = os::unlink_at(self.fd(), &tmp);
+        }
+        result
+    }
+
+    /// `renameat` within the directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        os::rename_at(self.fd(), from, to).map_err(|e| {
+            Error::io(
+                format!(
+                    "renaming {} to {}",
+                    self.shown(from).display(),
+                    self.shown(to).display()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// `fstatat` of an entry, without following a link.
+    pub fn stat_entry(&self, name: &str) -> std::io::Result<Stat> {
+        os::stat_at(self.fd(), name)
+    }
+
+    /// `unlinkat` of an entry.
+    pub fn unlink(&self, name: &str) -> std::io::Result<()> {
+        os::unlink_at(self.fd(), name)
+    }
+}
+
+/// `.<name>.tmp-<12 hex digits>`: a fresh name for a temporary entry.
+pub fn temp_name(name: &str) -> Result<String> {
+    let suffix: [u8; 6] = os::random_bytes().map_err(|e| Error::io("getrandom", e))?;
+    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(".{name}.tmp-{hex}"))
+}
+
+fn read_fd_limited(fd: OwnedFd, limit: usize) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    File::open(path)?
+    File::from(fd)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)?;
     Ok(out)
 }
 
+/// Creates `dir` with mode 0700 if it is missing (parents as needed), then checks it.
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    RendezvousDir::create(dir, &Trust::default()).map(drop)
+}
+
+/// Checks that `dir` and its ancestors are safe (see the [module docs](self)) for this user.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    RendezvousDir::open(dir, &Trust::default()).map(drop)
+}
+
+/// Writes `bytes` to `target` atomically with mode 0600 (see
+/// [`RendezvousDir::write_atomic`]); `target`'s directory is opened without checks.
+pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::InvalidArgument(format!("{}: no file name", target.display())))?;
+    let fd = os::open_at(None, dir, OpenAt::Dir).map_err(|e| io_at("opening", dir, e))?;
+    let stat = os::fstat(fd.as_fd()).map_err(|e| io_at("fstat", dir, e))?;
+    RendezvousDir {
+        fd,
+        path: dir.to_path_buf(),
+        stat,
+    }
+    .write_atomic(name, bytes, 0o600, None)
+}
+
+/// Reads at most `limit` bytes of the regular file `path` (a FIFO or device is refused
+/// without blocking, a final symbolic link is not followed); a longer file gives `limit + 1`
+/// bytes so the caller can tell it is too long.
+pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    let fd = os::open_at(None, path, OpenAt::Read)?;
+    if !os::fstat(fd.as_fd())?.is_regular() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    read_fd_limited(fd, limit)
+}
+
 /// Waits until `path` exists, polling with a growing interval (1 ms to 50 ms), for at most
 /// `timeout`.
 pub fn wait_for(path: &Path, timeout: Duration, what: &str) -> Result<()> {
-    let start = Instant::now();
+    let deadline = deadline_after(timeout);
     let mut interval = Duration::from_millis(1);
     loop {
-        match fs::symlink_metadata(path) {
+        match std::fs::symlink_metadata(path) {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
         }
-        let waited = start.elapsed();
-        if waited >= timeout {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(Error::Timeout {
                 what: format!(
                     "{what} to appear at {} (is the producer running, and does it use the same \
@@ -205,7 +613,7 @@ pub fn wait_for(path: &Path, timeout: Duration, what: &str) -> Result<()> {
                 waited: timeout,
             });
         }
-        std::thread::sleep(interval.min(timeout - waited));
+        std::thread::sleep(interval.min(left));
         interval = (interval * 2).min(Duration::from_millis(50));
     }
 }

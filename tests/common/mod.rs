@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod py;
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let r: [u8; 6] = cuda_ipc::os::random_bytes().unwrap();
     let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
@@ -126,6 +128,7 @@ pub fn fd_descriptor() -> cuda_ipc::ipc::Descriptor {
     d.handle = [0; 64];
     d.exporter_pid = std::process::id().wrapping_add(1_000_000);
     d.boot_id = cuda_ipc::ipc::identity::ProcessIdentity::current().boot_id;
+    d.exporter_uid = cuda_ipc::os::effective_uid();
     d.buffer_id = cuda_ipc::os::random_bytes().unwrap();
     d
 }
