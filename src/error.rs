@@ -173,6 +173,17 @@ pub enum Error {
         hint: String,
     },
 
+    /// Loading a kernel module or finding a kernel in it failed, with the likely cause and
+    /// the fix (see [`crate::module`]).
+    #[error("{source}. {hint}")]
+    Module {
+        /// The driver error.
+        #[source]
+        source: DriverError,
+        /// What is likely wrong and what to do.
+        hint: String,
+    },
+
     /// Waiting for something took longer than allowed.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout {
@@ -228,6 +239,7 @@ impl Error {
         match self {
             Error::Driver(e) => Some(e),
             Error::ImportFailed { source, .. } => Some(source),
+            Error::Module { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -40,7 +40,9 @@ pub mod error;
 pub mod event;
 pub mod ipc;
 pub mod kernels;
+pub mod launch;
 pub mod memory;
+pub mod module;
 pub mod os;
 pub mod result;
 pub mod stream;
@@ -52,7 +54,9 @@ pub use drop_log::{drop_error_count, take_drop_errors, DropError, KEPT_DROP_ERRO
 pub use error::{DriverError, Error, Result};
 pub use event::Event;
 pub use kernels::Kernels;
+pub use launch::LaunchConfig;
 pub use memory::{DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
+pub use module::{Function, Module};
 pub use stream::Stream;
 
 #[cfg(doctest)]
@@ -65,8 +69,11 @@ pub mod prelude {
     pub use crate::device::{Device, GpuUuid};
     pub use crate::error::{Error, Result};
     pub use crate::event::Event;
+    pub use crate::ipc::{ExportOptions, Exporter, ImportOptions, SharedDeviceBuffer, Transport};
+    pub use crate::launch::{LaunchConfig, Ptr, PtrMut};
     pub use crate::memory::{
         DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut,
     };
+    pub use crate::module::{Function, Module};
     pub use crate::stream::Stream;
 }

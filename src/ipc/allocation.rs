@@ -194,7 +194,10 @@ pub(crate) fn unmap_vmm(ctx: &Context, base: CUdeviceptr, size: usize) {
     let _bound = match ctx.bind() {
         Ok(b) => b,
         Err(e) => {
-            drop_log::record("imported buffer (binding its context to unmap it; leaked)", e);
+            drop_log::record(
+                "imported buffer (binding its context to unmap it; leaked)",
+                e,
+            );
             return;
         }
     };
