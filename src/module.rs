@@ -115,7 +115,8 @@ fn fits(offset: u64, count: u64, size: u64, len: usize) -> bool {
 
 /// Tells PTX, cubin and fatbin apart, and checks that every table the driver will follow in a
 /// cubin or fatbin lies within `image` (`cuModuleLoadData` takes no length, so a truncated
-/// binary would make it read past the end). PTX must not contain a NUL byte except at the end.
+/// binary would make it read past the end). PTX must be text with a `.version` directive and no
+/// NUL byte except at the end.
 pub fn image_kind(image: &[u8]) -> Result<ImageKind> {
     if image.is_empty() {
         return Err(bad_image("the image is empty".into()));
@@ -147,7 +148,14 @@ pub fn image_kind(image: &[u8]) -> Result<ImageKind> {
             "neither a cubin (ELF) nor a fatbin, and as PTX text it has a NUL byte at offset {at}"
         )));
     }
-    Ok(ImageKind::Ptx)
+    match std::str::from_utf8(text) {
+        Ok(ptx) if ptx_version(ptx).is_some() => Ok(ImageKind::Ptx),
+        _ => Err(bad_image(
+            "neither a cubin (ELF), a fatbin, nor PTX text (which starts with a `.version` \
+             directive)"
+                .into(),
+        )),
+    }
 }
 
 fn check_elf(image: &[u8]) -> Result<()> {
