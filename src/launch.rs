@@ -36,6 +36,7 @@ use std::marker::PhantomData;
 use bytemuck::Pod;
 
 use crate::context::Context;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::memory::{DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
 use crate::result::{self, CUcontext, CUfunction};
@@ -148,8 +149,8 @@ pub struct Params {
     /// (offset, size) of each parameter, in bytes.
     spans: Vec<(usize, usize)>,
     used: usize,
-    /// (parameter index, context, description) of each device argument.
-    memory: Vec<(usize, CUcontext, String)>,
+    /// (parameter index, context, device) of each device argument.
+    memory: Vec<(usize, CUcontext, Device)>,
 }
 
 impl std::fmt::Debug for Params {
@@ -218,8 +219,7 @@ impl Params {
     /// Notes that the parameter pushed next is device memory accessible from `ctx`
     /// (checked by [`check_context`](Self::check_context)).
     pub fn note_memory(&mut self, ctx: &Context) {
-        self.memory
-            .push((self.len(), ctx.raw(), format!("{:?}", ctx.device())));
+        self.memory.push((self.len(), ctx.raw(), ctx.device()));
     }
 
     /// How many parameters are device memory.
@@ -232,8 +232,11 @@ impl Params {
         match self.memory.iter().find(|(_, raw, _)| *raw != ctx.raw()) {
             None => Ok(()),
             Some((index, _, device)) => Err(Error::InvalidArgument(format!(
-                "kernel argument {index} is memory of {device}'s context, but the kernel is                  loaded in {:?}'s: pass memory of the kernel's context (import or copy it                  there), or load the module in the memory's context",
-                ctx.device()
+                "kernel argument {index} is memory of {}, but the kernel is loaded in {}: pass \
+                 memory of the kernel's context (import or copy it there), or load the module \
+                 in the memory's context",
+                device.label(),
+                ctx.device().label()
             ))),
         }
     }
@@ -419,9 +422,10 @@ pub(crate) fn check_launch_stream(ctx: &Context, stream: &Stream<'_>, what: &str
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "{what} is loaded in {ctx:?} but the stream belongs to {:?}: launch it on a stream \
-             of the module's context",
-            stream.context()
+            "{what} is loaded in {} but the stream belongs to {}: launch it on a stream of \
+             the module's context",
+            ctx.device().label(),
+            stream.context().device().label()
         )))
     }
 }

@@ -472,6 +472,7 @@ impl<'ctx> Module<'ctx> {
             raw,
             name: name.to_string(),
             _module: PhantomData,
+            _params: PhantomData,
         })
     }
 }
@@ -498,7 +499,8 @@ pub struct Function<'m, P> {
     ctx: &'m Context,
     raw: CUfunction,
     name: String,
-    _module: PhantomData<(&'m Module<'m>, fn(P))>,
+    _module: PhantomData<&'m Module<'m>>,
+    _params: PhantomData<fn(P)>,
 }
 
 // SAFETY: a CUfunction is an immutable handle of a loaded module; launches bind the context.
