@@ -60,6 +60,8 @@
 #![warn(missing_docs)]
 
 pub mod context;
+#[cfg(feature = "cudarc")]
+pub mod cudarc_interop;
 pub mod device;
 mod drop_log;
 pub mod error;
