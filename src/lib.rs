@@ -59,6 +59,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[path = "build_support.rs"]
+pub mod build;
 pub mod context;
 #[cfg(feature = "cudarc")]
 pub mod cudarc_interop;
