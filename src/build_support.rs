@@ -9,13 +9,12 @@
 //! Add cuda-ipc to `[build-dependencies]` too, then in `build.rs`:
 //!
 //! ```no_run
-//! fn main() {
-//!     cuda_ipc::build::PtxBuild::new()
-//!         .dir("kernels") // every kernels/*.cu; .file("kernels/saxpy.cu") for one
-//!         .arch("compute_80")
-//!         .compile()
-//!         .unwrap();
-//! }
+//! // the body of build.rs's `fn main()`
+//! cuda_ipc::build::PtxBuild::new()
+//!     .dir("kernels") // every kernels/*.cu; .file("kernels/saxpy.cu") for one
+//!     .arch("compute_80")
+//!     .compile()
+//!     .unwrap();
 //! ```
 //!
 //! and in your crate:
