@@ -9,6 +9,15 @@
 # and `consumer` executables (e.g. the GPU bundle's examples/).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts the release examples: its target directory (honours CARGO_TARGET_DIR and
+# .cargo/config), as `cargo metadata` reports it.
+examples_dir() {
+  local target
+  target="$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+  [[ -n "$target" ]] || { echo "cargo metadata did not report a target directory" >&2; return 1; }
+  echo "$target/release/examples"
+}
 producer_args=() consumer_args=() wrap=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -26,7 +35,7 @@ if [[ -n "${EXAMPLES_DIR:-}" ]]; then
   bin="$(cd "$EXAMPLES_DIR" && pwd)"
 else
   (cd "$root" && cargo build --release --examples --quiet) || exit 1
-  bin="$root/target/release/examples"
+  bin="$(examples_dir)" || exit 1
 fi
 dir="$(mktemp -d /tmp/cuda-ipc-demo.XXXXXX)"   # 0700, this user's
 trap 'rm -rf "$dir"' EXIT

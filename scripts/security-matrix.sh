@@ -11,10 +11,19 @@
 # plus a row where both sides have their own PID namespace but different PIDs (1 and 2).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts the release examples: its target directory (honours CARGO_TARGET_DIR and
+# .cargo/config), as `cargo metadata` reports it.
+examples_dir() {
+  local target
+  target="$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+  [[ -n "$target" ]] || { echo "cargo metadata did not report a target directory" >&2; return 1; }
+  echo "$target/release/examples"
+}
 [[ $(id -u) -eq 0 ]] || { echo "security-matrix: run as root" >&2; exit 2; }
 if [[ -n "${EXAMPLES_DIR:-}" ]]; then src="$(cd "$EXAMPLES_DIR" && pwd)"; else
   (cd "$root" && cargo build --release --examples --quiet) || exit 1
-  src="$root/target/release/examples"
+  src="$(examples_dir)" || exit 1
 fi
 work="$(mktemp -d /tmp/cuda-ipc-matrix.XXXXXX)"
 trap 'rm -rf "$work"' EXIT

@@ -211,6 +211,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// Loading a kernel module or finding a kernel in it failed, with the likely cause and
+    /// the fix (see [`crate::module`]).
+    #[error("{source}. {hint}")]
+    Module {
+        /// The driver error.
+        #[source]
+        source: DriverError,
+        /// What is likely wrong and what to do.
+        hint: String,
+    },
+
     /// Waiting for something took longer than allowed.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout {
@@ -303,6 +314,7 @@ impl Error {
             Error::DifferentHost { .. } => "DifferentHost",
             Error::ImportFailed { .. } => "ImportFailed",
             Error::MappingTooSmall { .. } => "MappingTooSmall",
+            Error::Module { .. } => "Module",
             Error::Timeout { .. } => "Timeout",
             Error::Protocol { .. } => "Protocol",
             Error::Refused { .. } => "Refused",
@@ -326,6 +338,7 @@ impl Error {
         match self {
             Error::Driver(e) => Some(e),
             Error::ImportFailed { source, .. } => Some(source),
+            Error::Module { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -22,13 +22,15 @@
 
 pub mod reference;
 
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 
 use bytemuck::Pod;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::memory::{check_stream, DeviceBuffer, DeviceMemory, DeviceMemoryMut};
+use crate::launch::LaunchConfig;
+use crate::memory::{DeviceBuffer, DeviceMemory, DeviceMemoryMut};
+use crate::module::ImageKind;
 use crate::result::{self, CUdeviceptr, CUfunction, CUmodule};
 use crate::stream::Stream;
 
@@ -62,34 +64,17 @@ pub(crate) struct KernelModule {
 
 impl KernelModule {
     pub(crate) fn load(ctx: &Context) -> Result<Self> {
-        let _bound = ctx.bind()?;
-        let image = CString::new(PTX).map_err(|_| {
-            Error::InvalidArgument("the embedded PTX contains a NUL byte".to_string())
-        })?;
-        let module = result::module_load_data(&image).map_err(|e| {
-            if e.is(result::codes::UNSUPPORTED_PTX_VERSION) {
-                Error::ImportFailed {
-                    source: e,
-                    hint: format!(
-                        "the kernels were compiled by nvcc {NVCC_VERSION}, whose PTX this driver \
-                         is too old to load: update the NVIDIA driver, or rebuild with the nvcc \
-                         that matches it (set NVCC)"
-                    ),
-                }
-            } else {
-                Error::Driver(e)
-            }
-        })?;
+        let module = crate::module::load_checked(ctx, PTX.as_bytes(), ImageKind::Ptx)?;
         let mut functions = [std::ptr::null_mut(); 6];
         for (slot, name) in functions.iter_mut().zip(ENTRY_POINTS) {
-            let cname = CString::new(*name).expect("entry names have no NUL");
             // SAFETY: `module` was just loaded and is live.
-            match unsafe { result::module_get_function(module, &cname) } {
+            match unsafe { crate::module::function_checked(ctx, module, name, None) } {
                 Ok(f) => *slot = f,
                 Err(e) => {
+                    let _bound = ctx.bind()?;
                     // SAFETY: unloading the module we loaded; nothing else uses it yet.
                     let _cleanup = unsafe { result::module_unload(module) };
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -164,25 +149,30 @@ impl<'ctx> Kernels<'ctx> {
         stream: &Stream<'_>,
         params: &mut [*mut c_void],
     ) -> Result<()> {
-        check_stream(self.ctx, stream)?;
         if n == 0 {
-            return Ok(());
+            return crate::launch::check_launch_stream(self.ctx, stream, ENTRY_POINTS[index]);
         }
-        let _bound = self.ctx.bind()?;
+        let config = LaunchConfig {
+            grid: (self.grid(n), 1, 1),
+            block: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: each launcher below passes one pointer per kernel parameter, to a value of
         // the parameter's exact type (u64 device pointers, u64 counts, u32/f32 scalars), and
-        // has checked that the memory covers `n` elements of what the kernel touches. The
-        // memory outlives the launch: each launcher records it as used by `stream`, and memory
-        // waits for the streams that used it before it is freed.
-        Ok(unsafe {
-            result::launch_kernel(
+        // has checked that the memory covers `n` elements of what the kernel touches (the
+        // kernels loop with a grid stride). The memory outlives the launch: each launcher
+        // records it as used by `stream`, and memory waits for the streams that used it before
+        // it is freed. The function is of this context's module.
+        unsafe {
+            crate::launch::launch_raw(
+                self.ctx,
                 self.module.functions[index],
-                self.grid(n),
-                BLOCK,
-                stream.raw(),
+                ENTRY_POINTS[index],
+                &config,
+                stream,
                 params,
             )
-        }?)
+        }
     }
 
     fn check_memory<T: Pod>(&self, mem: &impl DeviceMemory<T>, what: &str) -> Result<()> {

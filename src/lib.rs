@@ -17,23 +17,53 @@
 //! - [`sys`]: raw FFI (`cuda-driver-sys`, plus what its CUDA 10.2 bindings lack).
 //! - [`result`]: the only module that calls the driver; every `CUresult` becomes a `Result`.
 //! - Safe types: [`Device`], [`Context`], [`Stream`], [`Event`], [`DeviceBuffer`],
-//!   [`kernels`], and [`ipc`].
+//!   [`kernels`], your own kernels ([`module`], [`launch`]), and [`ipc`].
 //!
 //! ## Example
+//! A producer process shares a buffer; a consumer process (another pod, maybe another GPU)
+//! maps it and works on it in place:
 //! ```no_run
+//! use std::time::Duration;
 //! use cuda_ipc::prelude::*;
-//! let ctx = Context::new(Device::by_ordinal(0)?)?;
-//! let stream = Stream::new(&ctx)?;
-//! let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, 1 << 20)?;
-//! ctx.kernels()?.fill_pattern(&stream, &mut buf, 42)?;
-//! stream.synchronize()?;
-//! println!("first words: {:?}", &buf.copy_to_vec()?[..4]);
-//! # Ok::<(), cuda_ipc::Error>(())
+//!
+//! /// Process 1: allocate, fill on the GPU, publish, wait until every consumer is done.
+//! fn producer() -> Result<()> {
+//!     let ctx = Context::new(Device::by_ordinal(0)?)?;
+//!     let stream = Stream::new(&ctx)?;
+//!     let mut buf = SharedDeviceBuffer::<u32>::zeroed(&ctx, 1 << 20, Transport::Auto)?;
+//!     ctx.kernels()?.fill_pattern(&stream, &mut buf, 42)?;
+//!     stream.synchronize()?;
+//!     let exporter = Exporter::bind("/shared/cuda-ipc/frames", &buf)?;
+//!     exporter.notify_ready(1)?;
+//!     exporter.wait_released(Duration::from_secs(60))?;
+//!     Ok(())
+//! }
+//!
+//! /// Process 2: map the same memory, wait for the data, use it without a copy.
+//! fn consumer() -> Result<()> {
+//!     let ctx = Context::new(Device::by_ordinal(0)?)?;
+//!     let stream = Stream::new(&ctx)?;
+//!     let mut frames =
+//!         SharedDeviceBuffer::<u32>::import(&ctx, "/shared/cuda-ipc/frames", Duration::from_secs(30))?;
+//!     frames.wait_ready(1, Duration::from_secs(30))?;
+//!     let k = ctx.kernels()?;
+//!     println!("checksum {:#x}", k.checksum(&stream, &frames)?);
+//!     k.add_words_atomic(&stream, &mut frames, 1)?; // writes land in the producer's memory
+//!     stream.synchronize()?;
+//!     Ok(())
+//! }
+//! # let _ = (producer, consumer);
 //! ```
+//!
+//! Your own kernels run on the same buffers: see [`module`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[path = "build_support.rs"]
+pub mod build;
 pub mod context;
+#[cfg(feature = "cudarc")]
+pub mod cudarc_interop;
 mod deadline;
 pub mod device;
 mod drop_log;
@@ -41,8 +71,10 @@ pub mod error;
 pub mod event;
 pub mod ipc;
 pub mod kernels;
+pub mod launch;
 mod loader;
 pub mod memory;
+pub mod module;
 pub mod os;
 pub mod result;
 pub mod stream;
@@ -55,7 +87,9 @@ pub use drop_log::{drop_error_count, take_drop_errors, DropError, KEPT_DROP_ERRO
 pub use error::{DriverError, Error, Result};
 pub use event::Event;
 pub use kernels::Kernels;
+pub use launch::LaunchConfig;
 pub use memory::{DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
+pub use module::{Function, Module};
 pub use stream::Stream;
 
 #[cfg(doctest)]
@@ -68,8 +102,11 @@ pub mod prelude {
     pub use crate::device::{Device, GpuUuid};
     pub use crate::error::{Error, Result};
     pub use crate::event::Event;
+    pub use crate::ipc::{ExportOptions, Exporter, ImportOptions, SharedDeviceBuffer, Transport};
+    pub use crate::launch::{LaunchConfig, Ptr, PtrMut};
     pub use crate::memory::{
         DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut,
     };
+    pub use crate::module::{Function, Module};
     pub use crate::stream::Stream;
 }

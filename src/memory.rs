@@ -173,6 +173,11 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         }
     }
 
+    /// The owner's record of the streams that use this memory (`None` for a raw view).
+    pub(crate) fn uses(&self) -> Option<&'a StreamUses> {
+        self.uses
+    }
+
     /// Elements.
     pub fn len(&self) -> usize {
         self.len
@@ -315,6 +320,17 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
 
     /// A read-only view of the same range.
     pub fn as_slice(&self) -> DeviceSlice<'_, T> {
+        DeviceSlice {
+            ctx: self.ctx,
+            ptr: self.ptr,
+            len: self.len,
+            uses: self.uses,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The same range, read-only, for as long as this view's borrow (consumes the view).
+    pub fn into_slice(self) -> DeviceSlice<'a, T> {
         DeviceSlice {
             ctx: self.ctx,
             ptr: self.ptr,

@@ -1121,6 +1121,60 @@ pub fn mem_import_posix_fd(fd: i32) -> DriverResult<CUmemGenericAllocationHandle
     Ok(h)
 }
 
+// ---- user modules and launches (src/module.rs, src/launch.rs) ------------------------------
+
+/// `cuModuleLoadData` of a PTX, cubin or fatbin image, in the current context.
+///
+/// # Safety
+/// `image` must be a complete image the driver can size by itself: NUL-terminated PTX text, or
+/// a cubin (ELF) or fatbin whose headers lie within `image` (the driver takes no length and
+/// reads as far as the headers say). `image` must be 8-byte aligned.
+pub unsafe fn module_load_image(image: &[u8]) -> DriverResult<CUmodule> {
+    let mut m: CUmodule = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; the image's extent and alignment are forwarded to the caller.
+    check("cuModuleLoadData", unsafe {
+        sys::cuModuleLoadData(&mut m, image.as_ptr().cast())
+    })?;
+    Ok(m)
+}
+
+/// `cuLaunchKernel` with a 3-D grid and block and `shared_mem_bytes` of dynamic shared memory.
+///
+/// # Safety
+/// As [`launch_kernel`]: `params` holds one pointer per kernel parameter, each to a value of
+/// exactly the type the kernel declares, and every device pointer among them must be valid for
+/// what the kernel does until the stream reaches the launch.
+pub unsafe fn launch_kernel_3d(
+    f: CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_mem_bytes: u32,
+    stream: CUstream,
+    params: &mut [*mut c_void],
+) -> DriverResult<()> {
+    let params_ptr = if params.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        params.as_mut_ptr()
+    };
+    // SAFETY: forwarded to the caller.
+    check("cuLaunchKernel", unsafe {
+        sys::cuLaunchKernel(
+            f,
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            shared_mem_bytes,
+            stream,
+            params_ptr,
+            std::ptr::null_mut(),
+        )
+    })
+}
+
 #[cfg(test)]
 mod loader_tests {
     use super::*;

@@ -66,6 +66,20 @@ impl StreamUses {
         outcome
     }
 
+    /// Records a use by a stream this crate did not make (another library's), after work just
+    /// queued on it: always with a new event, since such a stream has no id and its handle may
+    /// be reused once it is destroyed.
+    #[cfg_attr(not(feature = "cudarc"), allow(dead_code))]
+    pub fn record_foreign(&self, ctx: &Context, raw: CUstream) -> Result<()> {
+        let _bound = ctx.bind()?;
+        let mut inner = self.lock();
+        let outcome = inner.record(next_stream_id(), raw);
+        if outcome.is_err() {
+            inner.untracked = true;
+        }
+        outcome
+    }
+
     /// Makes `stream` (raw, of `ctx`) wait on the GPU for every recorded use.
     pub fn order_before(&self, ctx: &Context, stream: CUstream) -> Result<()> {
         let _bound = ctx.bind()?;
