@@ -36,8 +36,8 @@ use crate::stream::Stream;
 
 /// The PTX of `kernels/cuda_ipc.cu`, as built by `build.rs`.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_ipc.ptx"));
-/// Where [`PTX`] came from: `"nvcc"` (compiled at build time) or `"committed"` (the copy under
-/// `kernels/`, used when nvcc was not found).
+/// Where [`PTX`] came from: `"committed"` (the copy under `kernels/`, PTX ISA 8.0, the
+/// default) or `"nvcc"` (compiled at build time, with `CUDA_IPC_BUILD_PTX=1`).
 pub const PTX_ORIGIN: &str = env!("CUDA_IPC_PTX_ORIGIN");
 /// The virtual architecture the PTX was compiled for, e.g. `compute_75`.
 pub const PTX_ARCH: &str = env!("CUDA_IPC_PTX_ARCH");
