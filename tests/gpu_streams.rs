@@ -143,39 +143,45 @@ fn drops_and_sync_copies_do_not_wait_for_unrelated_streams() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A synchronous copy is ordered after the work queued on the memory by other streams (it
+/// runs on the context's private stream, not the legacy default stream, so nothing else would
+/// order it): a long chain of kernels writes a buffer on one stream, and an immediate
+/// synchronous copy must see their final result. (Were the copy not ordered, it would read the
+/// buffer while the chain is still running.)
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
-fn memory_is_freed_only_after_the_streams_that_used_it() {
+fn synchronous_copies_see_the_work_queued_on_the_memory() {
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     let stream = Stream::new(&ctx).unwrap();
     let k = ctx.kernels().unwrap();
-    let gate = SharedDeviceBuffer::<u32>::zeroed(&ctx, 1, Transport::Auto).unwrap();
-    // A buffer used by a stream that is held until the gate opens: its drop must wait.
-    let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, LEN).unwrap();
-    gate.wait_signal(&stream, Signal::Ready, 1).unwrap();
-    k.fill_pattern(&stream, &mut buf, 9).unwrap();
-    let mut out = DeviceBuffer::<u32>::zeroed(&ctx, LEN).unwrap();
-    out.copy_from_device_async(&buf, &stream).unwrap();
-    // A synchronous copy of `out` is ordered after the stream's work on it: it must wait for
-    // the gate, so run it on another thread and open the gate from here.
-    std::thread::scope(|s| {
-        let reader = s.spawn(|| out.copy_to_vec().unwrap());
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            !reader.is_finished(),
-            "the copy did not wait for the stream's pending work"
-        );
-        let opener = Stream::new(&ctx).unwrap();
-        gate.write_signal(&opener, Signal::Ready, 1).unwrap();
-        let words = reader.join().unwrap();
-        assert_eq!(
-            reference::checksum_words(&words),
-            reference::pattern_checksum(9, LEN as u64),
-            "the copy saw the kernel's output"
-        );
-    });
-    drop(buf);
-    drop(out);
+    let words = 64 << 20; // 256 MiB
+    let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, words).unwrap();
+    let passes = 40;
+    for round in 0..3u32 {
+        k.fill_pattern(&stream, &mut buf, round).unwrap();
+        for _ in 0..passes {
+            k.transform_words(&stream, &mut buf, 7).unwrap();
+        }
+        // No stream.synchronize(): the copy itself must wait for the chain.
+        let host = buf.copy_to_vec().unwrap();
+        let want: Vec<u32> = (0..8u64)
+            .map(|i| {
+                let mut w = reference::pattern_word(round, i);
+                for _ in 0..passes {
+                    w = reference::transform_word(w, 7);
+                }
+                w
+            })
+            .collect();
+        assert_eq!(&host[..8], &want[..], "round {round}: the copy ran before the kernels");
+        let last = words as u64 - 1;
+        let mut w = reference::pattern_word(round, last);
+        for _ in 0..passes {
+            w = reference::transform_word(w, 7);
+        }
+        assert_eq!(host[last as usize], w, "round {round}: the copy ran before the kernels");
+    }
+    drop(buf); // waits for the stream's last use, then frees
     assert_eq!(
         cuda_ipc::drop_error_count(),
         0,
