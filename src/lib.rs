@@ -76,6 +76,7 @@ mod loader;
 pub mod memory;
 pub mod module;
 pub mod os;
+pub mod pinned;
 pub mod result;
 pub mod stream;
 pub mod sys;
@@ -90,6 +91,7 @@ pub use kernels::Kernels;
 pub use launch::LaunchConfig;
 pub use memory::{DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
 pub use module::{Function, Module};
+pub use pinned::PinnedHostBuffer;
 pub use stream::Stream;
 
 #[cfg(doctest)]
@@ -108,5 +110,6 @@ pub mod prelude {
         DeviceBuffer, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut,
     };
     pub use crate::module::{Function, Module};
+    pub use crate::pinned::PinnedHostBuffer;
     pub use crate::stream::Stream;
 }

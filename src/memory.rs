@@ -35,6 +35,7 @@ use bytemuck::Pod;
 use crate::context::Context;
 use crate::drop_log;
 use crate::error::{Error, Result};
+use crate::pinned::PinnedHostBuffer;
 use crate::result::{self, CUdeviceptr};
 use crate::stream::Stream;
 use crate::uses::StreamUses;
@@ -278,6 +279,35 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         }?;
         self.record_use(stream)
     }
+
+    /// Queues a copy into the pinned buffer `dst` (same length) on `stream` and returns at
+    /// once. Safe: `dst` records the copy, and reading it ([`PinnedHostBuffer::as_slice`]) or
+    /// dropping it waits for the copy; this memory's drop waits for it too.
+    pub fn copy_to_host_async(
+        &self,
+        dst: &mut PinnedHostBuffer<'_, T>,
+        stream: &Stream<'_>,
+    ) -> Result<()> {
+        check_stream(self.ctx, stream)?;
+        check_stream(dst.context(), stream)?;
+        if dst.len() != self.len {
+            return Err(Error::LengthMismatch {
+                what: "copy_to_host_async",
+                expected: self.len,
+                actual: dst.len(),
+            });
+        }
+        if self.byte_len() == 0 {
+            return Ok(());
+        }
+        let (host, host_uses) = dst.raw_parts();
+        let _bound = self.ctx.bind()?;
+        // SAFETY: the view covers byte_len device bytes; `host` holds as many pinned bytes,
+        // which stay allocated and untouched by the CPU until the copy recorded below is done.
+        unsafe { result::memcpy_dtoh_async(host.cast(), self.ptr, self.byte_len(), stream.raw()) }?;
+        host_uses.record(stream.context(), stream.id(), stream.raw())?;
+        self.record_use(stream)
+    }
 }
 
 impl<'a, T: Pod> DeviceSliceMut<'a, T> {
@@ -408,6 +438,35 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         self.record_use(stream)
     }
 
+    /// Queues a copy of the pinned buffer `src` (same length) into this range on `stream` and
+    /// returns at once. Safe: `src` records the copy, and writing it
+    /// ([`PinnedHostBuffer::as_mut_slice`]) or dropping it waits for the copy.
+    pub fn copy_from_host_async(
+        &mut self,
+        src: &PinnedHostBuffer<'_, T>,
+        stream: &Stream<'_>,
+    ) -> Result<()> {
+        check_stream(self.ctx, stream)?;
+        check_stream(src.context(), stream)?;
+        if src.len() != self.len {
+            return Err(Error::LengthMismatch {
+                what: "copy_from_host_async",
+                expected: self.len,
+                actual: src.len(),
+            });
+        }
+        if self.byte_len() == 0 {
+            return Ok(());
+        }
+        let (host, host_uses) = src.raw_parts();
+        let _bound = self.ctx.bind()?;
+        // SAFETY: the view covers byte_len writable device bytes; `host` holds as many pinned
+        // bytes, which stay allocated and unwritten by the CPU until the recorded copy is done.
+        unsafe { result::memcpy_htod_async(self.ptr, host.cast(), self.byte_len(), stream.raw()) }?;
+        host_uses.record(stream.context(), stream.id(), stream.raw())?;
+        self.record_use(stream)
+    }
+
     /// Copies device memory of the same length into this range. Synchronous. Works across
     /// GPUs (a peer copy when the contexts differ).
     pub fn copy_from_device(&mut self, src: &DeviceSlice<'_, T>) -> Result<()> {
@@ -525,6 +584,15 @@ pub trait DeviceMemory<T: Pod> {
     fn copy_to_vec(&self) -> Result<Vec<T>> {
         self.view().copy_to_vec()
     }
+    /// Queues a copy into the pinned buffer `dst` (same length) on `stream`; see
+    /// [`DeviceSlice::copy_to_host_async`].
+    fn copy_to_host_async(
+        &self,
+        dst: &mut PinnedHostBuffer<'_, T>,
+        stream: &Stream<'_>,
+    ) -> Result<()> {
+        self.view().copy_to_host_async(dst, stream)
+    }
 }
 
 /// Device memory that can be written.
@@ -551,6 +619,15 @@ pub trait DeviceMemoryMut<T: Pod>: DeviceMemory<T> {
     /// Sets every byte to zero. Synchronous.
     fn zero(&mut self) -> Result<()> {
         self.view_mut().zero()
+    }
+    /// Queues a copy of the pinned buffer `src` (same length) in, on `stream`; see
+    /// [`DeviceSliceMut::copy_from_host_async`].
+    fn copy_from_host_async(
+        &mut self,
+        src: &PinnedHostBuffer<'_, T>,
+        stream: &Stream<'_>,
+    ) -> Result<()> {
+        self.view_mut().copy_from_host_async(src, stream)
     }
 }
 

@@ -685,6 +685,26 @@ pub fn stream_create() -> DriverResult<CUstream> {
     Ok(s)
 }
 
+/// `cuMemHostAlloc(bytes, CU_MEMHOSTALLOC_PORTABLE)`: page-locked host memory, in the current
+/// context's process (pinned for every context).
+pub fn mem_host_alloc(bytes: usize) -> DriverResult<*mut c_void> {
+    let mut p: *mut c_void = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    check("cuMemHostAlloc", unsafe {
+        sys::cuMemHostAlloc(&mut p, bytes, sys::MEMHOSTALLOC_PORTABLE)
+    })?;
+    Ok(p)
+}
+
+/// `cuMemFreeHost`.
+///
+/// # Safety
+/// `p` must come from [`mem_host_alloc`], be freed once, and no copy may use it any more.
+pub unsafe fn mem_free_host(p: *mut c_void) -> DriverResult<()> {
+    // SAFETY: forwarded to the caller.
+    check("cuMemFreeHost", unsafe { sys::cuMemFreeHost(p) })
+}
+
 /// `cuStreamCreate` with `CU_STREAM_NON_BLOCKING`: a stream that does not synchronize with the
 /// legacy default stream.
 pub fn stream_create_non_blocking() -> DriverResult<CUstream> {

@@ -86,6 +86,8 @@ pub const EVENT_INTERPROCESS: c_uint = 0x4;
 pub const EVENT_DEFAULT: c_uint = 0x0;
 /// `CU_STREAM_DEFAULT`: a blocking stream, ordered with the legacy default stream.
 pub const STREAM_DEFAULT: c_uint = 0x0;
+/// `CU_MEMHOSTALLOC_PORTABLE`: page-locked memory usable by every context.
+pub const MEMHOSTALLOC_PORTABLE: c_uint = 0x1;
 /// `CU_STREAM_NON_BLOCKING`: a stream not ordered with the legacy default stream.
 pub const STREAM_NON_BLOCKING: c_uint = 0x1;
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
@@ -353,6 +355,9 @@ driver_api! {
         stream: CUstream,
     );
     fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, count: usize);
+    /// Page-locked host memory (`CU_MEMHOSTALLOC_PORTABLE`: pinned for every context).
+    fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint);
+    fn cuMemFreeHost(p: *mut c_void);
     fn cuMemsetD8Async(
         dst: CUdeviceptr,
         value: u8,

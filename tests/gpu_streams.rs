@@ -173,15 +173,66 @@ fn synchronous_copies_see_the_work_queued_on_the_memory() {
                 w
             })
             .collect();
-        assert_eq!(&host[..8], &want[..], "round {round}: the copy ran before the kernels");
+        assert_eq!(
+            &host[..8],
+            &want[..],
+            "round {round}: the copy ran before the kernels"
+        );
         let last = words as u64 - 1;
         let mut w = reference::pattern_word(round, last);
         for _ in 0..passes {
             w = reference::transform_word(w, 7);
         }
-        assert_eq!(host[last as usize], w, "round {round}: the copy ran before the kernels");
+        assert_eq!(
+            host[last as usize], w,
+            "round {round}: the copy ran before the kernels"
+        );
     }
     drop(buf); // waits for the stream's last use, then frees
+    assert_eq!(
+        cuda_ipc::drop_error_count(),
+        0,
+        "{:?}",
+        cuda_ipc::take_drop_errors()
+    );
+}
+
+/// Asynchronous copies through pinned host memory: queued on a stream, ordered with a kernel on
+/// the same stream, and safe to read back (the read waits for the copy) or to drop while still
+/// pending (the drop waits).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn pinned_async_copies_round_trip_and_are_safe_to_drop_while_pending() {
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let n = 16 << 20;
+    let src: Vec<u32> = (0..n as u32).collect();
+    let pinned_in = PinnedHostBuffer::from_slice(&ctx, &src).unwrap();
+    let mut dev = DeviceBuffer::<u32>::zeroed(&ctx, n).unwrap();
+    let mut pinned_out = PinnedHostBuffer::<u32>::zeroed(&ctx, n).unwrap();
+    dev.copy_from_host_async(&pinned_in, &stream).unwrap();
+    k.transform_words(&stream, &mut dev, 3).unwrap();
+    dev.copy_to_host_async(&mut pinned_out, &stream).unwrap();
+    // No stream synchronize: reading the pinned buffer waits for the copy into it.
+    let out = pinned_out.as_slice().unwrap();
+    for i in [0usize, 1, n / 2, n - 1] {
+        assert_eq!(out[i], reference::transform_word(src[i], 3), "word {i}");
+    }
+    // Length and context checks.
+    let mut short = PinnedHostBuffer::<u32>::zeroed(&ctx, 3).unwrap();
+    let err = dev.copy_to_host_async(&mut short, &stream).unwrap_err();
+    assert!(matches!(err, Error::LengthMismatch { .. }), "{err}");
+    // Dropped while copies into and out of it are queued: the drops wait, nothing faults.
+    for _ in 0..4 {
+        k.transform_words(&stream, &mut dev, 5).unwrap();
+    }
+    let mut pending = PinnedHostBuffer::<u32>::zeroed(&ctx, n).unwrap();
+    dev.copy_to_host_async(&mut pending, &stream).unwrap();
+    drop(pending);
+    drop(pinned_in);
+    stream.synchronize().unwrap();
+    drop(dev);
     assert_eq!(
         cuda_ipc::drop_error_count(),
         0,
