@@ -56,6 +56,8 @@ pub struct Context {
     kernels: OnceLock<KernelModule>,
     /// The private non-blocking stream of synchronous copies (made on first use).
     copies: OnceLock<CUstream>,
+    /// `cuCtxGetId`: unique for the process's life (the address may be reused).
+    id: u64,
 }
 
 // SAFETY: a CUcontext is an opaque handle that the driver allows to be current on any number
@@ -77,11 +79,24 @@ impl Context {
     pub fn new(device: Device) -> Result<Context> {
         init()?;
         let raw = result::primary_ctx_retain(device.raw())?;
+        // SAFETY: `raw` was just retained.
+        let id = match unsafe { result::ctx_get_id(raw) } {
+            Ok(id) => id,
+            Err(e) => {
+                // SAFETY: matches the retain just above; nothing uses the context yet.
+                drop_log::check(
+                    "Context (cuDevicePrimaryCtxRelease after a failure)",
+                    unsafe { result::primary_ctx_release(device.raw()) },
+                );
+                return Err(e.into());
+            }
+        };
         let ctx = Context {
             device,
             raw,
             kernels: OnceLock::new(),
             copies: OnceLock::new(),
+            id,
         };
         Ok(ctx)
     }
@@ -89,6 +104,12 @@ impl Context {
     /// The device.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// An id of the underlying context, unique for the life of the process (`cuCtxGetId`):
+    /// every `Context` of one primary context has the same, a re-created one another.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The raw `CUcontext`. Do not free or release it: the `Context` owns one reference.
@@ -156,7 +177,7 @@ impl Context {
     /// import cache is per process and per primary context: every `Context` of one GPU sees
     /// the same mappings.
     pub fn imported_mappings(&self) -> usize {
-        crate::ipc::mapping::live_in(self.raw)
+        crate::ipc::mapping::live_in(self.id)
     }
 
     /// The primary context of `device`, retained once for the rest of the process and never
@@ -186,14 +207,20 @@ impl Context {
         Ok(ctx)
     }
 
-    /// Runs a synchronous operation: `op` queues it on this context's private non-blocking
-    /// stream, after every recorded use of the memory in `after`, and this waits for it. Not
-    /// ordered with unrelated streams (no legacy default stream involved).
+    /// Runs a synchronous operation: waits on the host for every recorded use of the memory in
+    /// `after` (each with its own context), then `op` queues it on this context's private
+    /// non-blocking stream, and this waits for it. Not ordered with unrelated streams (no
+    /// legacy default stream involved).
     pub(crate) fn run_sync(
         &self,
-        after: &[Option<&StreamUses>],
+        after: &[(&Context, Option<&StreamUses>)],
         op: impl FnOnce(CUstream) -> result::DriverResult<()>,
     ) -> Result<()> {
+        for (ctx, uses) in after {
+            if let Some(uses) = uses {
+                uses.wait_host(ctx)?;
+            }
+        }
         let _bound = self.bind()?;
         let stream = match self.copies.get() {
             Some(s) => *s,
@@ -209,9 +236,6 @@ impl Context {
                 *self.copies.get().unwrap_or(&made)
             }
         };
-        for uses in after.iter().flatten() {
-            uses.order_before(self, stream)?;
-        }
         op(stream)?;
         // SAFETY: our own live stream.
         unsafe { result::stream_synchronize(stream) }?;

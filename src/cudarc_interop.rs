@@ -40,11 +40,12 @@
 //! ```
 //!
 //! Lifetimes: a view borrows the buffer, but cudarc's copies and launches are asynchronous and
-//! may still run when the borrow ends. So dropping a view records an event on its cudarc
-//! stream as a use of the memory (see [`crate::memory`]'s stream-ordered lifetimes): dropping
-//! the buffer, or a synchronous copy of it, waits for the cudarc work queued with the view.
-//! Keep the view alive until its copies and launches are queued (the borrow checker does, for
-//! cudarc's APIs that take `&view`), and let it drop afterwards.
+//! may still run when the borrow ends, on streams this crate does not see. So making a view
+//! marks the memory as used by unseen work: from then on, dropping it, or a synchronous copy of
+//! it, waits for its whole context (`cuCtxSynchronize`, as before stream-ordered lifetimes),
+//! which covers every cudarc stream of the device. A cudarc copy on a stream of *another*
+//! context waits for itself (`SyncOnDrop::Sync`). A cudarc kernel launch must use a stream of
+//! the memory's context (cudarc's `launch` is `unsafe`: that is part of its contract).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -58,7 +59,6 @@ use cudarc::driver::{
 use crate::context::Context;
 use crate::error::{DriverError, Error, Result};
 use crate::memory::{DeviceMemory, DeviceMemoryMut, DeviceSlice};
-use crate::uses::StreamUses;
 
 fn from_cudarc(call: &'static str, e: cudarc::driver::DriverError) -> Error {
     Error::Driver(DriverError::new(call, e.0 as u32))
@@ -105,35 +105,17 @@ pub struct CudarcView<'a, T> {
     ptr: cusys::CUdeviceptr,
     len: usize,
     stream: &'a Arc<CudaStream>,
-    _used: UseOnDrop<'a>,
+    ctx: &'a Context,
     _memory: PhantomData<&'a [T]>,
 }
 
-/// Records the view's cudarc stream as a use of the memory when the view drops (after the
-/// work queued with it).
-#[derive(Debug)]
-struct UseOnDrop<'a> {
-    ctx: &'a Context,
-    uses: Option<&'a StreamUses>,
-    stream: cusys::CUstream,
-}
-
-impl Drop for UseOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(uses) = self.uses {
-            if let Err(e) = uses.record_foreign(self.ctx, self.stream.cast()) {
-                // The memory is marked untracked: its drop waits for the whole context.
-                crate::drop_log::record("cudarc view (recording its stream's use)", e);
-            }
-        }
-    }
-}
-
-fn use_on_drop<'a, T: Pod>(view: &DeviceSlice<'a, T>, stream: &CudaStream) -> UseOnDrop<'a> {
-    UseOnDrop {
-        ctx: view.context(),
-        uses: view.uses(),
-        stream: stream.cu_stream(),
+/// Marks the memory as used by streams this crate cannot see, so that its drop and its
+/// synchronous copies wait for its whole context (cudarc's streams of this device belong to
+/// that same primary context). Done when the view is made, so forgetting the view changes
+/// nothing.
+fn mark_used_by_cudarc<T: Pod>(view: &DeviceSlice<'_, T>) {
+    if let Some(uses) = view.uses() {
+        uses.mark_untracked();
     }
 }
 
@@ -144,7 +126,7 @@ pub struct CudarcViewMut<'a, T> {
     ptr: cusys::CUdeviceptr,
     len: usize,
     stream: &'a Arc<CudaStream>,
-    _used: UseOnDrop<'a>,
+    ctx: &'a Context,
     _memory: PhantomData<&'a mut [T]>,
 }
 
@@ -168,11 +150,12 @@ impl<T: Pod, M: DeviceMemory<T> + ?Sized> CudarcExt<T> for M {
     fn cudarc_view<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Result<CudarcView<'a, T>> {
         let view = self.view();
         check_stream(&view, stream)?;
+        mark_used_by_cudarc(&view);
         Ok(CudarcView {
             ptr: view.device_ptr(),
             len: view.len(),
             stream,
-            _used: use_on_drop(&view, stream),
+            ctx: view.context(),
             _memory: PhantomData,
         })
     }
@@ -185,11 +168,12 @@ impl<T: Pod, M: DeviceMemoryMut<T> + ?Sized> CudarcExtMut<T> for M {
     ) -> Result<CudarcViewMut<'a, T>> {
         let view = self.view();
         check_stream(&view, stream)?;
+        mark_used_by_cudarc(&view);
         Ok(CudarcViewMut {
             ptr: view.device_ptr(),
             len: view.len(),
             stream,
-            _used: use_on_drop(&view, stream),
+            ctx: view.context(),
             _memory: PhantomData,
         })
     }
@@ -213,26 +197,36 @@ impl<T> CuDeviceSlice<T> for CudarcViewMut<'_, T> {
     }
 }
 
-// No cudarc events: the view records its stream's use of the memory in this crate's own
-// record when it drops (see the module docs).
+/// What cudarc does after queuing an operation on `stream` with the view: nothing when the
+/// stream is of the memory's context (the memory is marked untracked, so its drop waits for the
+/// whole context); a synchronize when it is another context's stream, which that wait would not
+/// cover.
+fn after_use<'b>(ctx: &Context, stream: &'b CudaStream) -> SyncOnDrop<'b> {
+    if same_context(stream.context(), ctx) {
+        SyncOnDrop::Record(None)
+    } else {
+        SyncOnDrop::Sync(Some(stream))
+    }
+}
+
 impl<T> DevicePtr<T> for CudarcView<'_, T> {
-    fn device_ptr<'b>(&'b self, _stream: &'b CudaStream) -> (cusys::CUdeviceptr, SyncOnDrop<'b>) {
-        (self.ptr, SyncOnDrop::Record(None))
+    fn device_ptr<'b>(&'b self, stream: &'b CudaStream) -> (cusys::CUdeviceptr, SyncOnDrop<'b>) {
+        (self.ptr, after_use(self.ctx, stream))
     }
 }
 
 impl<T> DevicePtr<T> for CudarcViewMut<'_, T> {
-    fn device_ptr<'b>(&'b self, _stream: &'b CudaStream) -> (cusys::CUdeviceptr, SyncOnDrop<'b>) {
-        (self.ptr, SyncOnDrop::Record(None))
+    fn device_ptr<'b>(&'b self, stream: &'b CudaStream) -> (cusys::CUdeviceptr, SyncOnDrop<'b>) {
+        (self.ptr, after_use(self.ctx, stream))
     }
 }
 
 impl<T> DevicePtrMut<T> for CudarcViewMut<'_, T> {
     fn device_ptr_mut<'b>(
         &'b mut self,
-        _stream: &'b CudaStream,
+        stream: &'b CudaStream,
     ) -> (cusys::CUdeviceptr, SyncOnDrop<'b>) {
-        (self.ptr, SyncOnDrop::Record(None))
+        (self.ptr, after_use(self.ctx, stream))
     }
 }
 

@@ -64,27 +64,29 @@ pub(crate) struct KernelModule {
 
 impl KernelModule {
     pub(crate) fn load(ctx: &Context) -> Result<Self> {
+        // Bound for the whole load, so that the cleanups below unload in the right context.
+        let _bound = ctx.bind()?;
         let module = crate::module::load_checked(ctx, PTX.as_bytes(), ImageKind::Ptx)?;
+        let unload = |why: Error| {
+            // SAFETY: unloading the module we loaded (its context is current); nothing else
+            // uses it yet.
+            crate::drop_log::check(
+                "kernel module (cuModuleUnload after a failed load)",
+                unsafe { result::module_unload(module) },
+            );
+            why
+        };
         let mut functions = [std::ptr::null_mut(); 6];
         for (slot, name) in functions.iter_mut().zip(ENTRY_POINTS) {
             // SAFETY: `module` was just loaded and is live.
             match unsafe { crate::module::function_checked(ctx, module, name, None) } {
                 Ok(f) => *slot = f,
-                Err(e) => {
-                    let _bound = ctx.bind()?;
-                    // SAFETY: unloading the module we loaded; nothing else uses it yet.
-                    let _cleanup = unsafe { result::module_unload(module) };
-                    return Err(e);
-                }
+                Err(e) => return Err(unload(e)),
             }
         }
         let sms = match ctx.device().multiprocessor_count() {
             Ok(n) => n.max(1),
-            Err(e) => {
-                // SAFETY: unloading the module we loaded; nothing else uses it yet.
-                let _cleanup = unsafe { result::module_unload(module) };
-                return Err(e);
-            }
+            Err(e) => return Err(unload(e)),
         };
         Ok(KernelModule {
             module,
@@ -312,8 +314,8 @@ impl<'ctx> Kernels<'ctx> {
             (&mut out_ptr as *mut u64).cast(),
         ];
         self.launch(4, n, stream, &mut params)?;
-        view.record_use(stream)?;
-        out_view.record_use(stream)
+        let recorded = view.record_use(stream);
+        recorded.and(out_view.record_use(stream))
     }
 
     /// The digest of `buf`'s words, computed on the GPU; waits for `stream`.

@@ -109,7 +109,9 @@ impl LaunchConfig {
         if [gx, gy, gz, bx, by, bz].contains(&0) {
             return bad("every grid and block dimension must be at least 1".into());
         }
-        let threads = (bx as u64) * (by as u64) * (bz as u64);
+        let threads = (bx as u64)
+            .saturating_mul(by as u64)
+            .saturating_mul(bz as u64);
         if threads > Self::MAX_BLOCK_THREADS as u64 {
             return bad(format!(
                 "{threads} threads per block, more than the {} a GPU allows",
@@ -238,10 +240,15 @@ impl<'a> Params<'a> {
 
     /// Records, after a launch on `stream`, that it used every device argument's memory.
     pub(crate) fn record_uses(&self, stream: &Stream<'_>) -> Result<()> {
+        // Every argument is recorded, even after a failure (which marks its memory untracked).
+        let mut outcome = Ok(());
         for uses in &self.uses {
-            uses.record(stream.context(), stream.id(), stream.raw())?;
+            let this = uses.record(stream.context(), stream.id(), stream.raw());
+            if outcome.is_ok() {
+                outcome = this;
+            }
         }
-        Ok(())
+        outcome
     }
 
     /// How many parameters are device memory.

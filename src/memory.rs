@@ -227,7 +227,7 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         let (ptr, bytes) = (self.ptr, self.byte_len());
         // SAFETY: the view covers `bytes` valid device bytes; dst has the same byte length and
         // outlives the call, which waits for the copy.
-        self.ctx.run_sync(&[self.uses], |s| unsafe {
+        self.ctx.run_sync(&[(self.ctx, self.uses)], |s| unsafe {
             result::memcpy_dtoh_async(dst.as_mut_ptr().cast(), ptr, bytes, s)
         })
     }
@@ -305,8 +305,8 @@ impl<'a, T: Pod> DeviceSlice<'a, T> {
         // SAFETY: the view covers byte_len device bytes; `host` holds as many pinned bytes,
         // which stay allocated and untouched by the CPU until the copy recorded below is done.
         unsafe { result::memcpy_dtoh_async(host.cast(), self.ptr, self.byte_len(), stream.raw()) }?;
-        host_uses.record(stream.context(), stream.id(), stream.raw())?;
-        self.record_use(stream)
+        let host = host_uses.record(stream.context(), stream.id(), stream.raw());
+        host.and(self.record_use(stream))
     }
 }
 
@@ -409,7 +409,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         let (ptr, bytes) = (self.ptr, self.byte_len());
         // SAFETY: the view covers `bytes` writable device bytes; src has the same byte length
         // and outlives the call, which waits for the copy.
-        self.ctx.run_sync(&[self.uses], |s| unsafe {
+        self.ctx.run_sync(&[(self.ctx, self.uses)], |s| unsafe {
             result::memcpy_htod_async(ptr, src.as_ptr().cast(), bytes, s)
         })
     }
@@ -463,8 +463,8 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         // SAFETY: the view covers byte_len writable device bytes; `host` holds as many pinned
         // bytes, which stay allocated and unwritten by the CPU until the recorded copy is done.
         unsafe { result::memcpy_htod_async(self.ptr, host.cast(), self.byte_len(), stream.raw()) }?;
-        host_uses.record(stream.context(), stream.id(), stream.raw())?;
-        self.record_use(stream)
+        let host = host_uses.record(stream.context(), stream.id(), stream.raw());
+        host.and(self.record_use(stream))
     }
 
     /// Copies device memory of the same length into this range. Synchronous. Works across
@@ -510,22 +510,25 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
                 // SAFETY: both views cover `bytes` valid bytes of one context; each memory's
                 // drop waits for the streams that used it, and both record this one below.
                 unsafe { result::memcpy_dtod_async(dst, src_ptr, bytes, s.raw()) }?;
-                src.record_use(s)?;
-                self.record_use(s)
+                // Record both, even if one fails (a failed record marks its memory untracked).
+                let (a, b) = (src.record_use(s), self.record_use(s));
+                a.and(b)
             }
             None if same_context(self.ctx, src.ctx) => {
                 // SAFETY: both views cover `bytes` valid bytes; the call waits for the copy.
-                self.ctx.run_sync(&[self.uses, src.uses], |s| unsafe {
-                    result::memcpy_dtod_async(dst, src_ptr, bytes, s)
-                })
+                self.ctx
+                    .run_sync(&[(self.ctx, self.uses), (src.ctx, src.uses)], |s| unsafe {
+                        result::memcpy_dtod_async(dst, src_ptr, bytes, s)
+                    })
             }
             None => {
                 let (dst_ctx, src_ctx) = (self.ctx.raw(), src.ctx.raw());
                 // SAFETY: each pointer is valid in its own context for `bytes` bytes; the call
                 // waits for the copy before the borrows end.
-                self.ctx.run_sync(&[self.uses, src.uses], |s| unsafe {
-                    result::memcpy_peer_async(dst, dst_ctx, src_ptr, src_ctx, bytes, s)
-                })
+                self.ctx
+                    .run_sync(&[(self.ctx, self.uses), (src.ctx, src.uses)], |s| unsafe {
+                        result::memcpy_peer_async(dst, dst_ctx, src_ptr, src_ctx, bytes, s)
+                    })
             }
         }
     }
@@ -537,7 +540,7 @@ impl<'a, T: Pod> DeviceSliceMut<'a, T> {
         }
         let (ptr, bytes) = (self.ptr, self.byte_len());
         // SAFETY: the view covers `bytes` writable bytes; the call waits for the memset.
-        self.ctx.run_sync(&[self.uses], |s| unsafe {
+        self.ctx.run_sync(&[(self.ctx, self.uses)], |s| unsafe {
             result::memset_d8_async(ptr, 0, bytes, s)
         })
     }

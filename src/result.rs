@@ -705,6 +705,18 @@ pub unsafe fn mem_free_host(p: *mut c_void) -> DriverResult<()> {
     check("cuMemFreeHost", unsafe { sys::cuMemFreeHost(p) })
 }
 
+/// `cuCtxGetId` (CUDA 12.0): an id of `ctx` never reused in this process, unlike its address
+/// (a destroyed and re-created primary context may get the same one).
+///
+/// # Safety
+/// `ctx` must be a live context.
+pub unsafe fn ctx_get_id(ctx: CUcontext) -> DriverResult<u64> {
+    let mut id: std::os::raw::c_ulonglong = 0;
+    // SAFETY: valid out-pointer; the context's liveness is forwarded to the caller.
+    check("cuCtxGetId", unsafe { sys::cuCtxGetId(ctx, &mut id) })?;
+    Ok(id)
+}
+
 /// `cuStreamCreate` with `CU_STREAM_NON_BLOCKING`: a stream that does not synchronize with the
 /// legacy default stream.
 pub fn stream_create_non_blocking() -> DriverResult<CUstream> {

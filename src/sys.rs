@@ -315,6 +315,8 @@ driver_api! {
     fn cuCtxGetCurrent(ctx: *mut CUcontext);
     fn cuCtxSetCurrent(ctx: CUcontext);
     fn cuCtxSynchronize();
+    /// CUDA 12.0: an id unique to one context for the life of the process.
+    fn cuCtxGetId(ctx: CUcontext, id: *mut c_ulonglong);
     fn cuCtxEnablePeerAccess(peer: CUcontext, flags: c_uint);
 
     fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize);

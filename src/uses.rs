@@ -57,31 +57,21 @@ impl StreamUses {
     /// memory. On failure the memory is marked untracked (its drop then waits for the whole
     /// context), so a lost record never lets memory be freed under running work.
     pub fn record(&self, ctx: &Context, id: u64, raw: CUstream) -> Result<()> {
-        let _bound = ctx.bind()?;
+        let bound = ctx.bind();
         let mut inner = self.lock();
-        let outcome = inner.record(id, raw);
+        let outcome = bound.and_then(|_bound| inner.record(id, raw));
         if outcome.is_err() {
             inner.untracked = true;
         }
         outcome
     }
 
-    /// Records a use by a stream this crate did not make (another library's), after work just
-    /// queued on it: always with a new event, since such a stream has no id and its handle may
-    /// be reused once it is destroyed.
-    #[cfg_attr(not(feature = "cudarc"), allow(dead_code))]
-    pub fn record_foreign(&self, ctx: &Context, raw: CUstream) -> Result<()> {
-        let _bound = ctx.bind()?;
-        let mut inner = self.lock();
-        let outcome = inner.record(next_stream_id(), raw);
-        if outcome.is_err() {
-            inner.untracked = true;
-        }
-        outcome
-    }
-
-    /// Makes `stream` (raw, of `ctx`) wait on the GPU for every recorded use.
-    pub fn order_before(&self, ctx: &Context, stream: CUstream) -> Result<()> {
+    /// Waits on the host until every recorded use is done (the memory's own context `ctx`
+    /// answers for uses that could not be recorded). The events stay, for later waits. A host
+    /// wait rather than a GPU-side one: a pageable copy queued behind a GPU-side wait blocks
+    /// its thread inside the driver, holding a lock other threads need, which can deadlock
+    /// with the very thread that would release the wait.
+    pub fn wait_host(&self, ctx: &Context) -> Result<()> {
         let _bound = ctx.bind()?;
         let inner = self.lock();
         if inner.untracked {
@@ -89,10 +79,17 @@ impl StreamUses {
             return ctx.synchronize();
         }
         for &(_, event) in &inner.events {
-            // SAFETY: our event and the caller's live stream, both of `ctx`.
-            unsafe { result::stream_wait_event(stream, event) }?;
+            // SAFETY: our own live event (destroyed only under this lock).
+            unsafe { result::event_synchronize(event) }?;
         }
         Ok(())
+    }
+
+    /// Marks the memory as used by work this record cannot see (another library's streams):
+    /// from now on, waiting for it waits for its whole context.
+    #[cfg_attr(not(feature = "cudarc"), allow(dead_code))]
+    pub fn mark_untracked(&self) {
+        self.lock().untracked = true;
     }
 
     /// Waits until every recorded use is done and forgets them (destroying the events). Never

@@ -148,6 +148,8 @@ pub(crate) struct ExportLeases {
 #[derive(Debug, Default)]
 struct LeaseState {
     active: usize,
+    /// The owner has dropped the buffer: no new lease may be granted.
+    closed: bool,
     limbo: Option<(Context, OwnedAllocation)>,
 }
 
@@ -156,12 +158,19 @@ impl ExportLeases {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A consumer took a lease.
-    pub fn acquire(&self) {
-        self.lock().active += 1;
+    /// Counts a lease about to be granted; false once the owner has dropped the buffer (the
+    /// memory must not be handed out any more).
+    pub fn try_acquire(&self) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.active += 1;
+        true
     }
 
-    /// A consumer's lease ended; the last one frees an allocation in limbo.
+    /// A consumer's lease ended; the last one frees an allocation in limbo (on a thread of its
+    /// own: waiting for the owner's streams must not stall the exporter that calls this).
     pub fn release(&self) {
         let freed = {
             let mut state = self.lock();
@@ -173,7 +182,26 @@ impl ExportLeases {
             }
         };
         if let Some((ctx, alloc)) = freed {
-            alloc.release(&ctx);
+            let (tx, rx) = std::sync::mpsc::channel::<(Context, OwnedAllocation)>();
+            let spawned = std::thread::Builder::new()
+                .name("cuda-ipc deferred free".into())
+                .spawn(move || {
+                    if let Ok((ctx, alloc)) = rx.recv() {
+                        alloc.release(&ctx);
+                    }
+                });
+            match spawned {
+                Ok(_) => {
+                    if let Err(job) = tx.send((ctx, alloc)) {
+                        let (ctx, alloc) = job.0;
+                        alloc.release(&ctx);
+                    }
+                }
+                Err(e) => {
+                    drop_log::record("shared buffer (spawning its deferred free; freed here)", e);
+                    alloc.release(&ctx);
+                }
+            }
         }
     }
 
@@ -186,6 +214,7 @@ impl ExportLeases {
     /// puts it in limbo until the last lease ends.
     pub fn release_or_defer(&self, ctx: &Context, alloc: OwnedAllocation) {
         let mut state = self.lock();
+        state.closed = true;
         if state.active == 0 || alloc.vmm_handle.is_some() {
             drop(state);
             alloc.release(ctx);

@@ -230,17 +230,42 @@ impl Exporter {
         )
     }
 
-    /// Publishes a descriptor and (for the fd transport) a memory fd that this crate did not
-    /// allocate, e.g. memory exported by another library, or a crafted descriptor in tests.
-    /// The caller keeps the memory alive while the exporter lives; the generation is set as
-    /// for [`bind_with`](Self::bind_with).
+    /// Publishes an fd-transport descriptor and the memory's fd, for memory this crate did not
+    /// allocate (exported by another library, say) or a crafted descriptor in tests. Safe: a
+    /// consumer's mapping of a VMM fd holds its own reference to the memory. The generation is
+    /// set as for [`bind_with`](Self::bind_with). A legacy descriptor is refused: use
+    /// [`bind_raw_legacy`](Self::bind_raw_legacy).
     pub fn bind_raw(
         path: impl AsRef<Path>,
         descriptor: &Descriptor,
         fd: Option<OwnedFd>,
         options: ExportOptions,
     ) -> Result<Exporter> {
+        if descriptor.transport == super::descriptor::WireTransport::Legacy {
+            return Err(Error::Unsupported(
+                "bind_raw publishes fd-transport descriptors only: a legacy handle's memory is \
+                 not kept alive by its consumers, and this exporter cannot count their leases \
+                 on memory it does not own. Export a SharedDeviceBuffer with bind/bind_with, \
+                 or use the unsafe bind_raw_legacy"
+                    .into(),
+            ));
+        }
         Exporter::publish(path.as_ref(), *descriptor, fd, options, None)
+    }
+
+    /// Publishes a legacy descriptor (its `cuIpcGetMemHandle` handle inside) for memory this
+    /// crate did not allocate, or a crafted one in tests.
+    ///
+    /// # Safety
+    /// Nothing ties the memory to the consumers' leases: the caller keeps the allocation alive
+    /// (not freed, not reused) for as long as any consumer maps it — at least until
+    /// [`wait_released`](Self::wait_released) has returned and no new consumer can connect.
+    pub unsafe fn bind_raw_legacy(
+        path: impl AsRef<Path>,
+        descriptor: &Descriptor,
+        options: ExportOptions,
+    ) -> Result<Exporter> {
+        Exporter::publish(path.as_ref(), *descriptor, None, options, None)
     }
 
     fn publish(
@@ -815,16 +840,35 @@ impl Server {
                             && u32::from_le_bytes(m.payload[..4].try_into().expect("4"))
                                 == channel::PROTOCOL_VERSION =>
                     {
+                        // Count the lease before the memory leaves: once the owner has dropped
+                        // the buffer, no new consumer gets it (its free may be under way).
+                        if let Some(leases) = &self.leases {
+                            if !leases.try_acquire() {
+                                self.refuse(
+                                    i,
+                                    "the producer has dropped this buffer; wait for it to \
+                                     publish a new one",
+                                );
+                                return false;
+                            }
+                        }
+                        let undo = |leases: &Option<Arc<ExportLeases>>| {
+                            if let Some(leases) = leases {
+                                leases.release();
+                            }
+                        };
+                        let Ok(target) = conn.stream.try_clone() else {
+                            undo(&self.leases);
+                            return false;
+                        };
                         let fd = self.fd.as_ref().map(|f| f.as_fd());
                         // The connection is non-blocking and empty: the small offer fits.
                         if channel::send(&conn.stream, Kind::Offer, &self.offer, fd).is_err() {
+                            undo(&self.leases);
                             return false;
                         }
                         // Register for notifications and send the latest one, under one lock,
                         // so none falls between the two.
-                        let Ok(target) = conn.stream.try_clone() else {
-                            return false;
-                        };
                         {
                             let mut notify =
                                 self.shared.notify.lock().unwrap_or_else(|p| p.into_inner());
@@ -839,9 +883,6 @@ impl Server {
                             notify.targets.push((conn.id, target));
                         }
                         conn.state = ConnState::Leased;
-                        if let Some(leases) = &self.leases {
-                            leases.acquire();
-                        }
                         self.shared.update(|s| {
                             s.active_leases += 1;
                             s.total_leases += 1;

@@ -238,6 +238,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             &descriptor,
             fd.as_ref().map(|f| f.as_fd()),
             Some(lease),
+            Unleased::Refuse,
         )
         // The received fd closes here: the mapping keeps the memory.
     }
@@ -266,7 +267,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
                     .into(),
             ));
         }
-        import_parts_unleased(ctx, descriptor, fd, opts)
+        import_parts_unleased(ctx, descriptor, fd, opts, Unleased::Refuse)
     }
 
     /// [`import_parts`](Self::import_parts) for a legacy descriptor obtained by other means:
@@ -281,7 +282,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         descriptor: &Descriptor,
         opts: &ImportOptions,
     ) -> Result<Self> {
-        import_parts_unleased(ctx, descriptor, None, opts)
+        import_parts_unleased(ctx, descriptor, None, opts, Unleased::Allow)
     }
 
     /// The mapping of `descriptor` this process already has in `ctx`'s context, if any: no I/O,
@@ -299,7 +300,13 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             generation: d.generation,
         };
         match mapping::lookup(ctx, key) {
-            Some(m) => Self::from_mapping(ctx, m, &d, None).map(Some),
+            Some(m) => match check_reuse(&m, &d, false, Unleased::Refuse) {
+                Ok(()) => Self::from_mapping(ctx, m, &d, None).map(Some),
+                Err(e) => {
+                    mapping::release_reference(ctx, m);
+                    Err(e)
+                }
+            },
             None => Ok(None),
         }
     }
@@ -310,11 +317,12 @@ fn import_parts_unleased<'ctx, T: Pod>(
     descriptor: &Descriptor,
     fd: Option<std::os::fd::BorrowedFd<'_>>,
     opts: &ImportOptions,
+    unleased: Unleased,
 ) -> Result<SharedDeviceBuffer<'ctx, T>> {
     let d = descriptor.checked()?;
     check::<T>(&d, opts)?;
     diagnose(&d, &ProcessIdentity::current(), "the buffer")?;
-    import_descriptor(ctx, &d, fd, None)
+    import_descriptor(ctx, &d, fd, None, unleased)
 }
 
 /// The element type an offer was checked against (size, alignment, and the type's identity).
@@ -498,14 +506,64 @@ fn import_descriptor<'ctx, T: Pod>(
     d: &CheckedDescriptor,
     fd: Option<std::os::fd::BorrowedFd<'_>>,
     lease: Option<Lease>,
+    unleased: Unleased,
 ) -> Result<SharedDeviceBuffer<'ctx, T>> {
     let key = CacheKey::Buffer {
         id: d.buffer_id,
         generation: d.generation,
     };
-    let (mapping, _reused) = mapping::open_or_reuse(ctx, key, || open(ctx, d, fd))?;
+    let (mapping, reused) = mapping::open_or_reuse(ctx, key, || open(ctx, d, fd))?;
+    if reused {
+        if let Err(e) = check_reuse(&mapping, d, lease.is_some(), unleased) {
+            mapping::release_reference(ctx, mapping);
+            return Err(e);
+        }
+    }
     let lease = lease.map(|l| mapping.add_lease(l));
     SharedDeviceBuffer::from_mapping(ctx, mapping, d, lease)
+}
+
+/// Whether a cached mapping may serve the import of `d`: the same transport, and — for a
+/// caller that brings no lease and has not taken the lifetime on itself (`unleased`) — not a
+/// legacy mapping made without a lease (its owner may legally free it under it).
+fn check_reuse(
+    mapping: &mapping::ImportedMapping,
+    d: &CheckedDescriptor,
+    brings_lease: bool,
+    unleased: Unleased,
+) -> Result<()> {
+    if mapping.is_legacy() != (d.transport == WireTransport::Legacy) {
+        return Err(Error::InvalidArgument(format!(
+            "this process maps buffer {:02x?} (generation {}) with the other transport than the \
+             descriptor's {}: the descriptor is not the exporter's",
+            &d.buffer_id[..4],
+            d.generation,
+            d.transport.name()
+        )));
+    }
+    if mapping.is_legacy() && !brings_lease && !mapping.is_leased() && unleased == Unleased::Refuse
+    {
+        return Err(lease_less_legacy());
+    }
+    Ok(())
+}
+
+fn lease_less_legacy() -> Error {
+    Error::Unsupported(
+        "this process maps that legacy buffer without a lease (import_legacy_parts), so nothing \
+         keeps its owner from freeing it: import it with import_with / import_offer to hold a \
+         lease"
+            .into(),
+    )
+}
+
+/// Whether an import without a lease may reuse a lease-less legacy mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unleased {
+    /// Safe callers: no.
+    Refuse,
+    /// `unsafe` callers, who answer for the memory's lifetime: yes.
+    Allow,
 }
 
 /// Opens (maps) what `d` describes in `ctx` and measures it; undoes its own work on error.

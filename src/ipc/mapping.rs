@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::context::Context;
+use crate::drop_log;
 use crate::error::{Error, Result};
-use crate::result::{CUcontext, CUdeviceptr};
+use crate::result::CUdeviceptr;
 use crate::uses::StreamUses;
 
 use super::allocation::{close_legacy, unmap_vmm};
@@ -39,11 +40,12 @@ pub(crate) enum CacheKey {
     RawHandle([u8; 64]),
 }
 
-/// The primary context (as an address: contexts are opaque pointers) and the import.
-type Key = (usize, CacheKey);
+/// The primary context (by its process-unique id, not its address, which a re-created
+/// context may reuse) and the import.
+type Key = (u64, CacheKey);
 
 fn key_of(ctx: &Context, key: CacheKey) -> Key {
-    (ctx.raw() as usize, key)
+    (ctx.id(), key)
 }
 
 /// How the memory is mapped.
@@ -62,9 +64,9 @@ pub(crate) struct ImportedMapping {
     pub base: CUdeviceptr,
     /// Bytes mapped from `base`, as measured after mapping.
     pub size: u64,
-    /// Every rendezvous connection that brought this mapping to this process: each stays open
-    /// while the memory is mapped, so each exporter knows it is still in use.
-    pub leases: Mutex<Vec<Lease>>,
+    /// The rendezvous connections that brought this mapping to this process, one per exporter:
+    /// each stays open while the memory is mapped, so each exporter knows it is still in use.
+    pub leases: Mutex<Vec<Arc<Mutex<Lease>>>>,
     /// The streams that used the memory (through any handle); unmapping waits for them.
     pub uses: StreamUses,
 }
@@ -150,11 +152,43 @@ impl ImportedMapping {
         })
     }
 
-    /// Adds the lease of another connection that brought this mapping; returns its index.
+    /// Keeps the lease of a connection that brought this mapping; returns its index. A second
+    /// lease from the same exporter adds nothing (that exporter already knows this process maps
+    /// the memory): it closes here, so repeated imports cannot pile up connections.
     pub fn add_lease(&self, lease: Lease) -> usize {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.push(lease);
-        leases.len() - 1
+        let same = leases.iter().position(|l| {
+            l.lock()
+                .map(|l| l.peer == lease.peer)
+                .unwrap_or_else(|p| p.into_inner().peer == lease.peer)
+        });
+        match same {
+            Some(i) => i,
+            None => {
+                leases.push(Arc::new(Mutex::new(lease)));
+                leases.len() - 1
+            }
+        }
+    }
+
+    /// The lease of index `index` (or the first, if `None`), if any.
+    pub fn lease(&self, index: Option<usize>) -> Option<Arc<Mutex<Lease>>> {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.get(index.unwrap_or(0)).cloned()
+    }
+
+    /// Whether any exporter holds a lease of this process on the memory.
+    pub fn is_leased(&self) -> bool {
+        !self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Whether the memory is a legacy (`cuIpcOpenMemHandle`) mapping.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self.kind, MappingKind::Legacy)
     }
 
     /// Unmaps; called by the holder of the last reference, under its slot's lock.
@@ -242,16 +276,25 @@ fn slot(key: Key) -> Arc<Slot> {
     Arc::clone(cache().entry(key).or_default())
 }
 
-/// Removes `key`'s slot from the map if nothing lives in it and nobody else holds it.
+/// Removes `key`'s slot from the map if nothing lives in it and nobody else holds it. Our
+/// reference goes first, so that of several threads letting go at once, the last sees itself
+/// alone (new holders only appear under the global lock).
 fn forget_if_empty(key: Key, slot: Arc<Slot>) {
+    let ours = Arc::downgrade(&slot);
+    drop(slot);
     let mut map = cache();
-    let ours = map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
-    // Two holders: the map and us. Anyone else got it under the global lock we now hold.
-    if ours && Arc::strong_count(&slot) == 2 {
-        let live = slot.lock().as_ref().is_some_and(|w| w.strong_count() > 0);
-        if !live {
-            map.remove(&key);
-        }
+    let Some(current) = map.get(&key) else {
+        return;
+    };
+    if !std::ptr::eq(Arc::as_ptr(current), ours.as_ptr()) || Arc::strong_count(current) != 1 {
+        return;
+    }
+    let live = current
+        .lock()
+        .as_ref()
+        .is_some_and(|w| w.strong_count() > 0);
+    if !live {
+        map.remove(&key);
     }
 }
 
@@ -308,6 +351,15 @@ pub(crate) fn open_or_reuse(
 /// of the same key waits for the unmap instead of reusing a dying mapping).
 pub(crate) fn release_reference(ctx: &Context, mapping: Arc<ImportedMapping>) {
     let key = mapping.key;
+    if Arc::strong_count(&mapping) == 1 {
+        // Probably the last handle: wait for the work on the memory before taking the slot's
+        // lock, so that a stream that never finishes (a producer that died before writing the
+        // signal it waits for) blocks this drop only, not every import of the same buffer.
+        // Work queued by a handle that appears meanwhile is waited for under the lock below.
+        if let Err(e) = mapping.uses.wait_host(ctx) {
+            drop_log::record("imported buffer (waiting for its streams)", e);
+        }
+    }
     let slot = cache().get(&key).map(Arc::clone);
     match slot {
         Some(slot) => {
@@ -328,12 +380,12 @@ pub(crate) fn release_reference(ctx: &Context, mapping: Arc<ImportedMapping>) {
     }
 }
 
-/// How many imported mappings are live in `ctx`'s primary context.
-pub(crate) fn live_in(ctx: CUcontext) -> usize {
+/// How many imported mappings are live in the context of id `ctx`.
+pub(crate) fn live_in(ctx: u64) -> usize {
     let map = cache();
     map.iter()
         .filter(|((c, _), slot)| {
-            *c == ctx as usize && slot.lock().as_ref().is_some_and(|w| w.strong_count() > 0)
+            *c == ctx && slot.lock().as_ref().is_some_and(|w| w.strong_count() > 0)
         })
         .count()
 }

@@ -188,10 +188,13 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             }),
             _marker: PhantomData,
         };
-        // Zero data and signal words (VMM memory is not zeroed by the driver).
-        let _bound = ctx.bind()?;
-        // SAFETY: the allocation covers `needed` bytes from `base`.
-        unsafe { result::memset_d8(base, 0, needed) }?;
+        // Zero data and signal words (VMM memory is not zeroed by the driver), and wait for it:
+        // later copies and kernels run on other streams.
+        // SAFETY: the allocation covers `needed` bytes from `base`; the call waits for the
+        // memset.
+        ctx.run_sync(&[], |s| unsafe {
+            result::memset_d8_async(base, 0, needed, s)
+        })?;
         buf.descriptor.alloc_size = buf.allocation_size() as u64;
         Ok(buf)
     }
@@ -445,14 +448,38 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
                 "only an imported buffer has a lease to wait on".into(),
             ));
         };
-        let mut leases = mapping.leases.lock().unwrap_or_else(|p| p.into_inner());
         // This handle's own lease, or (for a handle made without one, e.g. import_cached)
         // the mapping's first.
-        match leases.get_mut(lease.unwrap_or(0)) {
-            Some(l) => l.wait_ready(frame, timeout),
-            None => Err(Error::Unsupported(
+        let Some(lease) = mapping.lease(*lease) else {
+            return Err(Error::Unsupported(
                 "this buffer was imported without a rendezvous connection".into(),
-            )),
+            ));
+        };
+        // Other handles on the same lease may be waiting too: take turns, within the deadline.
+        let deadline = crate::deadline::after(timeout);
+        loop {
+            match lease.try_lock() {
+                Ok(mut l) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    return l.wait_ready(frame, left);
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    return p.into_inner().wait_ready(frame, left);
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            what: format!(
+                                "frame {frame} to be announced (another handle of this buffer \
+                                 was waiting on the same connection)"
+                            ),
+                            waited: timeout,
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
         }
     }
 

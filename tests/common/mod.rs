@@ -114,6 +114,15 @@ impl RoleProcess {
         }
     }
 
+    /// Whether a line containing `needle` has been printed so far (no waiting).
+    pub fn saw(&mut self, needle: &str) -> bool {
+        while let Ok(l) = self.lines.try_recv() {
+            println!("    | {l}");
+            self.seen.push(l);
+        }
+        self.seen.iter().any(|l| l.contains(needle))
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
