@@ -139,7 +139,10 @@ fn open_costs(c: &mut Criterion, dir: &std::path::Path, importer: usize) {
                 |b, _| b.iter(|| raw_open_close(&ctx, &d, offer.fd().map(|f| f.as_raw_fd()))),
             );
             // A cache hit: the buffer is already mapped in this context.
-            let held = import();
+            // Held with a lease (through the rendezvous): a cached hit of a lease-less legacy
+            // mapping is refused by design.
+            let held =
+                SharedDeviceBuffer::<u8>::import(&ctx, &path, Duration::from_secs(30)).unwrap();
             g.bench_with_input(
                 BenchmarkId::new("cuda-ipc cached", common::size_name(size)),
                 &(),

@@ -114,13 +114,13 @@ impl RoleProcess {
         }
     }
 
-    /// Whether a line containing `needle` has been printed so far (no waiting).
-    pub fn saw(&mut self, needle: &str) -> bool {
+    /// Whether a line for which `pred` holds has been printed so far (no waiting).
+    pub fn saw(&mut self, pred: impl Fn(&str) -> bool) -> bool {
         while let Ok(l) = self.lines.try_recv() {
             println!("    | {l}");
             self.seen.push(l);
         }
-        self.seen.iter().any(|l| l.contains(needle))
+        self.seen.iter().any(|l| pred(l))
     }
 
     pub fn kill(mut self) {
