@@ -40,10 +40,11 @@
 //! ```
 //!
 //! Lifetimes: a view borrows the buffer, but cudarc's copies and launches are asynchronous and
-//! may still run when the borrow ends, on streams this crate does not see. So making a view
-//! marks the memory as used by unseen work: from then on, dropping it, or a synchronous copy of
-//! it, waits for its whole context (`cuCtxSynchronize`, as before stream-ordered lifetimes),
-//! which covers every cudarc stream of the device. A cudarc copy on a stream of *another*
+//! may still run when the borrow ends, on streams this crate does not see. So while a view
+//! lives, dropping the memory or a synchronous copy of it waits for its whole context
+//! (`cuCtxSynchronize`), which covers every cudarc stream of the device, and dropping the view
+//! synchronizes the context once (its cudarc work is then done), after which the memory's
+//! exact, per-stream tracking resumes. A forgotten view keeps the memory conservative. A cudarc copy on a stream of *another*
 //! context waits for itself (`SyncOnDrop::Sync`). A cudarc kernel launch must use a stream of
 //! the memory's context (cudarc's `launch` is `unsafe`: that is part of its contract).
 
@@ -59,6 +60,7 @@ use cudarc::driver::{
 use crate::context::Context;
 use crate::error::{DriverError, Error, Result};
 use crate::memory::{DeviceMemory, DeviceMemoryMut, DeviceSlice};
+use crate::uses::StreamUses;
 
 fn from_cudarc(call: &'static str, e: cudarc::driver::DriverError) -> Error {
     Error::Driver(DriverError::new(call, e.0 as u32))
@@ -106,16 +108,38 @@ pub struct CudarcView<'a, T> {
     len: usize,
     stream: &'a Arc<CudaStream>,
     ctx: &'a Context,
+    _foreign: ForeignUse<'a>,
     _memory: PhantomData<&'a [T]>,
 }
 
-/// Marks the memory as used by streams this crate cannot see, so that its drop and its
-/// synchronous copies wait for its whole context (cudarc's streams of this device belong to
-/// that same primary context). Done when the view is made, so forgetting the view changes
-/// nothing.
-fn mark_used_by_cudarc<T: Pod>(view: &DeviceSlice<'_, T>) {
-    if let Some(uses) = view.uses() {
-        uses.mark_untracked();
+/// While a view lives, the memory counts as used by streams this crate cannot see: its drop
+/// and its synchronous copies wait for its whole context (cudarc's streams of this device
+/// belong to that same primary context). The view's drop synchronizes the context, after
+/// which exact tracking resumes. A forgotten view leaves the memory conservative for good.
+#[derive(Debug)]
+struct ForeignUse<'a> {
+    ctx: &'a Context,
+    uses: Option<&'a StreamUses>,
+}
+
+impl<'a> ForeignUse<'a> {
+    fn begin<T: Pod>(view: &DeviceSlice<'a, T>) -> Self {
+        let uses = view.uses();
+        if let Some(uses) = uses {
+            uses.begin_foreign();
+        }
+        ForeignUse {
+            ctx: view.context(),
+            uses,
+        }
+    }
+}
+
+impl Drop for ForeignUse<'_> {
+    fn drop(&mut self) {
+        if let Some(uses) = self.uses {
+            uses.end_foreign(self.ctx);
+        }
     }
 }
 
@@ -127,6 +151,7 @@ pub struct CudarcViewMut<'a, T> {
     len: usize,
     stream: &'a Arc<CudaStream>,
     ctx: &'a Context,
+    _foreign: ForeignUse<'a>,
     _memory: PhantomData<&'a mut [T]>,
 }
 
@@ -150,12 +175,12 @@ impl<T: Pod, M: DeviceMemory<T> + ?Sized> CudarcExt<T> for M {
     fn cudarc_view<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Result<CudarcView<'a, T>> {
         let view = self.view();
         check_stream(&view, stream)?;
-        mark_used_by_cudarc(&view);
         Ok(CudarcView {
             ptr: view.device_ptr(),
             len: view.len(),
             stream,
             ctx: view.context(),
+            _foreign: ForeignUse::begin(&view),
             _memory: PhantomData,
         })
     }
@@ -168,12 +193,12 @@ impl<T: Pod, M: DeviceMemoryMut<T> + ?Sized> CudarcExtMut<T> for M {
     ) -> Result<CudarcViewMut<'a, T>> {
         let view = self.view();
         check_stream(&view, stream)?;
-        mark_used_by_cudarc(&view);
         Ok(CudarcViewMut {
             ptr: view.device_ptr(),
             len: view.len(),
             stream,
             ctx: view.context(),
+            _foreign: ForeignUse::begin(&view),
             _memory: PhantomData,
         })
     }

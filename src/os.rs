@@ -50,6 +50,35 @@ pub fn peer_credentials(sock: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
     })
 }
 
+/// The address the peer of a connected Unix socket bound (`getpeername`): for a server, the
+/// path it bound its listening socket to, as it spelled it. cuda-ipc exporters bind a random
+/// temporary name before renaming it into place, so this names one exporter instance.
+pub fn peer_socket_name(sock: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    // SAFETY: zeroed sockaddr_un is a valid, empty address.
+    let mut addr: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+    let mut len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes and `len` holds the buffer's size.
+    let rc = unsafe {
+        libc::getpeername(
+            sock.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let n = (len as usize)
+        .saturating_sub(offset)
+        .min(addr.sun_path.len());
+    Ok(addr.sun_path[..n]
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&c| c != 0)
+        .collect())
+}
+
 /// This process's effective user id.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.

@@ -119,10 +119,10 @@ impl<'ctx, T: Pod> PinnedHostBuffer<'ctx, T> {
         self.ctx
     }
 
-    /// The contents, once every copy queued on this buffer is done (waits for them only).
+    /// The contents, once every copy queued on this buffer is done (waits for them only). An
+    /// error if the wait failed: the buffer may then still be in use by a copy.
     pub fn as_slice(&self) -> Result<&[T]> {
-        self.uses
-            .wait_and_clear(self.ctx, "PinnedHostBuffer (waiting for its copies)");
+        self.uses.wait_all(self.ctx)?;
         // SAFETY: `len` initialised (zeroed, then copied into) elements at an aligned `ptr`
         // that we own; no copy is pending, and new ones need `&mut self` or a shared read.
         Ok(unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
@@ -130,8 +130,7 @@ impl<'ctx, T: Pod> PinnedHostBuffer<'ctx, T> {
 
     /// The contents, writable, once every copy queued on this buffer is done.
     pub fn as_mut_slice(&mut self) -> Result<&mut [T]> {
-        self.uses
-            .wait_and_clear(self.ctx, "PinnedHostBuffer (waiting for its copies)");
+        self.uses.wait_all(self.ctx)?;
         // SAFETY: as in `as_slice`, and `&mut self` makes the borrow exclusive.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) })
     }

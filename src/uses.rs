@@ -40,6 +40,15 @@ struct Inner {
     events: Vec<(u64, CUevent)>,
     /// A use could not be recorded: waiting falls back to the whole context.
     untracked: bool,
+    /// Views handed to another library (cudarc) that may queue work this record cannot see:
+    /// while any is live (or was forgotten), waiting falls back to the whole context.
+    foreign: usize,
+}
+
+impl Inner {
+    fn needs_context_wait(&self) -> bool {
+        self.untracked || self.foreign > 0
+    }
 }
 
 // SAFETY: CUevent handles may be used from any thread; every access is under the mutex and
@@ -74,7 +83,7 @@ impl StreamUses {
     pub fn wait_host(&self, ctx: &Context) -> Result<()> {
         let _bound = ctx.bind()?;
         let inner = self.lock();
-        if inner.untracked {
+        if inner.needs_context_wait() {
             drop(inner);
             return ctx.synchronize();
         }
@@ -85,11 +94,49 @@ impl StreamUses {
         Ok(())
     }
 
-    /// Marks the memory as used by work this record cannot see (another library's streams):
-    /// from now on, waiting for it waits for its whole context.
+    /// A view of the memory goes to another library, whose work on it this record cannot see:
+    /// until [`end_foreign`](Self::end_foreign), waiting for the memory waits for its whole
+    /// context.
     #[cfg_attr(not(feature = "cudarc"), allow(dead_code))]
-    pub fn mark_untracked(&self) {
-        self.lock().untracked = true;
+    pub fn begin_foreign(&self) {
+        self.lock().foreign += 1;
+    }
+
+    /// That view is gone: its context is synchronized (the other library's work with it is
+    /// then done, whatever stream it used), and exact tracking resumes once no such view is
+    /// left. If the synchronize fails, the memory stays untracked for good (safe, slower).
+    #[cfg_attr(not(feature = "cudarc"), allow(dead_code))]
+    pub fn end_foreign(&self, ctx: &Context) {
+        let synced = ctx.synchronize();
+        let mut inner = self.lock();
+        inner.foreign = inner.foreign.saturating_sub(1);
+        if let Err(e) = synced {
+            inner.untracked = true;
+            drop(inner);
+            drop_log::record("a foreign view's drop (cuCtxSynchronize)", e);
+        }
+    }
+
+    /// Waits until every recorded use is done, then forgets them; an error if it could not
+    /// wait (the caller must then not touch the memory).
+    pub fn wait_all(&self, ctx: &Context) -> Result<()> {
+        let _bound = ctx.bind()?;
+        let mut inner = self.lock();
+        if inner.needs_context_wait() {
+            ctx.synchronize()?;
+            inner.untracked = false;
+        }
+        for &(_, event) in &inner.events {
+            // SAFETY: our own live event (destroyed only under this lock).
+            unsafe { result::event_synchronize(event) }?;
+        }
+        for (_, event) in inner.events.drain(..) {
+            // SAFETY: our own event, complete; not used afterwards.
+            drop_log::check("stream-use event (cuEventDestroy)", unsafe {
+                result::event_destroy(event)
+            });
+        }
+        Ok(())
     }
 
     /// Waits until every recorded use is done and forgets them (destroying the events). Never
@@ -103,7 +150,8 @@ impl StreamUses {
             }
         };
         let mut inner = self.lock();
-        let mut untracked = std::mem::take(&mut inner.untracked);
+        let mut untracked = inner.needs_context_wait();
+        inner.untracked = false;
         for (_, event) in inner.events.drain(..) {
             // SAFETY: our own event, destroyed right after.
             if let Err(e) = unsafe { result::event_synchronize(event) } {

@@ -3,6 +3,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
@@ -490,10 +491,16 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         type_checked: TypeCheck::of::<T>(),
         fd: offer.fds.pop(),
         lease: Lease {
+            identity: crate::os::peer_socket_name(stream.as_fd())
+                .ok()
+                .filter(|n| !n.is_empty())
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .unwrap_or_else(|| peer.clone()),
             stream,
             reader,
             latest_ready: None,
             peer,
+            announced: Arc::default(),
         },
     })
 }

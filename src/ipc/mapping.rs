@@ -18,11 +18,11 @@
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::drop_log;
 use crate::error::{Error, Result};
 use crate::result::CUdeviceptr;
 use crate::uses::StreamUses;
@@ -64,9 +64,10 @@ pub(crate) struct ImportedMapping {
     pub base: CUdeviceptr,
     /// Bytes mapped from `base`, as measured after mapping.
     pub size: u64,
-    /// The rendezvous connections that brought this mapping to this process, one per exporter:
-    /// each stays open while the memory is mapped, so each exporter knows it is still in use.
-    pub leases: Mutex<Vec<Arc<Mutex<Lease>>>>,
+    /// The rendezvous connections that brought this mapping to this process, one per exporter
+    /// instance: each stays open while the memory is mapped, so each exporter knows it is
+    /// still in use.
+    pub leases: Mutex<Vec<Arc<LeaseCell>>>,
     /// The streams that used the memory (through any handle); unmapping waits for them.
     pub uses: StreamUses,
 }
@@ -152,27 +153,32 @@ impl ImportedMapping {
         })
     }
 
-    /// Keeps the lease of a connection that brought this mapping; returns its index. A second
-    /// lease from the same exporter adds nothing (that exporter already knows this process maps
-    /// the memory): it closes here, so repeated imports cannot pile up connections.
+    /// Keeps the lease of a connection that brought this mapping; returns its index. A newer
+    /// lease from the same exporter instance takes the older one's place (same index): the
+    /// count that exporter keeps stays one, and the newer connection has the fresher state
+    /// (the older may have lost announcements to a full socket buffer). The older closes once
+    /// no waiter uses it, so repeated imports cannot pile up connections.
     pub fn add_lease(&self, lease: Lease) -> usize {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let same = leases.iter().position(|l| {
-            l.lock()
-                .map(|l| l.peer == lease.peer)
-                .unwrap_or_else(|p| p.into_inner().peer == lease.peer)
+        let cell = Arc::new(LeaseCell {
+            identity: lease.identity.clone(),
+            announced: Arc::clone(&lease.announced),
+            lease: Mutex::new(lease),
         });
-        match same {
-            Some(i) => i,
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        match leases.iter().position(|l| l.identity == cell.identity) {
+            Some(i) => {
+                leases[i] = cell;
+                i
+            }
             None => {
-                leases.push(Arc::new(Mutex::new(lease)));
+                leases.push(cell);
                 leases.len() - 1
             }
         }
     }
 
     /// The lease of index `index` (or the first, if `None`), if any.
-    pub fn lease(&self, index: Option<usize>) -> Option<Arc<Mutex<Lease>>> {
+    pub fn lease(&self, index: Option<usize>) -> Option<Arc<LeaseCell>> {
         let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases.get(index.unwrap_or(0)).cloned()
     }
@@ -213,7 +219,28 @@ pub(crate) struct Lease {
     pub stream: UnixStream,
     pub reader: FrameReader,
     pub latest_ready: Option<u64>,
+    /// The exporter, in messages.
     pub peer: String,
+    /// Which exporter instance answered (the address its listening socket was bound to, a
+    /// random temporary name; else `peer`).
+    pub identity: String,
+    /// The latest frame announced, plus one (0: none yet), readable without the lease's lock.
+    pub announced: Arc<AtomicU64>,
+}
+
+/// A lease of a mapping, shared by the handles that came through it.
+#[derive(Debug)]
+pub(crate) struct LeaseCell {
+    identity: String,
+    announced: Arc<AtomicU64>,
+    pub lease: Mutex<Lease>,
+}
+
+impl LeaseCell {
+    /// The latest frame announced so far, if any (no lock, no I/O).
+    pub fn announced(&self) -> Option<u64> {
+        self.announced.load(Ordering::Acquire).checked_sub(1)
+    }
 }
 
 impl Lease {
@@ -241,6 +268,8 @@ impl Lease {
                     word.copy_from_slice(&m.payload);
                     let n = u64::from_le_bytes(word);
                     self.latest_ready = Some(self.latest_ready.map_or(n, |l| l.max(n)));
+                    self.announced
+                        .fetch_max(n.saturating_add(1), Ordering::AcqRel);
                 }
                 other => {
                     return Err(Error::Protocol {
@@ -303,6 +332,9 @@ pub(crate) fn lookup(ctx: &Context, key: CacheKey) -> Option<Arc<ImportedMapping
     let key = key_of(ctx, key);
     let slot = cache().get(&key).map(Arc::clone)?;
     let found = slot.lock().as_ref().and_then(Weak::upgrade);
+    if found.is_none() {
+        forget_if_empty(key, slot);
+    }
     found
 }
 
@@ -347,46 +379,46 @@ pub(crate) fn open_or_reuse(
     result
 }
 
-/// Drops one reference to `mapping`; the last one unmaps (under its slot's lock, so an import
-/// of the same key waits for the unmap instead of reusing a dying mapping).
+/// Drops one reference to `mapping`; the last one unmaps. The slot's lock only decides who is
+/// last (and empties the slot, so a new import opens afresh); the waiting and unmapping happen
+/// outside every lock, so a stream that never finishes blocks this drop only. An import of the
+/// same buffer meanwhile opens it again: the driver counts opens of one legacy handle in a
+/// context (both return one address; the memory stays mapped until the last close), and a VMM
+/// mapping is a range of its own.
 pub(crate) fn release_reference(ctx: &Context, mapping: Arc<ImportedMapping>) {
     let key = mapping.key;
-    if Arc::strong_count(&mapping) == 1 {
-        // Probably the last handle: wait for the work on the memory before taking the slot's
-        // lock, so that a stream that never finishes (a producer that died before writing the
-        // signal it waits for) blocks this drop only, not every import of the same buffer.
-        // Work queued by a handle that appears meanwhile is waited for under the lock below.
-        if let Err(e) = mapping.uses.wait_host(ctx) {
-            drop_log::record("imported buffer (waiting for its streams)", e);
-        }
-    }
     let slot = cache().get(&key).map(Arc::clone);
-    match slot {
+    let last = match &slot {
         Some(slot) => {
-            {
-                let mut entry = slot.lock();
-                if let Some(last) = Arc::into_inner(mapping) {
-                    *entry = None;
-                    last.release(ctx);
-                }
+            let mut entry = slot.lock();
+            let last = Arc::into_inner(mapping);
+            if last.is_some() {
+                *entry = None;
             }
-            forget_if_empty(key, slot);
+            last
         }
-        None => {
-            if let Some(last) = Arc::into_inner(mapping) {
-                last.release(ctx);
-            }
-        }
+        None => Arc::into_inner(mapping),
+    };
+    if let Some(last) = last {
+        last.release(ctx);
+    }
+    if let Some(slot) = slot {
+        forget_if_empty(key, slot);
     }
 }
 
 /// How many imported mappings are live in the context of id `ctx`.
 pub(crate) fn live_in(ctx: u64) -> usize {
-    let map = cache();
-    map.iter()
-        .filter(|((c, _), slot)| {
-            *c == ctx && slot.lock().as_ref().is_some_and(|w| w.strong_count() > 0)
-        })
+    // The slots are looked at after the global lock is released: a slot's lock may be held
+    // across a driver open.
+    let slots: Vec<Arc<Slot>> = cache()
+        .iter()
+        .filter(|((c, _), _)| *c == ctx)
+        .map(|(_, slot)| Arc::clone(slot))
+        .collect();
+    slots
+        .iter()
+        .filter(|slot| slot.lock().as_ref().is_some_and(|w| w.strong_count() > 0))
         .count()
 }
 

@@ -455,10 +455,14 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
                 "this buffer was imported without a rendezvous connection".into(),
             ));
         };
-        // Other handles on the same lease may be waiting too: take turns, within the deadline.
+        // Other handles on the same lease may be waiting too: take turns, within the deadline,
+        // and return at once if one of them has read the announcement already.
         let deadline = crate::deadline::after(timeout);
         loop {
-            match lease.try_lock() {
+            if let Some(latest) = lease.announced().filter(|&l| l >= frame) {
+                return Ok(latest);
+            }
+            match lease.lease.try_lock() {
                 Ok(mut l) => {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     return l.wait_ready(frame, left);
