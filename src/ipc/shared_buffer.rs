@@ -263,7 +263,11 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         }
     }
 
-    /// The descriptor (for an owner: as it would be published, generation 1).
+    /// The descriptor: for an owner, as it would be published (the exporter sets the
+    /// generation); for an import, the checked descriptor this handle's view was placed from
+    /// (its sizes are the exporter's claims: [`allocation_size`](Self::allocation_size) is
+    /// what was measured); for [`import_legacy_handle`](Self::import_legacy_handle), made up
+    /// here, with zero exporter fields.
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor
     }
