@@ -3,11 +3,9 @@
 //! programs speaking the rendezvous protocol, so they can be killed without harming this
 //! process.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cuda_ipc::ipc::rendezvous::write_atomic;
 use cuda_ipc::ipc::{fetch, ExportOptions, Exporter, ImportOptions};
@@ -15,68 +13,8 @@ use cuda_ipc::{os, Error};
 use serial_test::serial;
 
 mod common;
+use common::py::{expect, python};
 use common::{fd_descriptor, temp_dir};
-
-/// Frames like src/ipc/channel.rs: b"CIPM", kind, 3 zero bytes, u32 LE length, payload.
-const PY_FRAMING: &str = r#"
-import os, socket, struct, sys, time
-def frame(kind, payload):
-    return b"CIPM" + bytes([kind, 0, 0, 0]) + struct.pack("<I", len(payload)) + payload
-def read_frame(s):
-    hdr = b""
-    fds = []
-    while len(hdr) < 12:
-        data, f, _, _ = socket.recv_fds(s, 12 - len(hdr), 4)
-        if not data:
-            sys.exit("closed")
-        hdr += data; fds += f
-    n = struct.unpack("<I", hdr[8:12])[0]
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return hdr[4], body, fds
-"#;
-
-/// A Python peer, killed when dropped (also when a test panics).
-struct Py(Child);
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python(script: &str, args: &[&str]) -> (Py, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(format!("{PY_FRAMING}\n{script}"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for these tests");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (Py(child), rx)
-}
-
-fn expect(rx: &std::sync::mpsc::Receiver<String>, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("python never said {needle:?}"));
-        if line.contains(needle) {
-            return;
-        }
-    }
-}
 
 fn private_dir(tag: &str) -> std::path::PathBuf {
     let dir = temp_dir(tag);
