@@ -227,6 +227,18 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
         d: &CheckedDescriptor,
         lease: Option<usize>,
     ) -> Result<Self> {
+        Self::placed(ctx, mapping, d.descriptor(), lease)
+    }
+
+    /// A handle on `mapping` for the view `descriptor` names (its offset, length and signal
+    /// words), placed against the measured mapping; on error the reference is released.
+    fn placed(
+        ctx: &'ctx Context,
+        mapping: Arc<ImportedMapping>,
+        descriptor: Descriptor,
+        lease: Option<usize>,
+    ) -> Result<Self> {
+        let d = &descriptor;
         let place = match mapping.place::<T>(d.offset, d.len, d.signal_offset) {
             Ok(p) => p,
             Err(e) => {
@@ -239,7 +251,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             data: place.data,
             len: place.len,
             signals: place.signals,
-            descriptor: d.descriptor(),
+            descriptor,
             role: Some(Role::Imported { mapping, lease }),
             _marker: PhantomData,
         })
@@ -553,25 +565,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             signal_offset: 0,
             handle: *handle,
         };
-        let place = match mapping.place::<T>(offset as u64, len as u64, 0) {
-            Ok(p) => p,
-            Err(e) => {
-                release_reference(ctx, mapping);
-                return Err(e);
-            }
-        };
-        Ok(SharedDeviceBuffer {
-            ctx,
-            data: place.data,
-            len: place.len,
-            signals: 0,
-            descriptor: d,
-            role: Some(Role::Imported {
-                mapping,
-                lease: None,
-            }),
-            _marker: PhantomData,
-        })
+        Self::placed(ctx, mapping, d, None)
     }
 }
 
