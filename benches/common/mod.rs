@@ -2,6 +2,9 @@
 //! and criterion settings that fit a whole run into a few minutes.
 #![allow(dead_code)]
 
+pub mod shm;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,6 +75,15 @@ impl Helper {
         }
     }
 
+    /// Sends one line to the helper's stdin (helpers that take commands read them line by
+    /// line); false if the helper is gone.
+    pub fn send(&mut self, line: &str) -> bool {
+        match self.child.stdin.as_mut() {
+            Some(stdin) => writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_ok(),
+            None => false,
+        }
+    }
+
     /// Waits for the helper's `ready` marker file.
     pub fn wait_ready(&mut self, dir: &Path) {
         let start = Instant::now();
@@ -113,6 +125,30 @@ pub fn ready_and_wait(dir: &Path) {
     std::fs::write(dir.join("ready"), b"").unwrap();
     let mut sink = Vec::new();
     let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+}
+
+/// CPU time this process has used so far, user + system, all threads (`getrusage`).
+pub fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointer, which is valid and aligned.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_SELF) failed");
+    // SAFETY: zero-initialised, then filled by getrusage (a plain C struct of integers).
+    let usage = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64)
+            + Duration::from_micros(t.tv_usec.clamp(0, 999_999) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The `p`-th percentile (0..=100) of sorted values (nearest rank below); `None` if empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 * p / 100.0) as usize).min(sorted.len() - 1);
+    Some(sorted[i])
 }
 
 /// Human-readable size for bench names.
