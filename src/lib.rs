@@ -77,6 +77,7 @@ pub mod memory;
 pub mod module;
 pub mod os;
 pub mod pinned;
+pub mod pubsub;
 pub mod result;
 pub mod stream;
 pub mod sys;

@@ -714,3 +714,159 @@ pub fn connect_unix(
     set_send_timeout(fd.as_fd(), Duration::ZERO)?;
     Ok(std::os::unix::net::UnixStream::from(fd))
 }
+
+/// A shared memory file for words that several processes read and write: a sealable `memfd`
+/// of `len` bytes (zero-filled), sealed against shrinking and growing, so that a peer holding
+/// it can never make this process's mapping of it fault (`SIGBUS`).
+pub fn shared_words_file(name: &str, len: usize) -> io::Result<OwnedFd> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
+    // SAFETY: `cname` is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+    // SAFETY: plain syscall on an fd we own.
+    check_rc(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
+    // SAFETY: plain syscall on an fd we own.
+    check_rc(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Seals `fd` (from [`shared_words_file`]) against new writable mappings
+/// (`F_SEAL_FUTURE_WRITE`, Linux 5.1) and further seals: mappings made before stay writable,
+/// every later one is read-only.
+pub fn seal_future_writes(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    check_rc(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL,
+        )
+    })
+}
+
+/// Checks that a received `fd` is a shared-words file a peer cannot resize: a sealed memfd of
+/// exactly `len` bytes (`F_SEAL_SHRINK` and `F_SEAL_GROW` set).
+pub fn check_shared_words_file(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let st = fstat(fd)?;
+    if !st.is_regular() || st.size != len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "expected a {len}-byte memory file, got a {} of {} bytes",
+                st.kind_name(),
+                st.size
+            ),
+        ));
+    }
+    // SAFETY: plain syscall on a borrowed fd.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    if seals & needed != needed {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the memory file is not sealed against resizing",
+        ));
+    }
+    Ok(())
+}
+
+/// A shared mapping of a whole file (`mmap(MAP_SHARED)`), unmapped on drop. The memory may be
+/// written by other processes at any time: access it only through atomics.
+#[derive(Debug)]
+pub struct SharedMapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, accessed only through atomics; the pointer is
+// owned by this value and unmapped once.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` bytes of `fd`, read-write or read-only.
+    pub fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<SharedMapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a new mapping chosen by the kernel; nothing else is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMapping { ptr, len })
+    }
+
+    /// The start of the mapping (page-aligned). Do not unmap it: this value does.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.cast()
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: [`map`](Self::map) refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The 64-bit words of the mapping.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned, `len` bytes long and lives as long as `self`;
+        // AtomicU64 has the size and alignment of u64, and every access through it is atomic,
+        // which is what memory shared with other processes needs.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.cast::<std::sync::atomic::AtomicU64>(),
+                self.len / 8,
+            )
+        }
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `map`, unmapped once here; no reference from `words` outlives self.
+        if unsafe { libc::munmap(self.ptr, self.len) } != 0 {
+            crate::drop_log::record(
+                "munmap of shared words",
+                io::Error::last_os_error(),
+            );
+        }
+    }
+}

@@ -792,6 +792,79 @@ pub unsafe fn stream_wait_value32_geq(
     })
 }
 
+/// `cuStreamWriteValue64_v2`.
+///
+/// # Safety
+/// `stream` must be live and `addr` a valid, 8-byte aligned device address (device memory, or
+/// registered host memory's device address) until the stream reaches the write.
+pub unsafe fn stream_write_value64(
+    stream: CUstream,
+    addr: CUdeviceptr,
+    value: u64,
+) -> DriverResult<()> {
+    // SAFETY: forwarded to the caller.
+    check("cuStreamWriteValue64", unsafe {
+        sys::cuStreamWriteValue64_v2(stream, addr, value, sys::STREAM_WRITE_VALUE_DEFAULT)
+    })
+}
+
+/// `cuStreamWaitValue64_v2` with `CU_STREAM_WAIT_VALUE_GEQ` (wrapping comparison: the stream
+/// waits until `(int64_t)(*addr - value) >= 0`).
+///
+/// # Safety
+/// As [`stream_write_value64`].
+pub unsafe fn stream_wait_value64_geq(
+    stream: CUstream,
+    addr: CUdeviceptr,
+    value: u64,
+) -> DriverResult<()> {
+    // SAFETY: forwarded to the caller.
+    check("cuStreamWaitValue64", unsafe {
+        sys::cuStreamWaitValue64_v2(stream, addr, value, sys::STREAM_WAIT_VALUE_GEQ)
+    })
+}
+
+/// `cuMemHostRegister_v2(p, bytes, PORTABLE | DEVICEMAP)` then `cuMemHostGetDevicePointer_v2`:
+/// page-locks `bytes` of host memory at `p` and returns its device address (valid in every
+/// context of the process: unified addressing).
+///
+/// # Safety
+/// `p..p + bytes` must be a page-aligned mapping of this process that stays mapped until
+/// [`mem_host_unregister`].
+pub unsafe fn mem_host_register(p: *mut c_void, bytes: usize) -> DriverResult<CUdeviceptr> {
+    // SAFETY: forwarded to the caller.
+    check("cuMemHostRegister", unsafe {
+        sys::cuMemHostRegister_v2(
+            p,
+            bytes,
+            sys::MEMHOSTREGISTER_PORTABLE | sys::MEMHOSTREGISTER_DEVICEMAP,
+        )
+    })?;
+    let mut d: CUdeviceptr = 0;
+    // SAFETY: `p` was registered just above; valid out-pointer.
+    let got = check("cuMemHostGetDevicePointer", unsafe {
+        sys::cuMemHostGetDevicePointer_v2(&mut d, p, 0)
+    });
+    match got {
+        Ok(()) => Ok(d),
+        Err(e) => {
+            // SAFETY: registered above, nothing uses it yet.
+            let _ = unsafe { mem_host_unregister(p) };
+            Err(e)
+        }
+    }
+}
+
+/// `cuMemHostUnregister`.
+///
+/// # Safety
+/// `p` must have been registered by [`mem_host_register`], and no queued GPU work may still
+/// use its device address.
+pub unsafe fn mem_host_unregister(p: *mut c_void) -> DriverResult<()> {
+    // SAFETY: forwarded to the caller.
+    check("cuMemHostUnregister", unsafe { sys::cuMemHostUnregister(p) })
+}
+
 /// `cuEventCreate`. `interprocess` adds `CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING`.
 pub fn event_create(timing: bool, interprocess: bool) -> DriverResult<CUevent> {
     let mut flags = if timing {

@@ -88,6 +88,10 @@ pub const EVENT_DEFAULT: c_uint = 0x0;
 pub const STREAM_DEFAULT: c_uint = 0x0;
 /// `CU_MEMHOSTALLOC_PORTABLE`: page-locked memory usable by every context.
 pub const MEMHOSTALLOC_PORTABLE: c_uint = 0x1;
+/// `CU_MEMHOSTREGISTER_PORTABLE`: registered memory pinned for every context.
+pub const MEMHOSTREGISTER_PORTABLE: c_uint = 0x1;
+/// `CU_MEMHOSTREGISTER_DEVICEMAP`: registered memory mapped into the device's address space.
+pub const MEMHOSTREGISTER_DEVICEMAP: c_uint = 0x2;
 /// `CU_STREAM_NON_BLOCKING`: a stream not ordered with the legacy default stream.
 pub const STREAM_NON_BLOCKING: c_uint = 0x1;
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
@@ -360,6 +364,12 @@ driver_api! {
     /// Page-locked host memory (`CU_MEMHOSTALLOC_PORTABLE`: pinned for every context).
     fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint);
     fn cuMemFreeHost(p: *mut c_void);
+    /// `_v2` (CUDA 4.0): page-locks existing host memory (a shared `memfd` mapping, for the
+    /// control words of a channel) and maps it for the device.
+    fn cuMemHostRegister_v2(p: *mut c_void, bytes: usize, flags: c_uint);
+    fn cuMemHostUnregister(p: *mut c_void);
+    /// `_v2` (CUDA 3.2): the device address of registered host memory.
+    fn cuMemHostGetDevicePointer_v2(dptr: *mut CUdeviceptr, p: *mut c_void, flags: c_uint);
     fn cuMemsetD8Async(
         dst: CUdeviceptr,
         value: u8,
@@ -389,6 +399,21 @@ driver_api! {
         stream: CUstream,
         addr: CUdeviceptr,
         value: u32,
+        flags: c_uint,
+    );
+
+    /// `_v2` (CUDA 11.7), see [`cuStreamWriteValue32_v2`].
+    fn cuStreamWriteValue64_v2(
+        stream: CUstream,
+        addr: CUdeviceptr,
+        value: u64,
+        flags: c_uint,
+    );
+    /// `_v2` (CUDA 11.7), see [`cuStreamWriteValue32_v2`].
+    fn cuStreamWaitValue64_v2(
+        stream: CUstream,
+        addr: CUdeviceptr,
+        value: u64,
         flags: c_uint,
     );
 

@@ -1,0 +1,57 @@
+//! Where each control word lives. Two kinds of 4 KiB pages of 64-bit words, both shared
+//! memory files (`memfd`) passed over the channel's socket:
+//!
+//! - the **channel page**, one per channel: written by the publisher only (subscribers map
+//!   it read-only), read by every subscriber's CPU;
+//! - a **subscriber page**, one per subscriber connection: its `READY` words are written by
+//!   the publisher's GPU, the rest by that subscriber (CPU or GPU); the publisher reads them.
+//!
+//! A subscriber can thus only lie about itself: it cannot make another subscriber read a
+//! frame early or make the publisher reuse a slot another subscriber holds.
+
+/// Bytes of every control page.
+pub const PAGE_BYTES: usize = 4096;
+/// Most slots a channel may have.
+pub const MAX_SLOTS: usize = 64;
+/// Most subscribers a channel may have.
+pub const MAX_SUBSCRIBERS: usize = 64;
+
+/// Word index of the channel page's magic number.
+pub const MAGIC: usize = 0;
+/// The magic number: "cudaipcC".
+pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"cudaipcC");
+/// Word index: 1 once the publisher has closed the channel (a clean drop).
+pub const CLOSED: usize = 1;
+/// Word index: the highest sequence number the publisher has published (CPU, at
+/// `publish`; the frame's data may still be being written on the publisher's GPU).
+pub const ANNOUNCED: usize = 8;
+/// Word index: the last sequence number whose data is complete (the publisher's GPU writes
+/// it after the frame's work).
+pub const PUBLISHED: usize = 16;
+/// First of `slots` words: the sequence number claimed for each slot (publisher CPU, at
+/// `loan`); 0 for a slot never used.
+pub const CLAIM: usize = 64;
+/// First of `slots` words: the sequence number whose data is complete in each slot
+/// (publisher GPU).
+pub const SLOT_READY: usize = 128;
+
+/// Subscriber page, first of `slots` words: the sequence number complete in each slot,
+/// written by the publisher's GPU for this subscriber (its own copy, so that it can release
+/// its own waits when the publisher dies).
+pub const SUB_READY: usize = 0;
+/// Subscriber page, first of `slots` words: the sequence number this subscriber holds (or
+/// last held) in each slot (its CPU, at `receive`).
+pub const SUB_HOLD: usize = 128;
+/// Subscriber page, first of `slots` words: the sequence number this subscriber has released
+/// in each slot (its GPU after its work, or its CPU). A slot is held while `HOLD > ACK`.
+pub const SUB_ACK: usize = 256;
+/// Subscriber page: the next sequence number this subscriber will receive (its CPU). With
+/// `Policy::Block` no frame at or after it is overwritten.
+pub const SUB_NEXT: usize = 384;
+
+const _: () = assert!(SLOT_READY + MAX_SLOTS <= PAGE_BYTES / 8);
+const _: () = assert!(CLAIM + MAX_SLOTS <= SLOT_READY);
+const _: () = assert!(SUB_READY + MAX_SLOTS <= SUB_HOLD);
+const _: () = assert!(SUB_HOLD + MAX_SLOTS <= SUB_ACK);
+const _: () = assert!(SUB_ACK + MAX_SLOTS <= SUB_NEXT);
+const _: () = assert!(SUB_NEXT < PAGE_BYTES / 8);

@@ -1,0 +1,280 @@
+//! The slot protocol, without the GPU: which slot the publisher may fill next, which frame a
+//! subscriber receives, and how both agree that a held slot is never overwritten.
+//!
+//! Frames are numbered 1, 2, 3 … (`seq`). The publisher claims a slot for frame `k` by
+//! writing `CLAIM[slot] = k` before it writes the frame, and announces `k` after queueing the
+//! frame's work. A subscriber receiving frame `t` finds the slot whose claim is `t`, writes
+//! `HOLD[slot] = t` in its own page and then checks that the claim is still `t`; the
+//! publisher writes the claim and then checks every live subscriber's `HOLD > ACK`. All of
+//! these are sequentially consistent atomics, so at least one side sees the other (Dekker's
+//! handshake): either the subscriber sees the new claim and backs off, or the publisher sees
+//! the hold and leaves the slot alone. A slot is free again once the subscriber writes
+//! `ACK[slot] = t` (after its GPU work on the frame, when released on a stream).
+//!
+//! With [`Policy::Block`] frame `k` goes to slot `(k - 1) % slots`, and the slot is reused
+//! only when every live subscriber has moved past the frame in it (`NEXT > claim`) and holds
+//! nothing there: no frame is lost. With [`Policy::DropOldest`] the publisher takes the slot
+//! with the oldest frame that no subscriber holds (never the newest frame, which late joiners
+//! start from); a subscriber whose next frame was overwritten skips to the oldest one left and
+//! is told how many it missed.
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+use super::layout::*;
+use super::Policy;
+
+/// Why the publisher cannot claim a slot now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// Subscriber `sub` (its connection id) holds the frame in the slot.
+    Held {
+        /// The subscriber's id.
+        sub: u64,
+        /// Its frame.
+        seq: u64,
+    },
+    /// Subscriber `sub` has not received the frame in the slot yet (`Policy::Block`).
+    Behind {
+        /// The subscriber's id.
+        sub: u64,
+        /// The frame it waits for next.
+        next: u64,
+    },
+}
+
+/// A live subscriber as the publisher sees it: its id and its page's words.
+pub type SubWords<'a> = (u64, &'a [AtomicU64]);
+
+/// The publisher's side of the protocol.
+#[derive(Debug, Clone)]
+pub struct PublisherState {
+    slots: usize,
+    policy: Policy,
+    next_seq: u64,
+    /// A slot claimed for `next_seq` by a loan that was dropped unpublished.
+    claimed: Option<usize>,
+}
+
+fn blocker(
+    slot: usize,
+    frame: u64,
+    subs: &[SubWords<'_>],
+    policy: Policy,
+    check_behind: bool,
+) -> Option<Blocked> {
+    for &(sub, w) in subs {
+        let hold = w[SUB_HOLD + slot].load(SeqCst);
+        if hold > w[SUB_ACK + slot].load(SeqCst) {
+            return Some(Blocked::Held { sub, seq: hold });
+        }
+        if check_behind && policy == Policy::Block && frame != 0 {
+            let next = w[SUB_NEXT].load(SeqCst);
+            if next <= frame {
+                return Some(Blocked::Behind { sub, next });
+            }
+        }
+    }
+    None
+}
+
+impl PublisherState {
+    /// A channel of `slots` slots (1..=64) that has published nothing yet.
+    pub fn new(slots: usize, policy: Policy) -> PublisherState {
+        assert!((1..=MAX_SLOTS).contains(&slots));
+        PublisherState {
+            slots,
+            policy,
+            next_seq: 1,
+            claimed: None,
+        }
+    }
+
+    /// The sequence number the next frame gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The slots to try for the next frame, best first.
+    fn candidates(&self, chan: &[AtomicU64]) -> Vec<usize> {
+        match self.policy {
+            Policy::Block => vec![((self.next_seq - 1) % self.slots as u64) as usize],
+            Policy::DropOldest => {
+                let newest = self.next_seq - 1;
+                let mut c: Vec<(u64, usize)> = (0..self.slots)
+                    .map(|i| (chan[CLAIM + i].load(SeqCst), i))
+                    .filter(|&(claim, _)| self.slots == 1 || claim == 0 || claim != newest)
+                    .collect();
+                c.sort_unstable();
+                c.into_iter().map(|(_, i)| i).collect()
+            }
+        }
+    }
+
+    /// Claims a slot for the next frame: `CLAIM[slot] = seq`. Returns `(slot, seq)`, or why
+    /// no slot is free now (the first blocker found).
+    pub fn try_claim(
+        &mut self,
+        chan: &[AtomicU64],
+        subs: &[SubWords<'_>],
+    ) -> Result<(usize, u64), Blocked> {
+        let seq = self.next_seq;
+        if let Some(slot) = self.claimed {
+            return Ok((slot, seq));
+        }
+        let mut first = None;
+        for slot in self.candidates(chan) {
+            let old = chan[CLAIM + slot].load(SeqCst);
+            if let Some(b) = blocker(slot, old, subs, self.policy, true) {
+                first.get_or_insert(b);
+                continue;
+            }
+            chan[CLAIM + slot].store(seq, SeqCst);
+            // A subscriber may have registered a hold on `old` before it could see the new
+            // claim: look again now that the claim is visible.
+            if let Some(b) = blocker(slot, old, subs, self.policy, false) {
+                chan[CLAIM + slot].store(old, SeqCst);
+                first.get_or_insert(b);
+                continue;
+            }
+            self.claimed = Some(slot);
+            return Ok((slot, seq));
+        }
+        Err(first.expect("at least one candidate slot"))
+    }
+
+    /// Marks the claimed frame published: `ANNOUNCED = seq`. Call after queueing the frame's
+    /// work and the GPU writes of its `READY` words.
+    pub fn announce(&mut self, chan: &[AtomicU64]) -> u64 {
+        let seq = self.next_seq;
+        chan[ANNOUNCED].store(seq, SeqCst);
+        self.next_seq += 1;
+        self.claimed = None;
+        seq
+    }
+
+    /// Where a subscriber joining now starts: `(next, announced)`, with `next` the newest
+    /// announced frame still in a slot when `latest` (else the frame after the newest).
+    pub fn join_point(&self, chan: &[AtomicU64], latest: bool) -> (u64, u64) {
+        let announced = chan[ANNOUNCED].load(SeqCst);
+        let newest_left = (0..self.slots)
+            .map(|i| chan[CLAIM + i].load(SeqCst))
+            .filter(|&c| c != 0 && c <= announced)
+            .max();
+        match newest_left {
+            Some(n) if latest => (n, announced),
+            _ => (announced + 1, announced),
+        }
+    }
+}
+
+/// A frame a subscriber has registered as held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    /// Its slot.
+    pub slot: usize,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Frames skipped since the previous one (overwritten before this subscriber got them).
+    pub missed: u64,
+}
+
+/// What [`SubscriberState::try_pick`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The frame is held now; release it with `ACK[slot] = seq`.
+    Held(Picked),
+    /// No frame announced yet after the last one.
+    NotYet,
+}
+
+/// The publisher broke the protocol (or the channel page is corrupt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+/// A subscriber's side of the protocol.
+#[derive(Debug, Clone)]
+pub struct SubscriberState {
+    slots: usize,
+    policy: Policy,
+    next: u64,
+    missed: u64,
+}
+
+impl SubscriberState {
+    /// A subscriber that receives `next` first.
+    pub fn new(slots: usize, policy: Policy, next: u64) -> SubscriberState {
+        SubscriberState {
+            slots,
+            policy,
+            next: next.max(1),
+            missed: 0,
+        }
+    }
+
+    /// The frame this subscriber receives next.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Finds and holds the next frame, if announced.
+    pub fn try_pick(&mut self, chan: &[AtomicU64], me: &[AtomicU64]) -> Result<Pick, Violation> {
+        // Each retry follows a claim that moved on: a bounded number in practice; the bound
+        // only keeps a corrupt page from spinning forever.
+        for _ in 0..4 * self.slots + 8 {
+            let announced = chan[ANNOUNCED].load(SeqCst);
+            let t = self.next;
+            if announced < t {
+                return Ok(Pick::NotYet);
+            }
+            let found = (0..self.slots).find(|&i| chan[CLAIM + i].load(SeqCst) == t);
+            let Some(slot) = found else {
+                if self.policy == Policy::Block {
+                    return Err(Violation(format!(
+                        "frame {t} was announced (up to {announced}) but is in no slot, \
+                         though the channel's policy is Block"
+                    )));
+                }
+                // Overwritten: skip to the oldest frame left (or past all announced ones).
+                let oldest = (0..self.slots)
+                    .map(|i| chan[CLAIM + i].load(SeqCst))
+                    .filter(|&c| c > t && c <= announced)
+                    .min()
+                    .unwrap_or(announced + 1);
+                self.missed += oldest - t;
+                self.next = oldest;
+                me[SUB_NEXT].store(self.next, SeqCst);
+                continue;
+            };
+            let before = me[SUB_HOLD + slot].load(SeqCst);
+            me[SUB_HOLD + slot].store(t, SeqCst);
+            if chan[CLAIM + slot].load(SeqCst) != t {
+                me[SUB_HOLD + slot].store(before, SeqCst);
+                continue;
+            }
+            self.next = t + 1;
+            me[SUB_NEXT].store(self.next, SeqCst);
+            let missed = std::mem::take(&mut self.missed);
+            return Ok(Pick::Held(Picked {
+                slot,
+                seq: t,
+                missed,
+            }));
+        }
+        Err(Violation(
+            "the channel's slot claims keep changing under this subscriber".into(),
+        ))
+    }
+}
+
+/// Releases a held frame from the CPU: `ACK[slot] = seq`.
+pub fn release(me: &[AtomicU64], picked: &Picked) {
+    me[SUB_ACK + picked.slot].store(picked.seq, SeqCst);
+}
+
+/// Whether the frame is complete on the publisher's GPU (its `SLOT_READY` word).
+pub fn is_ready(chan: &[AtomicU64], picked: &Picked) -> bool {
+    chan[SLOT_READY + picked.slot].load(SeqCst) >= picked.seq
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

@@ -1,0 +1,1 @@
+//! Tests of the slot protocol (see the parent module).
