@@ -44,7 +44,7 @@ while [[ $# -gt 0 ]]; do
     --pods)
       [[ $(id -u) -eq 0 ]] || { echo "demo: --pods needs root (unshare --pid)" >&2; exit 2; }
       wrap=(unshare --pid --fork --mount-proc); shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
