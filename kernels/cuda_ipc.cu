@@ -1,8 +1,10 @@
 // Kernels used by cuda-ipc: deterministic patterns that another process can
-// check, a GPU digest the CPU can reproduce, and in-place transforms.
+// check, a GPU digest the CPU can reproduce, in-place transforms, and the frames of the
+// channel examples (fill, verify, timestamp).
 //
 // Every kernel is `extern "C"` so its PTX entry name is the plain name, and
-// every kernel uses a grid-stride loop so any launch shape covers any length.
+// every kernel but stamp_time (one thread) uses a grid-stride loop so any launch shape
+// covers any length.
 // The CPU references live in src/kernels/reference.rs; keep them in step.
 
 #include <stdint.h>
@@ -95,5 +97,62 @@ extern "C" __global__ void checksum(const uint32_t *__restrict__ words, uint64_t
     }
     if ((threadIdx.x & 31u) == 0 && acc != 0) {
         atomicAdd(out, (unsigned long long)acc);
+    }
+}
+
+// The word of frame `seq` at `index`: what fill_frame writes and verify_frame expects.
+// A bijection of `index` for each `seq` (mix64 is bijective, and xor with a per-frame
+// constant too), and two frames share a word at a position only by chance (about one word in
+// 2^32), so a stale, torn or misplaced frame shows as almost every word wrong.
+__device__ __forceinline__ uint32_t frame_word(uint64_t seq, uint64_t index) {
+    return (uint32_t)mix64((seq * GOLDEN64) ^ (index + 0x51ED270B27ull));
+}
+
+// words[i] = frame_word(seq, i).
+extern "C" __global__ void fill_frame(uint32_t *words, uint64_t n, uint64_t seq) {
+    uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        words[i] = frame_word(seq, i);
+    }
+}
+
+// errors[0] += the number of i with words[i] != frame_word(seq, i). errors[0] is not zeroed.
+// Reads 16 bytes per load when `words` is 16-byte aligned, then a warp reduction and one
+// atomic per warp that found an error.
+extern "C" __global__ void verify_frame(const uint32_t *__restrict__ words, uint64_t n,
+                                        uint64_t seq, unsigned int *errors) {
+    uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    unsigned int bad = 0;
+    uint64_t tail = 0;
+    if (((uintptr_t)words & 15u) == 0) {
+        const uint4 *quads = (const uint4 *)words;
+        uint64_t nq = n / 4;
+        for (uint64_t q = tid; q < nq; q += stride) {
+            uint4 v = quads[q];
+            uint64_t i = q * 4;
+            bad += (v.x != frame_word(seq, i)) + (v.y != frame_word(seq, i + 1)) +
+                   (v.z != frame_word(seq, i + 2)) + (v.w != frame_word(seq, i + 3));
+        }
+        tail = nq * 4;
+    }
+    for (uint64_t i = tail + tid; i < n; i += stride) {
+        bad += words[i] != frame_word(seq, i);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        bad += __shfl_down_sync(0xffffffffu, bad, offset);
+    }
+    if ((threadIdx.x & 31u) == 0 && bad != 0) {
+        atomicAdd(errors, bad);
+    }
+}
+
+// out[index] = the GPU's global timer (%globaltimer, nanoseconds), written by one thread when
+// the stream reaches this launch. Launched as one thread; any others do nothing.
+extern "C" __global__ void stamp_time(unsigned long long *out, uint64_t index) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        out[index] = t;
     }
 }

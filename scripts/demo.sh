@@ -7,8 +7,25 @@
 #
 # Builds the examples with cargo, unless EXAMPLES_DIR names a folder holding prebuilt `producer`
 # and `consumer` executables (e.g. the GPU bundle's examples/).
+#
+# Channel mode: one frame_publisher and K frame_subscriber processes (pubsub channel, every
+# frame verified on each subscriber's GPU):
+#
+#   scripts/demo.sh --channel [--subscribers 2] [--policy block|drop-oldest] [--frames N]
+#                   [--gpus all|0,1] [--publisher-gpu N] [--slots N] [--transport T]
+#                   [--frame-bytes B] [--cpu-subscriber] [--timeout S] [--pods]
+#                   [--user UID[:GID] | --non-root]
+#
+# Subscriber i maps the frames on GPU gpus[i % len] (default: every GPU nvidia-smi lists, so
+# with two GPUs one subscriber reads over NVLink). --pods: each process in its own PID namespace;
+# --user/--non-root (65534:65534): each process drops to that uid (setpriv, after unshare, all
+# groups cleared). PASS only if every process exits 0 and every subscriber reports
+# verify_failures=0. Needs frame_publisher and frame_subscriber in EXAMPLES_DIR when it is set.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+for arg in "$@"; do
+  [[ "$arg" == --channel ]] && exec "$root/scripts/demo-channel.sh" "$@"
+done
 # Where cargo puts the release examples: its target directory (honours CARGO_TARGET_DIR and
 # .cargo/config), as `cargo metadata` reports it.
 examples_dir() {
@@ -27,7 +44,7 @@ while [[ $# -gt 0 ]]; do
     --pods)
       [[ $(id -u) -eq 0 ]] || { echo "demo: --pods needs root (unshare --pid)" >&2; exit 2; }
       wrap=(unshare --pid --fork --mount-proc); shift ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

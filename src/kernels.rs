@@ -16,9 +16,15 @@
 //! # Ok::<(), cuda_ipc::Error>(())
 //! ```
 //!
-//! Kernels that work on 32-bit words (`fill_pattern`, `transform_words`, `checksum`) accept a
-//! buffer of any element type whose byte length is a multiple of 4 and whose address is 4-byte
-//! aligned; the others are typed.
+//! Kernels that work on 32-bit words (`fill_pattern`, `transform_words`, `add_words_atomic`,
+//! `checksum`, `fill_frame`, `verify_frame`) accept a buffer of any element type whose byte
+//! length is a multiple of 4 and whose address is 4-byte aligned; the others are typed.
+//!
+//! The frame kernels serve the channel examples: a publisher fills each frame with
+//! [`fill_frame`](Kernels::fill_frame) for its sequence number, every subscriber checks it on
+//! its own GPU with [`verify_frame`](Kernels::verify_frame) into a device counter that is read
+//! once at the end, and [`stamp_time`](Kernels::stamp_time) records when a stream reached a
+//! point (the GPU's global nanosecond timer), for latencies measured without a CPU sync.
 
 pub mod reference;
 
@@ -51,6 +57,9 @@ pub const ENTRY_POINTS: &[&str] = &[
     "scale_add_f32",
     "checksum",
     "add_words_atomic",
+    "fill_frame",
+    "verify_frame",
+    "stamp_time",
 ];
 
 const BLOCK: u32 = 256;
@@ -58,7 +67,7 @@ const BLOCK: u32 = 256;
 /// The loaded module of a context; owned by the [`Context`], unloaded when it drops.
 pub(crate) struct KernelModule {
     module: CUmodule,
-    functions: [CUfunction; 6],
+    functions: [CUfunction; ENTRY_POINTS.len()],
     max_grid: u32,
 }
 
@@ -76,7 +85,7 @@ impl KernelModule {
             );
             why
         };
-        let mut functions = [std::ptr::null_mut(); 6];
+        let mut functions = [std::ptr::null_mut(); ENTRY_POINTS.len()];
         for (slot, name) in functions.iter_mut().zip(ENTRY_POINTS) {
             // SAFETY: `module` was just loaded and is live.
             match unsafe { crate::module::function_checked(ctx, module, name, None) } {
@@ -159,18 +168,29 @@ impl<'ctx> Kernels<'ctx> {
             block: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
+        self.launch_config(index, &config, stream, params)
+    }
+
+    fn launch_config(
+        &self,
+        index: usize,
+        config: &LaunchConfig,
+        stream: &Stream<'_>,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         // SAFETY: each launcher below passes one pointer per kernel parameter, to a value of
-        // the parameter's exact type (u64 device pointers, u64 counts, u32/f32 scalars), and
-        // has checked that the memory covers `n` elements of what the kernel touches (the
-        // kernels loop with a grid stride). The memory outlives the launch: each launcher
-        // records it as used by `stream`, and memory waits for the streams that used it before
-        // it is freed. The function is of this context's module.
+        // the parameter's exact type (u64 device pointers, u64 counts and indices, u32/f32
+        // scalars), and has checked that the memory covers what the kernel touches (`n`
+        // elements for the grid-stride kernels, element `index` for stamp_time). The memory
+        // outlives the launch: each launcher records it as used by `stream`, and memory waits
+        // for the streams that used it before it is freed. The function is of this context's
+        // module.
         unsafe {
             crate::launch::launch_raw(
                 self.ctx,
                 self.module.functions[index],
                 ENTRY_POINTS[index],
-                &config,
+                config,
                 stream,
                 params,
             )
@@ -316,6 +336,97 @@ impl<'ctx> Kernels<'ctx> {
         self.launch(4, n, stream, &mut params)?;
         let recorded = view.record_use(stream);
         recorded.and(out_view.record_use(stream))
+    }
+
+    /// Fills the words of `buf` with frame `seq` ([`reference::frame_word`]): what a
+    /// publisher writes into a loaned slot and [`verify_frame`](Self::verify_frame) checks.
+    pub fn fill_frame<T: Pod>(
+        &self,
+        stream: &Stream<'_>,
+        buf: &mut impl DeviceMemoryMut<T>,
+        seq: u64,
+    ) -> Result<()> {
+        self.check_memory(buf, "fill_frame")?;
+        let view = buf.view_mut();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "fill_frame")?;
+        let mut seq = seq;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut seq as *mut u64).cast(),
+        ];
+        self.launch(6, n, stream, &mut params)?;
+        view.record_use(stream)
+    }
+
+    /// Queues the check of `buf` against frame `seq`: ADDS the number of words that differ
+    /// from [`reference::frame_word`] to `errors[0]` (atomically; it is not zeroed, so one
+    /// counter can sum the errors of many frames). Nothing waits: read `errors` after the
+    /// stream is done. `errors` must hold at least one element; only the first is touched.
+    pub fn verify_frame<T: Pod>(
+        &self,
+        stream: &Stream<'_>,
+        buf: &impl DeviceMemory<T>,
+        seq: u64,
+        errors: &mut impl DeviceMemoryMut<u32>,
+    ) -> Result<()> {
+        self.check_memory(buf, "verify_frame")?;
+        self.check_memory(errors, "verify_frame error counter")?;
+        let errors_view = errors.view_mut();
+        if errors_view.is_empty() {
+            return Err(Error::InvalidArgument(
+                "verify_frame: the error counter is empty; pass a buffer of at least one u32 \
+                 (zeroed before the first frame)"
+                    .into(),
+            ));
+        }
+        let view = buf.view();
+        let (mut ptr, mut n) = words(view.device_ptr(), view.byte_len(), "verify_frame")?;
+        let mut seq = seq;
+        let mut errors_ptr = errors_view.device_ptr();
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut n as *mut u64).cast(),
+            (&mut seq as *mut u64).cast(),
+            (&mut errors_ptr as *mut u64).cast(),
+        ];
+        self.launch(7, n, stream, &mut params)?;
+        let recorded = view.record_use(stream);
+        recorded.and(errors_view.record_use(stream))
+    }
+
+    /// Queues `out[index] = ` the GPU's global timer (`%globaltimer`, nanoseconds) at the
+    /// moment `stream` reaches this point. The timers of the GPUs of one machine count from a
+    /// common origin, so stamps of two GPUs can be subtracted (to within the timer's update
+    /// interval, about a microsecond on recent GPUs). `index` past the end of `out` is
+    /// [`Error::InvalidArgument`].
+    pub fn stamp_time(
+        &self,
+        stream: &Stream<'_>,
+        out: &mut impl DeviceMemoryMut<u64>,
+        index: usize,
+    ) -> Result<()> {
+        self.check_memory(out, "stamp_time")?;
+        let view = out.view_mut();
+        if index >= view.len() {
+            return Err(Error::InvalidArgument(format!(
+                "stamp_time: index {index} is past the end of the {}-element output",
+                view.len()
+            )));
+        }
+        let mut ptr = view.device_ptr();
+        let mut index = index as u64;
+        let mut params = [
+            (&mut ptr as *mut u64).cast(),
+            (&mut index as *mut u64).cast(),
+        ];
+        let one = LaunchConfig {
+            grid: (1, 1, 1),
+            block: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_config(8, &one, stream, &mut params)?;
+        view.record_use(stream)
     }
 
     /// The digest of `buf`'s words, computed on the GPU; waits for `stream`.

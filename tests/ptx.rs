@@ -8,7 +8,7 @@ const COMMITTED: &str = include_str!("../kernels/cuda_ipc.ptx");
 #[test]
 fn embedded_ptx_declares_every_entry_point() {
     assert_eq!(missing_entry_points(PTX), Vec::<&str>::new());
-    assert_eq!(ENTRY_POINTS.len(), 6);
+    assert_eq!(ENTRY_POINTS.len(), 9);
 }
 
 #[test]
@@ -134,4 +134,23 @@ fn signatures_parse_the_launch_abi() {
     assert_eq!(sigs.len(), ENTRY_POINTS.len(), "{sigs:#?}");
     let checksum = sigs.iter().find(|s| s.contains("entry checksum(")).unwrap();
     assert_eq!(checksum.matches(".param .u64").count(), 3, "{checksum}");
+    // The launchers of src/kernels.rs pass every parameter of these as a u64.
+    for (name, params) in [("fill_frame", 3), ("verify_frame", 4), ("stamp_time", 2)] {
+        let sig = sigs
+            .iter()
+            .find(|s| s.contains(&format!("entry {name}(")))
+            .unwrap_or_else(|| panic!("no {name} in {sigs:#?}"));
+        assert_eq!(sig.matches(".param .u64").count(), params, "{sig}");
+        assert_eq!(sig.matches(".param ").count(), params, "{sig}");
+    }
+}
+
+#[test]
+fn stamp_time_reads_the_global_timer() {
+    let body = COMMITTED
+        .split(".visible .entry stamp_time(")
+        .nth(1)
+        .expect("stamp_time in the committed PTX");
+    let body = body.split(".visible .entry").next().unwrap();
+    assert!(body.contains("%globaltimer"), "{body}");
 }

@@ -69,6 +69,29 @@ pub fn scale_add_f32(x: f32, a: f32, b: f32) -> f32 {
     a.mul_add(x, b)
 }
 
+/// The word `fill_frame` writes at `index` of frame `seq`, and `verify_frame` expects:
+/// `mix64((seq * GOLDEN64) ^ (index + 0x51ED270B27)) as u32` (wrapping). For each frame it
+/// is a bijection of the index, and two frames agree at a position only by chance (about one
+/// word in 2^32), so a stale or torn frame shows as almost every word wrong.
+pub fn frame_word(seq: u64, index: u64) -> u32 {
+    mix64(seq.wrapping_mul(GOLDEN64) ^ index.wrapping_add(0x51_ED27_0B27)) as u32
+}
+
+/// The first `words` words of frame `seq`, as `fill_frame` writes them.
+pub fn frame_words(seq: u64, words: u64) -> Vec<u32> {
+    (0..words).map(|i| frame_word(seq, i)).collect()
+}
+
+/// What `verify_frame` adds to its counter for `words` checked as frame `seq`: the number of
+/// words that differ from [`frame_word`].
+pub fn frame_errors(words: &[u32], seq: u64) -> u64 {
+    words
+        .iter()
+        .enumerate()
+        .filter(|&(i, &w)| w != frame_word(seq, i as u64))
+        .count() as u64
+}
+
 /// The digest of `words` words of the pattern of `seed`.
 pub fn pattern_checksum(seed: u32, words: u64) -> u64 {
     (0..words).fold(0u64, |acc, i| {
@@ -106,6 +129,46 @@ mod tests {
         let words: std::collections::HashSet<u32> =
             (0..10_000u32).map(|w| transform_word(w, 17)).collect();
         assert_eq!(words.len(), 10_000);
+    }
+
+    #[test]
+    fn frame_words_are_deterministic_and_differ_between_frames() {
+        assert_eq!(frame_word(3, 10), frame_word(3, 10));
+        assert_eq!(frame_words(3, 4)[2], frame_word(3, 2));
+        // Pinned values: the kernel in kernels/cuda_ipc.cu must produce exactly these.
+        assert_eq!(
+            frame_word(0, 0),
+            mix64(0x51_ED27_0B27) as u32,
+            "seq 0 is mix64 of the index offset"
+        );
+        let a = frame_words(1, 4096);
+        let b = frame_words(2, 4096);
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        assert!(
+            same <= 1,
+            "{same} of 4096 words agree between frames 1 and 2"
+        );
+        // Consecutive frames and large sequence numbers too.
+        assert_ne!(frame_word(u64::MAX, 0), frame_word(u64::MAX - 1, 0));
+        assert_ne!(frame_word(7, 0), frame_word(7, 1));
+    }
+
+    #[test]
+    fn frame_words_are_a_bijection_of_the_index() {
+        let words: std::collections::HashSet<u32> = frame_words(42, 100_000).into_iter().collect();
+        // mix64 is a bijection on u64; truncated to 32 bits collisions are possible but rare.
+        assert!(words.len() >= 99_990, "{} distinct of 100000", words.len());
+    }
+
+    #[test]
+    fn frame_errors_counts_every_wrong_word() {
+        let mut words = frame_words(5, 1000);
+        assert_eq!(frame_errors(&words, 5), 0);
+        words[0] ^= 1;
+        words[999] = words[999].wrapping_add(1);
+        assert_eq!(frame_errors(&words, 5), 2);
+        // A whole stale frame: (almost) every word is wrong.
+        assert!(frame_errors(&frame_words(4, 1000), 5) >= 999);
     }
 
     #[test]
