@@ -194,6 +194,9 @@ pub fn run(role: &str) {
     if let Err(e) = r {
         out.failure.get_or_insert_with(|| e.to_string());
     }
+    if let Some(f) = &out.failure {
+        eprintln!("channel bench helper {role} {}: {f}", env.index);
+    }
     write_result(&env.dir, &ctl, &out);
 }
 

@@ -67,7 +67,6 @@ impl HelperResult {
 pub struct Group {
     helpers: Vec<Helper>,
     dirs: Vec<PathBuf>,
-    pub gpus: Vec<usize>,
 }
 
 /// How the helpers of a group are set up.
@@ -106,11 +105,7 @@ impl Group {
         for (h, d) in helpers.iter_mut().zip(&dirs) {
             h.wait_ready(d);
         }
-        Group {
-            helpers,
-            dirs,
-            gpus: spec.gpus,
-        }
+        Group { helpers, dirs }
     }
 
     /// Helper `k`'s directory.
@@ -305,7 +300,7 @@ enum Handoff<'ctx> {
     /// (b) `notify_ready` on the one buffer's exporter; acknowledgements through each
     /// consumer's exporter, waited for with `wait_ready`.
     Notify {
-        exporter: Exporter,
+        exporter: Box<Exporter>,
         acks: Vec<SharedDeviceBuffer<'ctx, u32>>,
     },
 }
@@ -363,7 +358,11 @@ impl<'ctx> SequentialFeed<'ctx> {
                 ..Default::default()
             };
             Handoff::Notify {
-                exporter: Exporter::bind_with(sequential_source(dir, false), &buf, options)?,
+                exporter: Box::new(Exporter::bind_with(
+                    sequential_source(dir, false),
+                    &buf,
+                    options,
+                )?),
                 acks: Vec::new(),
             }
         };

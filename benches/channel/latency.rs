@@ -20,7 +20,7 @@ use cuda_ipc::Kernels;
 use crate::common;
 use crate::consumer::{self as c, stamp_index};
 use crate::feeds::{sequential_source, Group, GroupSpec, SequentialFeed};
-use crate::report::{LatencyRow, Report};
+use crate::report::{LatencyRow, Report, TimerReport};
 use crate::settings::{Settings, SMALL_WORDS};
 
 /// Stamps kept per side (a ring; read back every this many rounds).
@@ -77,7 +77,7 @@ impl Rounds for Echo<'_> {
             let chunk = left.min(STAMPS as u64);
             let mut seqs = Vec::with_capacity(chunk as usize);
             for _ in 0..chunk {
-                let mut loan = self.fwd.loan(self.timeout)?;
+                let loan = self.fwd.loan(self.timeout)?;
                 let seq = loan.seq();
                 let i = stamp_index(seq, STAMPS);
                 self.kernels.stamp_time(&self.stream, &mut self.a, i)?;
@@ -181,19 +181,25 @@ fn measure(
             .sample_size(s.samples)
             .nresamples(10_000);
         g.bench_function(id, |bch| {
-            bch.iter_custom(|iters| match src.rounds(iters) {
-                Ok(rounds) => {
-                    let mut total: u64 = 0;
-                    for r in &rounds {
-                        let l = pick.of(r);
-                        samples.push(l);
-                        total = total.saturating_add(l.max(0) as u64);
-                    }
-                    Duration::from_nanos(total)
+            bch.iter_custom(|iters| {
+                if failure.is_some() {
+                    // Failed already: let criterion finish at once instead of waiting again.
+                    return Duration::from_nanos(iters);
                 }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    Duration::from_nanos(iters)
+                match src.rounds(iters) {
+                    Ok(rounds) => {
+                        let mut total: u64 = 0;
+                        for r in &rounds {
+                            let l = pick.of(r);
+                            samples.push(l);
+                            total = total.saturating_add(l.max(0) as u64);
+                        }
+                        Duration::from_nanos(total)
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        Duration::from_nanos(iters)
+                    }
                 }
             })
         });
@@ -217,9 +223,29 @@ pub struct TimerCheck {
     pub offset: i64,
     /// Median round trip of those, ns.
     pub round_trip: i64,
+    /// The timer's update step: the greatest common divisor of the stamps' differences, ns.
+    pub tick: u64,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn timer_check(rounds: &[Round]) -> Option<TimerCheck> {
+    let first = rounds.first()?;
+    let tick = rounds
+        .iter()
+        .flat_map(|r| [r.a, r.b, r.c.unwrap_or(r.a)])
+        .zip(
+            [first.a, first.b, first.c.unwrap_or(first.a)]
+                .into_iter()
+                .cycle(),
+        )
+        .fold(0, |g, (x, base)| gcd(g, x.abs_diff(base)));
     let mut by_rtt: Vec<(i64, i64)> = rounds
         .iter()
         .filter_map(|r| Some((r.half_round_trip()? * 2, r.offset()?)))
@@ -229,6 +255,7 @@ fn timer_check(rounds: &[Round]) -> Option<TimerCheck> {
     Some(TimerCheck {
         offset: median(by_rtt.iter().map(|x| x.1).collect())?,
         round_trip: median(by_rtt.iter().map(|x| x.0).collect())?,
+        tick,
     })
 }
 
@@ -490,13 +517,22 @@ pub fn run(c: &mut Criterion, s: &Settings, ctx: &Context, gpus: usize, report: 
             channel_case(c, s, ctx, place, tolerance, same_check)
         }) {
             Ok((row, check)) => {
-                if place == Place::SameGpu {
-                    same_check = check;
-                } else if let Some(k) = check {
-                    report.timer_check = Some((k.offset, k.round_trip, tolerance));
-                    if row.note.contains("disagree") {
+                if let Some(k) = check {
+                    let agree = !row.note.contains("disagree");
+                    if place == Place::PeerGpu && !agree {
                         offset = k.offset;
                     }
+                    report.timers.push(TimerReport {
+                        place: place.label(),
+                        offset_ns: k.offset,
+                        round_trip_ns: k.round_trip,
+                        tick_ns: k.tick,
+                        tolerance_ns: tolerance,
+                        agree,
+                    });
+                }
+                if place == Place::SameGpu {
+                    same_check = check;
                 }
                 print_row(&row);
                 report.latency.push(row);

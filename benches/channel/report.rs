@@ -53,6 +53,20 @@ pub struct TorchRow {
     pub json: String,
 }
 
+/// What a ping-pong said about the GPU timers.
+#[derive(Debug, Clone)]
+pub struct TimerReport {
+    pub place: &'static str,
+    /// Consumer's timer − producer's, from the quickest round trips (b − (a + c) / 2).
+    pub offset_ns: i64,
+    pub round_trip_ns: i64,
+    /// The timer's update step seen in the stamps.
+    pub tick_ns: u64,
+    pub tolerance_ns: i64,
+    /// Whether the one-way figures come from the stamps (else from round trip / 2).
+    pub agree: bool,
+}
+
 /// Everything the run found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -61,8 +75,8 @@ pub struct Report {
     pub latency: Vec<LatencyRow>,
     pub throughput: Vec<ThroughputRow>,
     pub torch: Vec<TorchRow>,
-    /// (offset ns, round trip ns, tolerance ns) of the peer GPU's timer check.
-    pub timer_check: Option<(i64, i64, i64)>,
+    /// The ping-pongs' timer checks.
+    pub timers: Vec<TimerReport>,
     pub notes: Vec<String>,
 }
 
@@ -123,9 +137,7 @@ impl Report {
     fn channel_rate(&self, frame: &str, subs: usize) -> Option<f64> {
         self.throughput
             .iter()
-            .find(|r| {
-                r.frame == frame && r.subscribers == subs && r.is_channel && r.verified
-            })
+            .find(|r| r.frame == frame && r.subscribers == subs && r.is_channel && r.verified)
             .and_then(|r| r.frames_per_s)
     }
 
@@ -187,7 +199,11 @@ impl Report {
                     us(r.p99_us),
                     us(r.mean_us),
                     r.n,
-                    if is_chan { "1.0×".into() } else { ratio(r.p50_us, chan) },
+                    if is_chan {
+                        "1.0×".into()
+                    } else {
+                        ratio(r.p50_us, chan)
+                    },
                     t,
                     r.note
                 );
@@ -204,19 +220,27 @@ impl Report {
                 );
             }
         }
-        if let Some((offset, rtt, tol)) = self.timer_check {
+        for t in &self.timers {
             let _ = writeln!(
                 s,
-                "\nTimer check (GPU1 vs GPU0 %globaltimer, from the ping-pong's quickest round trips): \
-                 offset {:+.2} µs over a {:.2} µs round trip; tolerance {:.2} µs plus the same-GPU \
-                 asymmetry → {}.",
-                offset as f64 / 1e3,
-                rtt as f64 / 1e3,
-                tol as f64 / 1e3,
-                if offset.abs() <= tol {
-                    "timers comparable, peer one-way latency from the stamps"
-                } else {
-                    "see the peer row's note"
+                "\nTimers ({}): b − (a + c) / 2 over the quickest round trips = {:+.2} µs (round \
+                 trip {:.2} µs; timer step {} ns){}.",
+                t.place,
+                t.offset_ns as f64 / 1e3,
+                t.round_trip_ns as f64 / 1e3,
+                t.tick_ns,
+                match (t.place, t.agree) {
+                    ("same GPU", _) => " — the ping-pong's own asymmetry".to_string(),
+                    (_, true) => format!(
+                        " — within {:.2} µs (plus the same-GPU asymmetry): the GPUs' timers \
+                         agree, one-way latency from the stamps",
+                        t.tolerance_ns as f64 / 1e3
+                    ),
+                    (_, false) => format!(
+                        " — beyond {:.2} µs: the timers disagree, the channel's one-way figure \
+                         is round trip / 2 and the baselines' stamps are corrected by the offset",
+                        t.tolerance_ns as f64 / 1e3
+                    ),
                 }
             );
         }
@@ -270,8 +294,16 @@ impl Report {
                     r.gpus,
                     r.method,
                     rate(r.frames_per_s),
-                    if r.is_channel { "–".into() } else { ratio(chan, r.frames_per_s) },
-                    if r.verified { r.errors.to_string() } else { "not checked".into() },
+                    if r.is_channel {
+                        "–".into()
+                    } else {
+                        ratio(chan, r.frames_per_s)
+                    },
+                    if r.verified {
+                        r.errors.to_string()
+                    } else {
+                        "not checked".into()
+                    },
                     r.addresses,
                     target,
                     r.note
@@ -290,8 +322,11 @@ impl Report {
                     rate(t.frames_per_s),
                     ratio(chan, t.frames_per_s),
                     t.errors.map_or("–".into(), |e| e.to_string()),
-                    t.copied_bytes_per_frame
-                        .map_or("–".into(), |b| format!("{b} (all subscribers)")),
+                    t.copied_bytes_per_frame.map_or("–".into(), |b| if b == 0 {
+                        "0".into()
+                    } else {
+                        format!("{:.1} MiB (all subscribers)", b as f64 / 1048576.0)
+                    }),
                     t.error.clone().unwrap_or_default()
                 );
             }
@@ -363,7 +398,7 @@ impl Report {
             );
         }
         for t in &self.torch {
-            let _ = writeln!(s, "torch\t{}", t.json);
+            let _ = writeln!(s, "torch\t{}\t{}", t.label, t.json);
         }
         s
     }

@@ -127,8 +127,15 @@ fn summarize(
         }
     }
     let cpu: Vec<f64> = results.iter().filter_map(|r| r.cpu_percent()).collect();
-    let per_frame: Vec<f64> = results.iter().filter_map(|r| r.cpu_us_per_frame()).collect();
-    let max = |v: &[f64]| v.iter().cloned().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let per_frame: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.cpu_us_per_frame())
+        .collect();
+    let max = |v: &[f64]| {
+        v.iter()
+            .cloned()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
     ThroughputRow {
         frame: cfg.frame,
         subscribers: cfg.subscribers,
@@ -160,18 +167,23 @@ fn placement_label(gpus: &[usize]) -> String {
         .join("+")
 }
 
+/// What one case measures.
+struct Case<'a> {
+    cfg: &'a Config,
+    method: Method,
+    cpu_windows: bool,
+}
+
 fn case(
     c: &mut Criterion,
     s: &Settings,
     ctx: &Context,
     gpus: usize,
-    cfg: &Config,
-    method: Method,
-    cpu_windows: bool,
+    k: Case<'_>,
 ) -> Result<ThroughputRow> {
-    let dir = common::temp_dir(&format!("thr-{}-{}", cfg.frame, cfg.subscribers));
+    let dir = common::temp_dir(&format!("thr-{}-{}", k.cfg.frame, k.cfg.subscribers));
     std::fs::create_dir_all(&dir).unwrap();
-    let r = run_case(c, s, ctx, gpus, cfg, method, cpu_windows, &dir);
+    let r = run_case(c, s, ctx, gpus, &k, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -181,11 +193,10 @@ fn run_case(
     s: &Settings,
     ctx: &Context,
     gpus: usize,
-    cfg: &Config,
-    method: Method,
-    cpu_windows: bool,
+    k: &Case<'_>,
     dir: &Path,
 ) -> Result<ThroughputRow> {
+    let (cfg, method, cpu_windows) = (k.cfg, k.method, k.cpu_windows);
     let place = placement(cfg.subscribers, gpus);
     let group_name = format!("channel-throughput/{} x{}", cfg.frame, cfg.subscribers);
     let spec = |role, source, shm, verify| GroupSpec {
@@ -287,7 +298,12 @@ pub fn run(
         }
         for method in methods {
             let name = format!("{key} {}", method.label());
-            match crate::guarded(&name, || case(c, s, ctx, gpus, &cfg, method, cpu_windows)) {
+            let k = Case {
+                cfg: &cfg,
+                method,
+                cpu_windows,
+            };
+            match crate::guarded(&name, || case(c, s, ctx, gpus, k)) {
                 Ok(row) => {
                     println!(
                         "channel-throughput/{} x{}: {}: {} to each subscriber, {} wrong words, \
@@ -299,7 +315,11 @@ pub fn run(
                         row.errors,
                         row.cpu_max.map_or("–".into(), |v| format!("{v:.1} %")),
                         crate::report::us(row.cpu_us_per_frame),
-                        if row.note.is_empty() { String::new() } else { format!("; {}", row.note) }
+                        if row.note.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {}", row.note)
+                        }
                     );
                     report.throughput.push(row)
                 }

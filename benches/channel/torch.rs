@@ -52,12 +52,15 @@ fn json_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Why torch cannot run here, or the script to run.
-fn available<'a>(s: &'a Settings) -> Result<&'a Path, String> {
+fn available(s: &Settings) -> Result<&Path, String> {
     let script = s.torch_script.as_deref().ok_or(
         "benches/baselines/torch_queue.py not found (set CHANNEL_BENCH_TORCH_SCRIPT)".to_string(),
     )?;
     let ok = Command::new(&s.python)
-        .args(["-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)"])
+        .args([
+            "-c",
+            "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -70,7 +73,12 @@ fn available<'a>(s: &'a Settings) -> Result<&'a Path, String> {
 }
 
 /// Runs the script with `args`, within `limit`; returns its last stdout line.
-fn run_script(s: &Settings, script: &Path, args: &[String], limit: Duration) -> Result<String, String> {
+fn run_script(
+    s: &Settings,
+    script: &Path,
+    args: &[String],
+    limit: Duration,
+) -> Result<String, String> {
     let mut child = Command::new(&s.python)
         .arg(script)
         .args(args)
@@ -105,7 +113,13 @@ fn run_script(s: &Settings, script: &Path, args: &[String], limit: Duration) -> 
         .ok_or_else(|| "no JSON line on stdout".to_string())
 }
 
-fn row(label: &str, frame: &'static str, subscribers: usize, place: &'static str, line: &str) -> TorchRow {
+fn row(
+    label: &str,
+    frame: &'static str,
+    subscribers: usize,
+    place: &'static str,
+    line: &str,
+) -> TorchRow {
     TorchRow {
         label: label.to_string(),
         frame,
@@ -146,7 +160,14 @@ pub fn run(s: &Settings, gpus: usize, report: &mut Report) {
         "4KiB",
         1,
         "same GPU",
-        vec!["--mode".into(), "latency".into(), "--frame-bytes".into(), small.clone(), "--subscriber-gpus".into(), "0".into()],
+        vec![
+            "--mode".into(),
+            "latency".into(),
+            "--frame-bytes".into(),
+            small.clone(),
+            "--subscriber-gpus".into(),
+            "0".into(),
+        ],
     ));
     if gpus >= 2 {
         cases.push((
@@ -154,7 +175,14 @@ pub fn run(s: &Settings, gpus: usize, report: &mut Report) {
             "4KiB",
             1,
             "peer GPU",
-            vec!["--mode".into(), "latency".into(), "--frame-bytes".into(), small.clone(), "--subscriber-gpus".into(), "1".into()],
+            vec![
+                "--mode".into(),
+                "latency".into(),
+                "--frame-bytes".into(),
+                small.clone(),
+                "--subscriber-gpus".into(),
+                "1".into(),
+            ],
         ));
     }
     let spread = if gpus >= 2 { "0,1" } else { "0" };

@@ -79,7 +79,9 @@ impl Helper {
     /// line); false if the helper is gone.
     pub fn send(&mut self, line: &str) -> bool {
         match self.child.stdin.as_mut() {
-            Some(stdin) => writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_ok(),
+            Some(stdin) => writeln!(stdin, "{line}")
+                .and_then(|_| stdin.flush())
+                .is_ok(),
             None => false,
         }
     }
