@@ -65,7 +65,7 @@ export CHANNEL_BENCH_OUT="$out"
 [[ -n "$script" ]] && export CHANNEL_BENCH_TORCH_SCRIPT="$script"
 echo "bench-channel: $exe → $out (torch script: ${script:-none})"
 # criterion writes under ./target/criterion of the working directory.
-(cd "$out" && timeout "${CHANNEL_BENCH_LIMIT_S:-900}" "$exe" --bench "$@") 2>&1 | tee "$out/bench-channel.log"
+(cd "$out" && timeout "${CHANNEL_BENCH_LIMIT_S:-540}" "$exe" --bench "$@") 2>&1 | tee "$out/bench-channel.log"
 rc=${PIPESTATUS[0]}
 grep $'^torch\t' "$out/percentiles.tsv" 2>/dev/null | cut -f3- >"$out/torch.jsonl" || true
 [[ -d "$out/target/criterion" ]] && mv "$out/target/criterion" "$out/criterion" && rmdir "$out/target" 2>/dev/null

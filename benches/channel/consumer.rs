@@ -262,6 +262,7 @@ fn channel(env: &Env, ctl: &Control, out: &mut Outcome) -> Result<()> {
         let sample = match sub.receive(&stream, POLL) {
             Ok(s) => s,
             Err(Error::Timeout { .. }) => continue,
+            Err(Error::PublisherGone { .. }) => break, // the run is over
             Err(e) => {
                 out.failure = Some(e.to_string());
                 break;
@@ -307,6 +308,7 @@ fn echo(env: &Env, ctl: &Control, out: &mut Outcome) -> Result<()> {
         let sample = match sub.receive(&stream, POLL) {
             Ok(s) => s,
             Err(Error::Timeout { .. }) => continue,
+            Err(Error::PublisherGone { .. }) => break, // the run is over
             Err(e) => {
                 out.failure = Some(e.to_string());
                 break;

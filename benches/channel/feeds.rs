@@ -181,7 +181,7 @@ impl<'ctx> ChannelFeed<'ctx> {
             frame_len,
             ChannelOptions {
                 slots,
-                max_subscribers: 16,
+                max_subscribers: cuda_ipc::pubsub::MAX_SUBSCRIBERS,
                 policy: Policy::Block,
                 ..Default::default()
             },

@@ -115,7 +115,6 @@ impl Rounds for Echo<'_> {
 struct Baseline<'ctx> {
     feed: SequentialFeed<'ctx>,
     b: SharedDeviceBuffer<'ctx, u64>,
-    pace: Duration,
 }
 
 impl Rounds for Baseline<'_> {
@@ -125,10 +124,8 @@ impl Rounds for Baseline<'_> {
         while left > 0 {
             let chunk = left.min(STAMPS as u64);
             let first = self.feed.seq + 1;
+            // Paced by construction: one frame in flight, each acknowledged before the next.
             crate::feeds::Feed::batch(&mut self.feed, chunk);
-            if !self.pace.is_zero() {
-                std::thread::sleep(self.pace);
-            }
             let a = self.feed.stamps.as_ref().expect("stamps").copy_to_vec()?;
             let b = self.b.copy_to_vec()?;
             out.extend((first..first + chunk).map(|s| {
@@ -314,7 +311,7 @@ fn channel_case(
     place: Place,
     tolerance: i64,
     same_gpu_check: Option<TimerCheck>,
-) -> Result<(LatencyRow, Option<TimerCheck>)> {
+) -> Result<(Vec<LatencyRow>, Option<TimerCheck>)> {
     let dir = common::temp_dir(&format!("chan-lat-{}", place.key()));
     std::fs::create_dir_all(&dir).unwrap();
     let fwd_path = dir.join("ping");
@@ -388,28 +385,52 @@ fn channel_case(
         &mut echo,
         pick,
     );
-    // The round trips of the pre-run, for the note.
-    let mut rtt: Vec<i64> = pre.iter().filter_map(|r| r.half_round_trip()).collect();
-    rtt.sort_unstable();
-    drop(echo);
+    // Then frames spaced out, as a camera would send them: the subscriber is idle between
+    // frames (its CPU waits for the announcement with a backoff that ends in sleeps).
+    let spaced = if s.spaced_interval.is_zero() || s.spaced_rounds == 0 || samples.is_err() {
+        None
+    } else {
+        echo.pace = s.spaced_interval;
+        Some(echo.rounds(s.spaced_rounds))
+    };
+    // The helper first (it would see the channel close as its publisher going), then ours.
     let results = group.finish(s.timeout);
+    drop(echo);
     let _ = std::fs::remove_dir_all(&dir);
     let samples = samples?;
-    let mut note = match check {
-        Some(k) => format!(
-            "round trip p50 {:.2} µs; timer offset b−(a+c)/2 {:+.2} µs",
-            ns_to_us(k.round_trip),
-            ns_to_us(k.offset)
-        ),
-        None => String::new(),
-    };
+    let mut rtt: Vec<i64> = pre.iter().filter_map(|r| r.half_round_trip()).collect();
+    rtt.sort_unstable();
+    let mut note = format!(
+        "round trip p50 {}",
+        crate::report::us(common::percentile(&rtt, 50.0).map(|v| ns_to_us(2 * v)))
+    );
     if !agree {
         note.push_str("; timers disagree: one way = round trip / 2");
     }
     if let Some(f) = results.iter().find_map(|r| r.failure.clone()) {
         note.push_str(&format!("; helper: {f}"));
     }
-    Ok((row(place, "channel (GPU path)", samples, note), check))
+    let spaced = match spaced {
+        Some(Ok(rounds)) => Some(rounds.iter().map(|r| pick.of(r)).collect::<Vec<i64>>()),
+        Some(Err(e)) => {
+            note.push_str(&format!("; the spaced-out run failed: {e}"));
+            None
+        }
+        None => None,
+    };
+    let mut rows = vec![row(place, "channel (GPU path)", samples, note)];
+    if let Some(samples) = spaced {
+        rows.push(row(
+            place,
+            &format!(
+                "channel (GPU path), one frame per {}",
+                crate::report::us(Some(s.spaced_interval.as_secs_f64() * 1e6))
+            ),
+            samples,
+            "the subscriber idles between frames".into(),
+        ));
+    }
+    Ok((rows, check))
 }
 
 /// A sequential baseline (`file` or `notify`) on `place`, 4 KiB frames.
@@ -440,11 +461,7 @@ fn baseline_case(
     );
     feed.connect(ctx, &group)?;
     let b = SharedDeviceBuffer::import(ctx, group.dir(0).join(c::STAMPS), s.timeout)?;
-    let mut base = Baseline {
-        feed,
-        b,
-        pace: s.pace,
-    };
+    let mut base = Baseline { feed, b };
     base.rounds(PRE_ROUNDS / 5)?;
     let method = if file {
         "(a) handle file per frame"
@@ -459,8 +476,8 @@ fn baseline_case(
         &mut base,
         Pick::OneWay { offset },
     );
-    drop(base);
     let results = group.finish(s.timeout);
+    drop(base);
     let _ = std::fs::remove_dir_all(&dir);
     let mut note = String::from("CPU hand-over after the producer's stream synchronize");
     if offset != 0 {
@@ -516,9 +533,9 @@ pub fn run(c: &mut Criterion, s: &Settings, ctx: &Context, gpus: usize, report: 
         match crate::guarded(&key, || {
             channel_case(c, s, ctx, place, tolerance, same_check)
         }) {
-            Ok((row, check)) => {
+            Ok((rows, check)) => {
                 if let Some(k) = check {
-                    let agree = !row.note.contains("disagree");
+                    let agree = !rows[0].note.contains("disagree");
                     if place == Place::PeerGpu && !agree {
                         offset = k.offset;
                     }
@@ -534,8 +551,10 @@ pub fn run(c: &mut Criterion, s: &Settings, ctx: &Context, gpus: usize, report: 
                 if place == Place::SameGpu {
                     same_check = check;
                 }
-                print_row(&row);
-                report.latency.push(row);
+                for row in rows {
+                    print_row(&row);
+                    report.latency.push(row);
+                }
             }
             Err(e) => report.note(format!("{key} channel: failed: {e}")),
         }

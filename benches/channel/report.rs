@@ -174,7 +174,8 @@ impl Report {
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for place in ["same GPU", "peer GPU"] {
-            let chan = self.channel_latency(place).and_then(|r| r.p50_us);
+            let main = self.channel_latency(place);
+            let chan = main.and_then(|r| r.p50_us);
             let target = if place == "same GPU" { 10.0 } else { 20.0 };
             for r in self.latency.iter().filter(|r| r.place == place) {
                 let is_chan = r.method.starts_with("channel");
@@ -199,7 +200,7 @@ impl Report {
                     us(r.p99_us),
                     us(r.mean_us),
                     r.n,
-                    if is_chan {
+                    if main.is_some_and(|m| std::ptr::eq(m, r)) {
                         "1.0×".into()
                     } else {
                         ratio(r.p50_us, chan)

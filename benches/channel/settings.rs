@@ -29,6 +29,10 @@ pub struct Settings {
     pub uhd_subscribers: Vec<usize>,
     /// Extra sleep between latency rounds, after the previous round trip completed.
     pub pace: Duration,
+    /// The spaced-out latency run after criterion's: this long between frames (0: none) …
+    pub spaced_interval: Duration,
+    /// … for this many frames.
+    pub spaced_rounds: u64,
     /// Run only the cases whose key contains one of these (all when empty).
     pub only: Vec<String>,
     /// Baselines to run: `file`, `notify`, `torch`.
@@ -110,6 +114,14 @@ impl Settings {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0),
             ),
+            spaced_interval: Duration::from_micros(
+                var("SPACED_US")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(1000),
+            ),
+            spaced_rounds: var("SPACED_ROUNDS")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1000),
             only: list("ONLY", ""),
             baselines: list("BASELINES", "file,notify,torch"),
             torch_script: torch_script(),
@@ -124,7 +136,7 @@ impl Settings {
             timeout: Duration::from_secs(
                 var("TIMEOUT_S")
                     .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(60),
+                    .unwrap_or(20),
             ),
         }
     }
