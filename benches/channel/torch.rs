@@ -213,7 +213,8 @@ pub fn run(s: &Settings, gpus: usize, report: &mut Report) {
     for (label, frame, subs, place, mut args) in cases {
         args.extend(["--label".to_string(), label.clone()]);
         println!("channel: (c) torch baseline: {label} …");
-        let limit = s.timeout.saturating_mul(2);
+        // Python, torch and CUDA start in every subscriber process: allow for it.
+        let limit = Duration::from_secs(120).max(s.timeout);
         match run_script(s, script, &args, limit) {
             Ok(line) => {
                 println!("{line}");
