@@ -15,9 +15,19 @@
 //! Every helper process (subscriber, consumer, echo) is this executable again. Criterion
 //! gives the means (latency through `iter_custom` in GPU time, throughput in frames/s); the
 //! percentiles, the CPU figures and the ratios are in the summary table printed at the end and
-//! written to `$CHANNEL_BENCH_OUT` (default `target/criterion/channel`). Settings: see
-//! `benches/channel/settings.rs` (`CHANNEL_BENCH_*`); `CHANNEL_BENCH_ONLY=latency` etc. runs
-//! a part. Without `--bench` (criterion's test mode) every case runs once, as a smoke test.
+//! written to `$CHANNEL_BENCH_OUT` (default `target/criterion/channel`). After the ping-pong,
+//! a spaced-out run (one frame per ms, the subscriber idle in between) gives the latency a
+//! camera-paced stream sees. Without `--bench` (criterion's test mode) every case runs once,
+//! as a smoke test (no CPU windows, no torch).
+//!
+//! Settings (environment, defaults in brackets; see `benches/channel/settings.rs`):
+//! `CHANNEL_BENCH_WARMUP_MS` [200], `_MEASURE_MS` [800, throughput], `_LATENCY_MS` [300, of
+//! summed latency], `_SAMPLES` [10], `_CPU_MS` [1000, 0: no CPU windows], `_SLOTS` [8],
+//! `_SUBS` [1,4,8: 4K subscriber counts], `_PACE_US` [0], `_SPACED_US` [1000, 0: no spaced
+//! run], `_SPACED_ROUNDS` [1000], `_ONLY` [all; comma-separated substrings of the case keys
+//! `latency/same-gpu`, `latency/peer-gpu`, `throughput/4KiB x1`, `throughput/4K x8`, `torch`],
+//! `_BASELINES` [file,notify,torch], `_TORCH_SCRIPT`, `_PYTHON` [python3], `_TORCH_SECS` [1],
+//! `_TIMER_TOLERANCE_NS` [1000], `_TIMEOUT_S` [20], `_OUT`.
 
 mod common;
 #[path = "channel/consumer.rs"]
