@@ -13,7 +13,10 @@ fn a_shared_words_file_cannot_be_resized_by_a_peer() {
     os::check_shared_words_file(fd.as_fd(), PAGE).unwrap();
     // SAFETY: plain syscalls on our own fd.
     let shrink = unsafe { libc::ftruncate(fd.as_raw_fd(), 0) };
-    assert_eq!(shrink, -1, "a sealed page must not shrink (a peer would make us SIGBUS)");
+    assert_eq!(
+        shrink, -1,
+        "a sealed page must not shrink (a peer would make us SIGBUS)"
+    );
     // SAFETY: as above.
     let grow = unsafe { libc::ftruncate(fd.as_raw_fd(), (2 * PAGE) as libc::off_t) };
     assert_eq!(grow, -1, "a sealed page must not grow");
@@ -40,7 +43,10 @@ fn after_sealing_a_peer_maps_the_channel_page_read_only() {
     assert_eq!(rc, -1, "mprotect(PROT_WRITE) of a sealed page must fail");
     // The publisher's mapping made before the seal still writes, and the reader sees it.
     mine.words()[3].store(42, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(theirs.words()[3].load(std::sync::atomic::Ordering::SeqCst), 42);
+    assert_eq!(
+        theirs.words()[3].load(std::sync::atomic::Ordering::SeqCst),
+        42
+    );
     // And write(2) through the fd is refused too.
     // SAFETY: a valid buffer and our own fd.
     let n = unsafe { libc::pwrite(fd.as_raw_fd(), b"x".as_ptr().cast(), 1, 0) };
@@ -52,7 +58,10 @@ fn pages_that_a_peer_could_resize_or_of_the_wrong_size_are_refused() {
     // An unsealed memfd (what a hostile publisher might send).
     let plain = os::memfd("plain").unwrap();
     // SAFETY: plain syscall on our own fd.
-    assert_eq!(unsafe { libc::ftruncate(plain.as_raw_fd(), PAGE as libc::off_t) }, 0);
+    assert_eq!(
+        unsafe { libc::ftruncate(plain.as_raw_fd(), PAGE as libc::off_t) },
+        0
+    );
     let err = os::check_shared_words_file(plain.as_fd(), PAGE).unwrap_err();
     assert!(err.to_string().contains("sealed"), "{err}");
     // Sealed, but not a page.

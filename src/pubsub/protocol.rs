@@ -236,8 +236,8 @@ impl SubscriberState {
                     .map(|i| chan[CLAIM + i].load(SeqCst))
                     .filter(|&c| c > t && c <= announced)
                     .min()
-                    .unwrap_or(announced + 1);
-                self.missed += oldest - t;
+                    .unwrap_or(announced.saturating_add(1));
+                self.missed = self.missed.saturating_add(oldest - t);
                 self.next = oldest;
                 me[SUB_NEXT].store(self.next, SeqCst);
                 continue;
@@ -248,7 +248,7 @@ impl SubscriberState {
                 me[SUB_HOLD + slot].store(before, SeqCst);
                 continue;
             }
-            self.next = t + 1;
+            self.next = t.saturating_add(1);
             me[SUB_NEXT].store(self.next, SeqCst);
             let missed = std::mem::take(&mut self.missed);
             return Ok(Pick::Held(Picked {

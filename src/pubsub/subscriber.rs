@@ -203,7 +203,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         }
         let next = match opts.start {
             Start::Latest if welcome.newest != 0 => welcome.newest,
-            _ => welcome.announced + 1,
+            _ => welcome.announced.saturating_add(1),
         };
         me.words()[SUB_NEXT].store(next, SeqCst);
         if let Err(e) = conn.set_nonblocking(true) {
@@ -309,7 +309,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                         protocol::release(self.me.words(), &p);
                         return Err(self.gone_error(gone.unwrap_or_default()));
                     }
-                    self.missed.set(self.missed.get() + p.missed);
+                    self.missed.set(self.missed.get().saturating_add(p.missed));
                     return Ok(p);
                 }
                 Pick::NotYet => {
