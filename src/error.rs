@@ -284,6 +284,21 @@ pub enum Error {
     /// A value was asked of an object that does not have it (e.g. the fd of a legacy buffer).
     #[error("{0}")]
     Unsupported(String),
+
+    /// The channel's publisher is gone: it closed the channel or its process ended. Frames
+    /// not yet received are lost; a restarted publisher is a new channel instance, which a new
+    /// [`Subscriber`](crate::pubsub::Subscriber) joins.
+    #[error(
+        "channel {}: the publisher is gone ({detail}); subscribe again to follow a restarted \
+         publisher",
+        .channel.display()
+    )]
+    PublisherGone {
+        /// The channel's path.
+        channel: PathBuf,
+        /// How it went.
+        detail: String,
+    },
 }
 
 impl std::fmt::Debug for Error {
@@ -322,6 +337,7 @@ impl Error {
             Error::Busy { .. } => "Busy",
             Error::UntrustedExporter { .. } => "UntrustedExporter",
             Error::Unsupported(_) => "Unsupported",
+            Error::PublisherGone { .. } => "PublisherGone",
         }
     }
 

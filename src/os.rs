@@ -722,9 +722,8 @@ pub fn shared_words_file(name: &str, len: usize) -> io::Result<OwnedFd> {
     let cname = std::ffi::CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
     // SAFETY: `cname` is a valid NUL-terminated string.
-    let fd = unsafe {
-        libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    };
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -863,10 +862,7 @@ impl Drop for SharedMapping {
     fn drop(&mut self) {
         // SAFETY: mapped in `map`, unmapped once here; no reference from `words` outlives self.
         if unsafe { libc::munmap(self.ptr, self.len) } != 0 {
-            crate::drop_log::record(
-                "munmap of shared words",
-                io::Error::last_os_error(),
-            );
+            crate::drop_log::record("munmap of shared words", io::Error::last_os_error());
         }
     }
 }

@@ -862,7 +862,9 @@ pub unsafe fn mem_host_register(p: *mut c_void, bytes: usize) -> DriverResult<CU
 /// use its device address.
 pub unsafe fn mem_host_unregister(p: *mut c_void) -> DriverResult<()> {
     // SAFETY: forwarded to the caller.
-    check("cuMemHostUnregister", unsafe { sys::cuMemHostUnregister(p) })
+    check("cuMemHostUnregister", unsafe {
+        sys::cuMemHostUnregister(p)
+    })
 }
 
 /// `cuEventCreate`. `interprocess` adds `CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING`.

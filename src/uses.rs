@@ -94,6 +94,43 @@ impl StreamUses {
         Ok(())
     }
 
+    /// Whether every recorded use is done (without waiting). `false` when a use could not be
+    /// recorded or a foreign view lives, or a query fails.
+    pub fn is_idle(&self, ctx: &Context) -> bool {
+        let Ok(_bound) = ctx.bind() else {
+            return false;
+        };
+        let inner = self.lock();
+        if inner.needs_context_wait() {
+            return false;
+        }
+        inner.events.iter().all(|&(_, event)| {
+            // SAFETY: our own live event (destroyed only under this lock).
+            matches!(unsafe { result::event_query(event) }, Ok(true))
+        })
+    }
+
+    /// Makes the stream `(id, raw)` of `ctx` wait, on the GPU, for the recorded uses on every
+    /// other stream: work queued on it next runs after all of them.
+    pub fn order_before(&self, ctx: &Context, id: u64, raw: CUstream) -> Result<()> {
+        let _bound = ctx.bind()?;
+        let inner = self.lock();
+        if inner.needs_context_wait() {
+            return Err(crate::error::Error::Unsupported(
+                "the memory was used by work this crate could not track (a foreign view, or a \
+                 failed record): synchronize that work before releasing the frame"
+                    .into(),
+            ));
+        }
+        for &(sid, event) in &inner.events {
+            if sid != id {
+                // SAFETY: our own live event and the caller's live stream, both of `ctx`.
+                unsafe { result::stream_wait_event(raw, event) }?;
+            }
+        }
+        Ok(())
+    }
+
     /// A view of the memory goes to another library, whose work on it this record cannot see:
     /// until [`end_foreign`](Self::end_foreign), waiting for the memory waits for its whole
     /// context.

@@ -37,6 +37,10 @@ pub enum Kind {
     Ready = 4,
     /// Exporter → consumer: every connection slot is taken; try again later (UTF-8 text).
     Busy = 5,
+    /// Channel publisher → subscriber: the channel's configuration, with the channel page's fd.
+    Welcome = 6,
+    /// Channel publisher → subscriber: the subscriber's own control page's fd (no payload).
+    Page = 7,
 }
 
 impl Kind {
@@ -47,6 +51,8 @@ impl Kind {
             3 => Kind::Refuse,
             4 => Kind::Ready,
             5 => Kind::Busy,
+            6 => Kind::Welcome,
+            7 => Kind::Page,
             _ => return None,
         })
     }
@@ -199,8 +205,8 @@ impl FrameReader {
         Ok(true)
     }
 
-    /// Takes the next complete frame, if one is buffered. A frame other than an offer that
-    /// came with descriptors is refused (and the descriptors closed).
+    /// Takes the next complete frame, if one is buffered. A frame other than an offer, a
+    /// welcome or a page that came with descriptors is refused (and the descriptors closed).
     pub fn take(&mut self) -> std::result::Result<Option<Message>, ReadError> {
         if self.buf.len() < HEADER_LEN {
             if !self.buf.is_empty()
@@ -230,7 +236,7 @@ impl FrameReader {
         let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
         self.buf.drain(..HEADER_LEN + len);
         let fds = std::mem::take(&mut self.fds);
-        if !fds.is_empty() && kind != Kind::Offer {
+        if !fds.is_empty() && !matches!(kind, Kind::Offer | Kind::Welcome | Kind::Page) {
             return Err(ReadError::Protocol(format!(
                 "a {kind:?} message came with {} file descriptor(s)",
                 fds.len()

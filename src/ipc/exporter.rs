@@ -70,7 +70,7 @@ pub enum AllowedUsers {
 }
 
 impl AllowedUsers {
-    fn allows(
+    pub(crate) fn allows(
         &self,
         cred: &os::PeerCredentials,
         groups: impl FnOnce() -> Vec<u32>,
@@ -276,27 +276,7 @@ impl Exporter {
         leases: Option<Arc<ExportLeases>>,
     ) -> Result<Self> {
         let names = Names::for_path(path)?;
-        let trust = Trust {
-            uids: Vec::new(),
-            group: options.group,
-        };
-        let dir = RendezvousDir::create(&names.dir, &trust)?;
-        let (lock, previous) = take_lock(&dir, &names)?;
-
-        // Under the lock: whatever socket is there belongs to a dead exporter (or to one of a
-        // version without the lock, which must not be unlinked: check that it does not
-        // answer).
-        let sock_name = names.socket_name();
-        if dir.stat_entry(&sock_name).is_ok() {
-            match os::connect_unix(&dir.proc_path(&sock_name), Duration::from_millis(100)) {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                    ) => {}
-                _ => return Err(live_exporter(&names)),
-            }
-        }
+        let (dir, lock, previous) = claim_name(&names, options.group)?;
         let file_generation = dir
             .read_file(&names.descriptor_name(), super::descriptor::ENCODED_LEN)
             .ok()
@@ -312,42 +292,11 @@ impl Exporter {
         })?;
         let encoded = descriptor.encode();
 
-        let (file_mode, sock_mode) = match options.group {
-            Some(_) => (0o640, 0o660),
-            None => (0o600, 0o600),
+        let file_mode = match options.group {
+            Some(_) => 0o640,
+            None => 0o600,
         };
-        // Bind under a temporary name, set the mode through the directory, then rename into
-        // place: the published name never has looser permissions, and replacing a stale
-        // socket is atomic.
-        let tmp = temp_name(&sock_name)?;
-        let listener = UnixListener::bind(dir.proc_path(&tmp))
-            .map_err(|e| Error::io(format!("binding {}", dir.shown(&tmp).display()), e))?;
-        let placed = (|| {
-            if let Some(g) = options.group {
-                os::chgrp_at(dir.fd(), &tmp, g).map_err(|e| {
-                    Error::io(format!("chgrp {g} {}", dir.shown(&tmp).display()), e)
-                })?;
-            }
-            os::chmod_at(dir.fd(), &tmp, sock_mode).map_err(|e| {
-                Error::io(
-                    format!("chmod {sock_mode:04o} {}", dir.shown(&tmp).display()),
-                    e,
-                )
-            })?;
-            dir.rename(&tmp, &sock_name)?;
-            dir.stat_entry(&sock_name)
-                .map_err(|e| Error::io(format!("stat {}", names.socket.display()), e))
-        })();
-        let socket_inode = match placed {
-            Ok(st) => st.ino,
-            Err(e) => {
-                let _ = dir.unlink(&tmp);
-                return Err(e);
-            }
-        };
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("making the listener non-blocking", e))?;
+        let (listener, socket_inode) = bind_listener(&dir, &names, options.group)?;
         let (wake, wake_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the exporter's wake pipe", e))?;
         let shared = Arc::new(Shared::default());
@@ -549,6 +498,82 @@ fn drain_leases(mut streams: Vec<UnixStream>, leases: &ExportLeases) {
             }
         }
     }
+}
+
+/// Opens (creating) the rendezvous directory of `names` and takes the name's lock; whatever
+/// socket is left there then belongs to a dead exporter, and is checked not to answer.
+/// Returns the directory, the lock (held while it lives) and the generation it recorded.
+pub(crate) fn claim_name(
+    names: &Names,
+    group: Option<u32>,
+) -> Result<(RendezvousDir, std::fs::File, u64)> {
+    let trust = Trust {
+        uids: Vec::new(),
+        group,
+    };
+    let dir = RendezvousDir::create(&names.dir, &trust)?;
+    let (lock, previous) = take_lock(&dir, names)?;
+
+    // Under the lock: whatever socket is there belongs to a dead exporter (or to one of a
+    // version without the lock, which must not be unlinked: check that it does not
+    // answer).
+    let sock_name = names.socket_name();
+    if dir.stat_entry(&sock_name).is_ok() {
+        match os::connect_unix(&dir.proc_path(&sock_name), Duration::from_millis(100)) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) => {}
+            _ => return Err(live_exporter(names)),
+        }
+    }
+    Ok((dir, lock, previous))
+}
+
+/// Binds the name's socket: under a temporary name, with its group and mode set through the
+/// directory, then renamed into place, so the published name never has looser permissions and
+/// replacing a stale socket is atomic. Returns the listener (non-blocking) and the socket's
+/// inode.
+pub(crate) fn bind_listener(
+    dir: &RendezvousDir,
+    names: &Names,
+    group: Option<u32>,
+) -> Result<(UnixListener, u64)> {
+    let sock_name = names.socket_name();
+    let sock_mode = match group {
+        Some(_) => 0o660,
+        None => 0o600,
+    };
+    let tmp = temp_name(&sock_name)?;
+    let listener = UnixListener::bind(dir.proc_path(&tmp))
+        .map_err(|e| Error::io(format!("binding {}", dir.shown(&tmp).display()), e))?;
+    let placed = (|| {
+        if let Some(g) = group {
+            os::chgrp_at(dir.fd(), &tmp, g)
+                .map_err(|e| Error::io(format!("chgrp {g} {}", dir.shown(&tmp).display()), e))?;
+        }
+        os::chmod_at(dir.fd(), &tmp, sock_mode).map_err(|e| {
+            Error::io(
+                format!("chmod {sock_mode:04o} {}", dir.shown(&tmp).display()),
+                e,
+            )
+        })?;
+        dir.rename(&tmp, &sock_name)?;
+        dir.stat_entry(&sock_name)
+            .map_err(|e| Error::io(format!("stat {}", names.socket.display()), e))
+    })();
+    let socket_inode = match placed {
+        Ok(st) => st.ino,
+        Err(e) => {
+            let _ = dir.unlink(&tmp);
+            return Err(e);
+        }
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("making the listener non-blocking", e))?;
+    Ok((listener, socket_inode))
 }
 
 fn live_exporter(names: &Names) -> Error {

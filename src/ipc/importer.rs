@@ -63,7 +63,7 @@ impl ImportOptions {
         }
     }
 
-    fn trust(&self) -> Trust {
+    pub(crate) fn trust(&self) -> Trust {
         Trust {
             uids: self.trusted_exporters.clone(),
             group: self.group,
@@ -81,7 +81,7 @@ fn check<T: Pod>(d: &Descriptor, opts: &ImportOptions) -> Result<()> {
 
 /// Connects to the exporter's socket through the opened directory, retrying while it is not
 /// (yet) listening or its backlog is full, until `deadline`.
-fn connect(
+pub(crate) fn connect(
     dir: &RendezvousDir,
     names: &Names,
     deadline: Instant,

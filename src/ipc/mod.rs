@@ -51,9 +51,9 @@
 pub(crate) mod allocation;
 pub mod channel;
 mod descriptor;
-mod exporter;
+pub(crate) mod exporter;
 pub mod identity;
-mod importer;
+pub(crate) mod importer;
 pub(crate) mod mapping;
 pub mod rendezvous;
 mod shared_buffer;

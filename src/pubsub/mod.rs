@@ -1,8 +1,92 @@
 //! Channels: zero-copy publish/subscribe of GPU frames across processes and pods.
-#![allow(missing_docs)]
+//!
+//! A [`Publisher`] owns a pool of `slots` frames in one shared GPU allocation and serves it at
+//! a path (`<dir>/<name>`) in a rendezvous directory both sides can see. Each [`Subscriber`]
+//! maps the pool **once**, on its own GPU (the same one, or a peer over NVLink); after that,
+//! no frame opens a handle or sends a socket message. The publisher *loans* a slot, fills it
+//! with GPU work, and *publishes* it on a stream; a subscriber *receives* it on a stream of
+//! its own, and the GPU — not the CPU — waits for the frame to be written before the
+//! subscriber's kernels read it. Dropping the sample acknowledges it, on the GPU too, after
+//! the subscriber's work.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cuda_ipc::prelude::*;
+//! use cuda_ipc::pubsub::{ChannelOptions, Publisher, SubscribeOptions, Subscriber};
+//!
+//! const FRAME: usize = 3840 * 2160; // one 4K RGBA frame: 32-bit pixels
+//!
+//! // Process 1, GPU 0: produce frames as fast as the GPU can.
+//! fn publisher() -> Result<()> {
+//!     let ctx = Context::new(Device::by_ordinal(0)?)?;
+//!     let stream = Stream::new(&ctx)?;
+//!     let mut frames = Publisher::<u32>::create(&ctx, "/shared/cuda-ipc/video", FRAME,
+//!         ChannelOptions::default())?;
+//!     for _ in 0..1000 {
+//!         let mut slot = frames.loan(Duration::from_secs(5))?; // waits for a free slot
+//!         let seq = slot.seq();
+//!         ctx.kernels()?.fill_pattern(&stream, &mut slot, seq as u32)?;
+//!         slot.publish(&stream)?; // visible once the fill is done; the CPU does not wait
+//!     }
+//!     Ok(())
+//! }
+//!
+//! // Process 2, GPU 1: read every frame in place.
+//! fn subscriber() -> Result<()> {
+//!     let ctx = Context::new(Device::by_ordinal(1)?)?;
+//!     let stream = Stream::new(&ctx)?;
+//!     let frames = Subscriber::<u32>::subscribe(&ctx, "/shared/cuda-ipc/video",
+//!         SubscribeOptions::default())?;
+//!     let mut digest = DeviceBuffer::<u64>::zeroed(&ctx, 1)?;
+//!     loop {
+//!         let frame = frames.receive(&stream, Duration::from_secs(5))?;
+//!         ctx.kernels()?.checksum_into(&stream, &frame, &mut digest)?; // zero copy
+//!     } // each frame is released on `stream` when dropped, after the checksum
+//! }
+//! # let _ = (publisher, subscriber);
+//! ```
+//!
+//! # How it works
+//! - **Data**: one allocation of `slots × frame` (each slot 256-byte aligned), exported like
+//!   any [`SharedDeviceBuffer`](crate::ipc::SharedDeviceBuffer) under `<name>.pool` — fd
+//!   transport by default, legacy where asked — with the same uid checks and leases.
+//! - **Control**: 64-bit words in host memory shared through sealed `memfd`s passed over the
+//!   channel's socket (`<name>.sock`) and registered with the driver in each process, so the
+//!   GPU waits on and writes them (`cuStreamWaitValue64` / `cuStreamWriteValue64`) and the CPU
+//!   reads them with a load. One page per channel, written by the publisher only (subscribers
+//!   map it read-only), and one page per subscriber, written by that subscriber and by the
+//!   publisher's GPU (its copy of the "frame ready" words). A subscriber can only lie about
+//!   itself. See [`protocol`] for how a held slot is never overwritten.
+//! - **Faults**: a subscriber's connection is its membership: when it closes (or its process
+//!   dies) the publisher stops waiting for it at once. When the publisher goes, subscribers
+//!   receive the frames it completed, then [`Error::PublisherGone`](crate::Error::PublisherGone)
+//!   — and any stream of theirs waiting for a frame that will never come is released. A
+//!   restarted publisher is a new channel instance (new pages, new pool generation), which a
+//!   new `Subscriber` joins; an old one never mistakes it for the old.
+//!
+//! # Policies
+//! [`Policy::Block`] loses no frame: `loan` waits (with a timeout naming the slow
+//! subscriber) until every subscriber has received and released the oldest frame.
+//! [`Policy::DropOldest`] never waits for a slow subscriber: it overwrites the oldest frame no
+//! one holds, and a subscriber that falls behind skips ahead ([`Sample::missed`]). Either way a
+//! late subscriber can start from the newest frame ([`Start::Latest`]).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ipc::rendezvous::Names;
+use crate::ipc::{ExportOptions, ImportOptions, Transport, TypeTag};
 
 pub(crate) mod layout;
+mod page;
 pub mod protocol;
+mod publisher;
+mod server;
+mod subscriber;
+mod wire;
+
+pub use layout::{MAX_SLOTS, MAX_SUBSCRIBERS};
+pub use publisher::{Loan, Publisher, PublisherStats};
+pub use subscriber::{Sample, Subscriber, SubscriberStats};
 
 /// What the publisher does when a subscriber is slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -14,4 +98,77 @@ pub enum Policy {
     /// The publisher never waits for a slow subscriber: it overwrites the oldest frame that no
     /// subscriber holds, and a subscriber that falls behind skips frames (it is told how many).
     DropOldest,
+}
+
+/// How to create a channel.
+#[derive(Debug, Clone)]
+pub struct ChannelOptions {
+    /// Frames in the pool (1..=64; at least 2 with `DropOldest`). Default 8.
+    pub slots: usize,
+    /// Most subscribers at once (1..=64). Default 16.
+    pub max_subscribers: usize,
+    /// Most samples one subscriber may hold at once (1..=slots). Default 2.
+    pub max_held: usize,
+    /// What to do with slow subscribers. Default `Block`.
+    pub policy: Policy,
+    /// How the pool travels. Default `Auto` (fd where the GPU supports it).
+    pub transport: Transport,
+    /// Who may subscribe, and the sharing group (as for an [`Exporter`](crate::ipc::Exporter)).
+    pub export: ExportOptions,
+    /// The element type's tag; default `TypeTag::of::<T>()`.
+    pub type_tag: Option<TypeTag>,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            slots: 8,
+            max_subscribers: 16,
+            max_held: 2,
+            policy: Policy::Block,
+            transport: Transport::Auto,
+            export: ExportOptions::default(),
+            type_tag: None,
+        }
+    }
+}
+
+/// Where a new subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// With the newest frame still in the pool (history of one), if any.
+    #[default]
+    Latest,
+    /// With the next frame published after it joined.
+    Next,
+}
+
+/// How to subscribe.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// How long to wait for the channel to appear and answer. Default 30 s.
+    pub timeout: Duration,
+    /// Where to start. Default [`Start::Latest`].
+    pub start: Start,
+    /// Refuse the channel unless its frames have this many elements.
+    pub expected_frame_len: Option<usize>,
+    /// Trust settings and type tag, as for importing a buffer (its `timeout` and
+    /// `expected_len` are set by the subscriber).
+    pub import: ImportOptions,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            timeout: Duration::from_secs(30),
+            start: Start::Latest,
+            expected_frame_len: None,
+            import: ImportOptions::default(),
+        }
+    }
+}
+
+/// `<dir>/<name>.pool`: where a channel's pool is published.
+fn pool_path(names: &Names) -> PathBuf {
+    names.dir.join(format!("{}.pool", names.name))
 }

@@ -150,20 +150,18 @@ impl PublisherState {
         self.claimed = None;
         seq
     }
+}
 
-    /// Where a subscriber joining now starts: `(next, announced)`, with `next` the newest
-    /// announced frame still in a slot when `latest` (else the frame after the newest).
-    pub fn join_point(&self, chan: &[AtomicU64], latest: bool) -> (u64, u64) {
-        let announced = chan[ANNOUNCED].load(SeqCst);
-        let newest_left = (0..self.slots)
-            .map(|i| chan[CLAIM + i].load(SeqCst))
-            .filter(|&c| c != 0 && c <= announced)
-            .max();
-        match newest_left {
-            Some(n) if latest => (n, announced),
-            _ => (announced + 1, announced),
-        }
-    }
+/// Where a subscriber joining now can start: `(newest, announced)`, with `newest` the newest
+/// announced frame still in one of the `slots` slots (0 when there is none).
+pub fn join_point(chan: &[AtomicU64], slots: usize) -> (u64, u64) {
+    let announced = chan[ANNOUNCED].load(SeqCst);
+    let newest = (0..slots.min(MAX_SLOTS))
+        .map(|i| chan[CLAIM + i].load(SeqCst))
+        .filter(|&c| c != 0 && c <= announced)
+        .max()
+        .unwrap_or(0);
+    (newest, announced)
 }
 
 /// A frame a subscriber has registered as held.

@@ -1,0 +1,534 @@
+//! The publishing side of a channel.
+use std::marker::PhantomData;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
+use crate::ipc::{Exporter, SharedDeviceBuffer, TypeTag};
+use crate::memory::{check_stream, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
+use crate::os;
+use crate::result;
+use crate::stream::Stream;
+use crate::uses::StreamUses;
+
+use super::layout::*;
+use super::page::Page;
+use super::protocol::{Blocked, PublisherState};
+use super::server::{Roster, Server, Shared};
+use super::wire::Welcome;
+use super::{pool_path, ChannelOptions, Policy};
+
+/// What a publisher has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    /// Frames published.
+    pub published: u64,
+    /// Subscribers now.
+    pub subscribers: usize,
+    /// Subscribers admitted so far.
+    pub joined: u64,
+    /// Subscribers gone so far (closed, or died).
+    pub left: u64,
+    /// Connections refused (uid not allowed, or the channel full).
+    pub refused: u64,
+}
+
+/// The publishing end of a channel: owns a pool of `slots` frames of `frame_len` elements of
+/// `T` in one shared allocation, and serves subscribers at the channel's path. See the
+/// [module docs](super).
+pub struct Publisher<'ctx, T: Pod> {
+    ctx: &'ctx Context,
+    path: PathBuf,
+    pool: SharedDeviceBuffer<'ctx, T>,
+    pool_exporter: Option<Exporter>,
+    chan: Arc<Page>,
+    shared: Arc<Shared>,
+    state: PublisherState,
+    frame_len: usize,
+    stride: usize,
+    slots: usize,
+    max_subscribers: usize,
+    /// Streams that queued writes of control words (publish): waited for before a page is
+    /// unregistered.
+    control_uses: StreamUses,
+    published: u64,
+    /// A publish failed half-way: the channel is closed.
+    broken: bool,
+    wake: UnixStream,
+    thread: Option<JoinHandle<()>>,
+    dir: RendezvousDir,
+    names: Names,
+    socket_inode: u64,
+    _lock: std::fs::File,
+}
+
+impl<T: Pod> std::fmt::Debug for Publisher<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Publisher({})", self.path.display())
+    }
+}
+
+/// Elements per slot: `frame_len` rounded up so that every slot starts 256-byte aligned.
+fn stride_of(frame_len: usize, elem: usize) -> Option<usize> {
+    let bytes = frame_len.checked_mul(elem)?.checked_next_multiple_of(256)?;
+    // Whole elements covering `bytes`, and a multiple of 256 bytes.
+    let mut n = bytes.div_ceil(elem);
+    while (n.checked_mul(elem)?) % 256 != 0 {
+        n += 1;
+    }
+    Some(n)
+}
+
+impl<'ctx, T: Pod> Publisher<'ctx, T> {
+    /// Creates the channel at `path` (`<dir>/<name>`): the pool (published as
+    /// `<name>.pool`) and the channel's socket (`<name>.sock`).
+    pub fn create(
+        ctx: &'ctx Context,
+        path: impl AsRef<Path>,
+        frame_len: usize,
+        opts: ChannelOptions,
+    ) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let bad = |why: String| {
+            Err(Error::InvalidArgument(format!(
+                "channel {}: {why}",
+                path.display()
+            )))
+        };
+        let min_slots = match opts.policy {
+            Policy::Block => 1,
+            Policy::DropOldest => 2,
+        };
+        if !(min_slots..=MAX_SLOTS).contains(&opts.slots) {
+            return bad(format!(
+                "slots must be {min_slots}..={MAX_SLOTS} with {:?} (got {})",
+                opts.policy, opts.slots
+            ));
+        }
+        if !(1..=MAX_SUBSCRIBERS).contains(&opts.max_subscribers) {
+            return bad(format!(
+                "max_subscribers must be 1..={MAX_SUBSCRIBERS} (got {})",
+                opts.max_subscribers
+            ));
+        }
+        if !(1..=opts.slots).contains(&opts.max_held) {
+            return bad(format!(
+                "max_held must be 1..=slots ({}) (got {})",
+                opts.slots, opts.max_held
+            ));
+        }
+        let elem = std::mem::size_of::<T>();
+        if frame_len == 0 || elem == 0 {
+            return bad("frames must have at least one element of a non-empty type".into());
+        }
+        let stride = stride_of(frame_len, elem)
+            .filter(|s| {
+                s.checked_mul(opts.slots)
+                    .and_then(|n| n.checked_mul(elem))
+                    .is_some()
+            })
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("channel {}: frames too large", path.display()))
+            })?;
+        let names = Names::for_path(&path)?;
+        if names.name.len() + ".pool".len() > crate::ipc::rendezvous::MAX_NAME_LEN {
+            return bad(
+                "the channel's name must leave room for \".pool\" (59 characters at most)".into(),
+            );
+        }
+
+        let tag = opts.type_tag.unwrap_or_else(TypeTag::of::<T>);
+        let pool = SharedDeviceBuffer::<T>::zeroed(ctx, stride * opts.slots, opts.transport)?
+            .with_type_tag(tag)?;
+        let mut export = opts.export.clone();
+        export.max_connections = export.max_connections.max(2 * opts.max_subscribers);
+        let pool_exporter = Exporter::bind_with(pool_path(&names), &pool, export)?;
+
+        let mut chan = Page::create(&format!("cuda-ipc {} channel", names.name))?;
+        chan.words()[MAGIC].store(MAGIC_VALUE, SeqCst);
+        chan.register(ctx)?;
+        chan.seal_read_only()?;
+        let chan = Arc::new(chan);
+
+        let (dir, lock, _) = crate::ipc::exporter::claim_name(&names, opts.export.group)?;
+        let (listener, socket_inode) =
+            crate::ipc::exporter::bind_listener(&dir, &names, opts.export.group)?;
+        let instance = u64::from_le_bytes(
+            os::random_bytes::<8>().map_err(|e| Error::io("reading random bytes", e))?,
+        );
+        let welcome = Welcome {
+            slots: opts.slots,
+            max_subscribers: opts.max_subscribers,
+            policy: opts.policy,
+            frame_len,
+            stride,
+            elem_size: elem,
+            type_tag: tag.0,
+            max_held: opts.max_held,
+            id: 0,
+            newest: 0,
+            announced: 0,
+            instance,
+            pool: pool_exporter.descriptor().encode(),
+        };
+        let (wake, wake_rx) =
+            UnixStream::pair().map_err(|e| Error::io("creating the channel's wake socket", e))?;
+        let shared = Arc::new(Shared::default());
+        let server = Server {
+            listener,
+            wake_rx,
+            shared: Arc::clone(&shared),
+            chan: Arc::clone(&chan),
+            welcome,
+            allowed: opts.export.allowed.clone(),
+            own_uid: os::effective_uid(),
+            name: names.name.clone(),
+            conns: Vec::new(),
+            next_id: 1,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("cuda-ipc channel {}", names.name))
+            .spawn(move || server.run())
+            .map_err(|e| Error::io("spawning the channel's thread", e))?;
+        Ok(Publisher {
+            ctx,
+            path,
+            pool,
+            pool_exporter: Some(pool_exporter),
+            chan,
+            shared,
+            state: PublisherState::new(opts.slots, opts.policy),
+            frame_len,
+            stride,
+            slots: opts.slots,
+            max_subscribers: opts.max_subscribers,
+            control_uses: StreamUses::default(),
+            published: 0,
+            broken: false,
+            wake,
+            thread: Some(thread),
+            dir,
+            names,
+            socket_inode,
+            _lock: lock,
+        })
+    }
+
+    /// The channel's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Elements of a frame.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// Slots in the pool.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The sequence number the next frame gets (frames are numbered from 1).
+    pub fn next_seq(&self) -> u64 {
+        self.state.next_seq()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PublisherStats {
+        let r = self.shared.lock();
+        PublisherStats {
+            published: self.published,
+            subscribers: r.live.len(),
+            joined: r.joined,
+            left: r.left,
+            refused: r.refused,
+        }
+    }
+
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.shared.lock().live.len()
+    }
+
+    /// Waits until at least `n` subscribers are connected; returns how many are.
+    pub fn wait_subscribers(&self, n: usize, timeout: Duration) -> Result<usize> {
+        let deadline = deadline_after(timeout);
+        let mut r = self.shared.lock();
+        loop {
+            if r.live.len() >= n {
+                return Ok(r.live.len());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "{n} subscriber(s) on channel {} ({} connected)",
+                        self.path.display(),
+                        r.live.len()
+                    ),
+                    waited: timeout,
+                });
+            }
+            r = self
+                .shared
+                .changed
+                .wait_timeout(r, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn describe(&self, roster: &Roster, b: Blocked) -> String {
+        let (sub, what) = match b {
+            Blocked::Held { sub, seq } => (sub, format!("still holds frame {seq}")),
+            Blocked::Behind { sub, next } => (sub, format!("has not received frame {next} yet")),
+        };
+        let who = roster
+            .live
+            .iter()
+            .find(|m| m.id == sub)
+            .map(|m| format!("uid {}, pid {}", m.cred.uid, m.cred.pid))
+            .unwrap_or_else(|| "gone".into());
+        format!("subscriber {sub} ({who}) {what}")
+    }
+
+    /// Frees the pages of subscribers that left, once no queued control write can reach them.
+    fn reap_retired(&self) {
+        let mut r = self.shared.lock();
+        if r.retired.is_empty() {
+            return;
+        }
+        let idle = self.control_uses.is_idle(self.ctx);
+        if !idle && r.retired.len() <= self.max_subscribers {
+            return;
+        }
+        if !idle {
+            if let Err(e) = self.control_uses.wait_host(self.ctx) {
+                crate::drop_log::record("channel: waiting for control writes", e);
+                return;
+            }
+        }
+        for mut m in r.retired.drain(..) {
+            if let Err(e) = m.page.unregister(self.ctx) {
+                crate::drop_log::record("channel: unregistering a subscriber's page", e);
+            }
+        }
+    }
+
+    /// Lends the next frame's slot, waiting up to `timeout` for one to be free (with
+    /// [`Policy::Block`], until every subscriber has received and released the oldest frame;
+    /// with [`Policy::DropOldest`], until some slot is held by no subscriber). Fill it on a
+    /// stream, then [`Loan::publish`] it. A loan dropped unpublished keeps its slot for the
+    /// next one.
+    pub fn loan(&mut self, timeout: Duration) -> Result<Loan<'_, 'ctx, T>> {
+        if self.broken {
+            return Err(Error::Unsupported(format!(
+                "channel {}: a publish failed half-way, so the channel was closed; create a new \
+                 publisher",
+                self.path.display()
+            )));
+        }
+        let deadline = deadline_after(timeout);
+        let mut spins = 0u32;
+        let (slot, seq) = loop {
+            self.reap_retired();
+            let blocked = {
+                let r = self.shared.lock();
+                let subs: Vec<(u64, &[std::sync::atomic::AtomicU64])> =
+                    r.live.iter().map(|m| (m.id, m.page.words())).collect();
+                match self.state.try_claim(self.chan.words(), &subs) {
+                    Ok(claimed) => break claimed,
+                    Err(b) => self.describe(&r, b),
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "a free slot in channel {} for frame {}: {blocked}",
+                        self.path.display(),
+                        self.state.next_seq()
+                    ),
+                    waited: timeout,
+                });
+            }
+            backoff(&mut spins, deadline);
+        };
+        Ok(Loan {
+            publisher: self,
+            slot,
+            seq,
+            _marker: PhantomData,
+        })
+    }
+
+    /// Queues the control writes of frame `seq` in `slot` on `stream` and announces it.
+    fn publish_slot(&mut self, slot: usize, seq: u64, stream: &Stream<'_>) -> Result<u64> {
+        check_stream(self.ctx, stream)?;
+        if let Some(uses) = self.pool.view().uses() {
+            uses.order_before(self.ctx, stream.id(), stream.raw())?;
+        }
+        let mut r = self.shared.lock();
+        let mut queued = || -> Result<()> {
+            let _bound = self.ctx.bind()?;
+            for m in r.live.iter_mut() {
+                m.page.register(self.ctx)?;
+                let word = m.page.device_word(SUB_READY + slot)?;
+                // SAFETY: a live stream of this context; the word is registered host memory,
+                // unregistered only after `control_uses` shows this write done.
+                unsafe { result::stream_write_value64(stream.raw(), word, seq) }?;
+            }
+            for index in [SLOT_READY + slot, PUBLISHED] {
+                let word = self.chan.device_word(index)?;
+                // SAFETY: as above, for the channel page (unregistered in Drop after waiting).
+                unsafe { result::stream_write_value64(stream.raw(), word, seq) }?;
+            }
+            Ok(())
+        };
+        let outcome = queued();
+        // Whatever was queued must be waited for before a page is unregistered.
+        let recorded = self
+            .control_uses
+            .record(self.ctx, stream.id(), stream.raw());
+        if let Err(e) = outcome.and(recorded) {
+            self.broken = true;
+            self.chan.words()[CLOSED].store(1, SeqCst);
+            return Err(e);
+        }
+        let seq = self.state.announce(self.chan.words());
+        drop(r);
+        self.published += 1;
+        Ok(seq)
+    }
+
+    fn slot_range(&self, slot: usize) -> std::ops::Range<usize> {
+        let start = slot * self.stride;
+        start..start + self.frame_len
+    }
+}
+
+/// Spins briefly, then sleeps a little longer each time (up to 200 µs), never past `deadline`.
+pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
+    *spins = spins.saturating_add(1);
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else if *spins < 128 {
+        std::thread::yield_now();
+    } else {
+        let step = Duration::from_micros(u64::from((*spins - 128).min(40)) * 5 + 5);
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(step.min(left));
+    }
+}
+
+impl<T: Pod> Drop for Publisher<'_, T> {
+    fn drop(&mut self) {
+        self.chan.words()[CLOSED].store(1, SeqCst);
+        // Any byte (or EOF) stops the server thread, which closes every subscriber's
+        // connection: they see the end of the channel.
+        let _ = os::send_with_fds(std::os::fd::AsFd::as_fd(&self.wake), b"Q", &[]);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                crate::drop_log::record("Publisher", "its channel thread panicked");
+            }
+        }
+        let sock_name = self.names.socket_name();
+        if self
+            .dir
+            .stat_entry(&sock_name)
+            .is_ok_and(|st| st.ino == self.socket_inode)
+        {
+            if let Err(e) = self.dir.unlink(&sock_name) {
+                crate::drop_log::record("Publisher (removing the socket)", e);
+            }
+        }
+        // Control writes still queued must land before their pages are unregistered.
+        self.control_uses
+            .wait_and_clear(self.ctx, "Publisher (waiting for control writes)");
+        let mut r = self.shared.lock();
+        let mut members: Vec<_> = r.live.drain(..).collect();
+        members.append(&mut r.retired);
+        drop(r);
+        for mut m in members {
+            if let Err(e) = m.page.unregister(self.ctx) {
+                crate::drop_log::record("Publisher (unregistering a subscriber page)", e);
+            }
+        }
+        match Arc::get_mut(&mut self.chan) {
+            Some(chan) => {
+                if let Err(e) = chan.unregister(self.ctx) {
+                    crate::drop_log::record("Publisher (unregistering the channel page)", e);
+                }
+            }
+            None => crate::drop_log::record(
+                "Publisher (the channel page)",
+                "still shared with the channel thread",
+            ),
+        }
+        self.pool_exporter.take();
+    }
+}
+
+/// A slot lent for the next frame: fill it (it is device memory of the publisher's
+/// context: `DeviceMemoryMut<T>`), then [`publish`](Self::publish) it.
+pub struct Loan<'p, 'ctx, T: Pod> {
+    publisher: &'p mut Publisher<'ctx, T>,
+    slot: usize,
+    seq: u64,
+    _marker: PhantomData<T>,
+}
+
+impl<T: Pod> std::fmt::Debug for Loan<'_, '_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Loan(frame {} in slot {})", self.seq, self.slot)
+    }
+}
+
+impl<T: Pod> Loan<'_, '_, T> {
+    /// The frame's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The slot's index in the pool.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Publishes the frame: subscribers see it once the work queued on `stream` so far (and
+    /// the work recorded on the pool from other streams) is done. Nothing waits on the CPU.
+    /// Returns the frame's sequence number.
+    pub fn publish(self, stream: &Stream<'_>) -> Result<u64> {
+        self.publisher.publish_slot(self.slot, self.seq, stream)
+    }
+}
+
+impl<T: Pod> DeviceMemory<T> for Loan<'_, '_, T> {
+    fn view(&self) -> DeviceSlice<'_, T> {
+        let range = self.publisher.slot_range(self.slot);
+        self.publisher
+            .pool
+            .view()
+            .slice(range)
+            .expect("a slot lies inside the pool by construction")
+    }
+}
+
+impl<T: Pod> DeviceMemoryMut<T> for Loan<'_, '_, T> {
+    fn view_mut(&mut self) -> DeviceSliceMut<'_, T> {
+        let range = self.publisher.slot_range(self.slot);
+        self.publisher
+            .pool
+            .view_mut()
+            .slice_mut(range)
+            .expect("a slot lies inside the pool by construction")
+    }
+}
