@@ -254,7 +254,7 @@ fn run(o: &Options) -> Result<bool> {
 
     let recorded = (received as usize).min(LATENCY_FRAMES);
     let pairs = stamps.copy_to_vec()?;
-    // Signed: the timers of two GPUs agree only to within about a microsecond.
+    // Signed: the timers of two GPUs agree only approximately (see Kernels::stamp_time).
     let mut latencies: Vec<i64> = pairs[..2 * recorded]
         .chunks_exact(2)
         .map(|p| p[1].wrapping_sub(p[0]) as i64)
