@@ -431,6 +431,10 @@ pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
 
 impl<T: Pod> Drop for Publisher<'_, T> {
     fn drop(&mut self) {
+        // Frames published so far become complete (their READY words written) before the
+        // subscribers learn that the channel is closed, so they can still receive them.
+        self.control_uses
+            .wait_and_clear(self.ctx, "Publisher (waiting for control writes)");
         self.chan.words()[CLOSED].store(1, SeqCst);
         // Any byte (or EOF) stops the server thread, which closes every subscriber's
         // connection: they see the end of the channel.
@@ -450,9 +454,6 @@ impl<T: Pod> Drop for Publisher<'_, T> {
                 crate::drop_log::record("Publisher (removing the socket)", e);
             }
         }
-        // Control writes still queued must land before their pages are unregistered.
-        self.control_uses
-            .wait_and_clear(self.ctx, "Publisher (waiting for control writes)");
         let mut r = self.shared.lock();
         let mut members: Vec<_> = r.live.drain(..).collect();
         members.append(&mut r.retired);

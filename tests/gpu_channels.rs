@@ -1,0 +1,545 @@
+//! GPU channels (`cuda_ipc::pubsub`) end to end: several subscriber processes on both GPUs
+//! verifying every frame on the GPU, both policies, a subscriber and a publisher killed with
+//! SIGKILL, a late joiner, PID namespaces as a non-root uid, the legacy transport, the CPU
+//! path, and a soak whose fds and device memory return to their baseline. Run with
+//! `--include-ignored` on a GPU machine (the PID-namespace test needs root for `unshare`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cuda_ipc::ipc::Transport;
+use cuda_ipc::kernels::reference;
+use cuda_ipc::prelude::*;
+use cuda_ipc::pubsub::{ChannelOptions, Policy, Publisher, Start, SubscribeOptions, Subscriber};
+
+mod common;
+use common::{temp_dir, RoleProcess};
+
+const SECS: Duration = Duration::from_secs(20);
+
+fn gpus() -> usize {
+    Device::count().unwrap()
+}
+
+/// What a subscriber process reports (its `SUBRESULT` line).
+#[derive(Debug, Default)]
+struct SubResult {
+    received: u64,
+    missed: u64,
+    errors: u64,
+    first: u64,
+    last: u64,
+    in_order: bool,
+    consecutive: bool,
+    end: String,
+}
+
+fn parse(line: &str) -> SubResult {
+    let mut r = SubResult::default();
+    for kv in line.split_whitespace() {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        match k {
+            "received" => r.received = v.parse().unwrap(),
+            "missed" => r.missed = v.parse().unwrap(),
+            "errors" => r.errors = v.parse().unwrap(),
+            "first" => r.first = v.parse().unwrap(),
+            "last" => r.last = v.parse().unwrap(),
+            "in_order" => r.in_order = v == "true",
+            "consecutive" => r.consecutive = v == "true",
+            "end" => r.end = v.to_string(),
+            _ => {}
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sub_env(
+    path: &Path,
+    gpu: usize,
+    frames: u64,
+    start: &str,
+    delay_us: u64,
+    cpu: bool,
+    scenario: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("CUDA_IPC_TEST_ROLE", "subscriber".into()),
+        ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+        ("CUDA_IPC_TEST_GPU", gpu.to_string()),
+        ("CUDA_IPC_TEST_FRAMES", frames.to_string()),
+        ("CUDA_IPC_TEST_START", start.into()),
+        ("CUDA_IPC_TEST_DELAY_US", delay_us.to_string()),
+        ("CUDA_IPC_TEST_CPU", if cpu { "1" } else { "0" }.into()),
+        ("CUDA_IPC_TEST_SCENARIO", scenario.into()),
+    ]
+}
+
+fn get(k: &str) -> String {
+    std::env::var(format!("CUDA_IPC_TEST_{k}")).unwrap_or_default()
+}
+
+/// The role dispatcher: returns at once unless CUDA_IPC_TEST_ROLE is set (see tests/common).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn zz_role_entry() {
+    match std::env::var("CUDA_IPC_TEST_ROLE").as_deref() {
+        Ok("subscriber") => subscriber_role(),
+        Ok("publisher") => publisher_role(),
+        _ => {}
+    }
+}
+
+/// Receives up to FRAMES frames (or until the publisher is gone), verifying each on the GPU.
+fn subscriber_role() {
+    let path = PathBuf::from(get("PATH"));
+    let gpu: usize = get("GPU").parse().unwrap();
+    let frames: u64 = get("FRAMES").parse().unwrap();
+    let delay = Duration::from_micros(get("DELAY_US").parse().unwrap());
+    let cpu = get("CPU") == "1";
+    let ctx = Context::new(Device::by_ordinal(gpu).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let fds_before = cuda_ipc::os::open_fd_count().unwrap();
+    let opts = SubscribeOptions {
+        start: if get("START") == "next" {
+            Start::Next
+        } else {
+            Start::Latest
+        },
+        ..SubscribeOptions::default()
+    };
+    let sub = Subscriber::<u32>::subscribe(&ctx, &path, opts).unwrap();
+    println!("SUBSCRIBED gpu={gpu}");
+    let mut errors = DeviceBuffer::<u32>::zeroed(&ctx, 1).unwrap();
+    let (mut received, mut missed, mut first, mut last) = (0u64, 0u64, 0u64, 0u64);
+    let (mut in_order, mut consecutive) = (true, true);
+    let mut end = "frames".to_string();
+    let mut host_errors = 0u64;
+    while received < frames {
+        let sample = if cpu {
+            sub.receive_host(SECS)
+        } else {
+            sub.receive(&stream, SECS)
+        };
+        let sample = match sample {
+            Ok(s) => s,
+            Err(Error::PublisherGone { .. }) => {
+                end = "gone".into();
+                break;
+            }
+            Err(e) => panic!("receive: {e}"),
+        };
+        let seq = sample.seq();
+        if received == 0 {
+            first = seq;
+        } else {
+            in_order &= seq > last;
+            consecutive &= seq == last + 1;
+        }
+        missed += sample.missed();
+        last = seq;
+        received += 1;
+        if cpu {
+            let words = sample.copy_to_vec().unwrap();
+            host_errors += reference::frame_errors(&words, seq);
+        } else {
+            k.verify_frame(&stream, &sample, seq, &mut errors).unwrap();
+        }
+        if get("SCENARIO") == "hold-then-die" && received == 3 {
+            println!("HOLDING seq={seq}");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        drop(sample);
+    }
+    stream.synchronize().unwrap();
+    let gpu_errors = errors.copy_to_vec().unwrap()[0] as u64;
+    let stats = sub.stats();
+    assert_eq!(stats.received, received);
+    drop(sub);
+    drop(errors);
+    let fds_after = cuda_ipc::os::open_fd_count().unwrap();
+    println!(
+        "SUBRESULT received={received} missed={missed} errors={} first={first} last={last} \
+         in_order={in_order} consecutive={consecutive} end={end} fds_before={fds_before} \
+         fds_after={fds_after}",
+        gpu_errors + host_errors
+    );
+}
+
+/// Publishes frames until killed (the SIGKILL test's publisher).
+fn publisher_role() {
+    let path = PathBuf::from(get("PATH"));
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 18, ChannelOptions::default()).unwrap();
+    println!("PUBLISHING");
+    loop {
+        let mut loan = match p.loan(Duration::from_millis(100)) {
+            Ok(l) => l,
+            Err(Error::Timeout { .. }) => continue,
+            Err(e) => panic!("loan: {e}"),
+        };
+        let seq = loan.seq();
+        k.fill_frame(&stream, &mut loan, seq).unwrap();
+        loan.publish(&stream).unwrap();
+        if seq % 50 == 0 {
+            println!("PUBLISHED {seq}");
+        }
+    }
+}
+
+fn publish(p: &mut Publisher<'_, u32>, k: &cuda_ipc::Kernels<'_>, stream: &Stream<'_>, n: u64) {
+    for _ in 0..n {
+        let mut loan = p.loan(SECS).unwrap();
+        let seq = loan.seq();
+        k.fill_frame(stream, &mut loan, seq).unwrap();
+        loan.publish(stream).unwrap();
+    }
+}
+
+/// Waits until the publisher has noticed every subscriber leave.
+fn wait_empty(p: &Publisher<'_, u32>) {
+    let t = Instant::now();
+    while p.subscribers() > 0 {
+        assert!(
+            t.elapsed() < SECS,
+            "subscribers still counted 20 s after leaving"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn finish(s: RoleProcess) -> SubResult {
+    let (ok, lines) = s.finish(Duration::from_secs(120));
+    assert!(ok, "subscriber failed:\n{}", lines.join("\n"));
+    let line = lines
+        .iter()
+        .find(|l| l.contains("SUBRESULT"))
+        .expect("a SUBRESULT line");
+    parse(line)
+}
+
+fn block_every_frame(transport: Transport, frame_len: usize, frames: u64) {
+    let dir = temp_dir("chan-block");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 4,
+        transport,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, frame_len, opts).unwrap();
+    let mut gpu_of = vec![0, 0];
+    if gpus() > 1 {
+        gpu_of.push(1);
+    }
+    let subs: Vec<_> = gpu_of
+        .iter()
+        .map(|&g| RoleProcess::spawn(&[], &sub_env(&path, g, frames, "next", 0, false, "")))
+        .collect();
+    p.wait_subscribers(subs.len(), SECS).unwrap();
+    publish(&mut p, &k, &stream, frames);
+    for (s, g) in subs.into_iter().zip(gpu_of) {
+        let r = finish(s);
+        assert_eq!(
+            (r.received, r.missed, r.errors, r.first, r.last),
+            (frames, 0, 0, 1, frames),
+            "subscriber on GPU {g}: {r:?}"
+        );
+        assert!(r.consecutive, "GPU {g}: frames out of order or lost: {r:?}");
+    }
+    assert_eq!(p.stats().published, frames);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn block_delivers_every_frame_to_every_subscriber_on_both_gpus() {
+    // 1 MiB frames; two subscribers on GPU 0, one on GPU 1 (NVLink) when there is one.
+    block_every_frame(Transport::Fd, 1 << 18, 300);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn block_works_with_the_legacy_transport() {
+    block_every_frame(Transport::Legacy, 1 << 16, 200);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn the_cpu_path_receives_complete_frames() {
+    let dir = temp_dir("chan-cpu");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let mut p = Publisher::<u32>::create(&ctx, &path, 4096, ChannelOptions::default()).unwrap();
+    let s = RoleProcess::spawn(&[], &sub_env(&path, 0, 100, "next", 0, true, ""));
+    p.wait_subscribers(1, SECS).unwrap();
+    publish(&mut p, &k, &stream, 100);
+    let r = finish(s);
+    assert_eq!((r.received, r.errors, r.last), (100, 0, 100), "{r:?}");
+    assert!(r.consecutive);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn drop_oldest_never_waits_and_counts_what_a_slow_subscriber_missed() {
+    let dir = temp_dir("chan-drop");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 6,
+        policy: Policy::DropOldest,
+        ..ChannelOptions::default()
+    };
+    let frames = 2000;
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 14, opts).unwrap();
+    // A slow subscriber (1 ms per frame) and a fast one; the slow one stops after 100 frames.
+    let slow = RoleProcess::spawn(&[], &sub_env(&path, 0, 100, "next", 1000, false, ""));
+    let fast = RoleProcess::spawn(&[], &sub_env(&path, 0, u64::MAX, "next", 0, false, ""));
+    p.wait_subscribers(2, SECS).unwrap();
+    for _ in 0..frames {
+        // Never blocked by the slow subscriber: a short timeout always suffices.
+        let mut loan = p.loan(Duration::from_secs(2)).unwrap();
+        let seq = loan.seq();
+        k.fill_frame(&stream, &mut loan, seq).unwrap();
+        loan.publish(&stream).unwrap();
+        std::thread::sleep(Duration::from_micros(100)); // so the slow one gets 100 frames
+    }
+    stream.synchronize().unwrap();
+    let slow = finish(slow);
+    assert_eq!(slow.errors, 0, "{slow:?}");
+    assert!(slow.in_order, "{slow:?}");
+    assert_eq!(slow.received, 100);
+    assert_eq!(
+        slow.received + slow.missed,
+        slow.last - slow.first + 1,
+        "drop counts must be exact: {slow:?}"
+    );
+    assert!(
+        slow.missed > 0,
+        "a 1 ms/frame subscriber must fall behind: {slow:?}"
+    );
+    drop(p); // the fast subscriber drains what is complete, then sees PublisherGone
+    let fast = finish(fast);
+    assert_eq!(fast.errors, 0, "{fast:?}");
+    assert_eq!(fast.end, "gone");
+    assert!(fast.in_order);
+    assert_eq!(
+        fast.received + fast.missed,
+        fast.last - fast.first + 1,
+        "{fast:?}"
+    );
+    assert_eq!(fast.last, frames, "{fast:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_subscriber_killed_while_holding_a_frame_stops_blocking_the_publisher() {
+    let dir = temp_dir("chan-kill-sub");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 4,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 16, opts).unwrap();
+    let mut victim = RoleProcess::spawn(
+        &[],
+        &sub_env(&path, 0, 1000, "next", 0, false, "hold-then-die"),
+    );
+    let healthy = RoleProcess::spawn(&[], &sub_env(&path, 0, 40, "next", 0, false, ""));
+    p.wait_subscribers(2, SECS).unwrap();
+    publish(&mut p, &k, &stream, 6);
+    victim.expect_line("HOLDING seq=3", SECS);
+    // Block: the victim holds frame 3 and has not received 4..: the publisher is stuck.
+    let err = p.loan(Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("subscriber"), "{err}");
+    victim.kill(); // SIGKILL
+    let t = Instant::now();
+    publish(&mut p, &k, &stream, 34);
+    println!("publisher unblocked {:?} after the kill", t.elapsed());
+    let r = finish(healthy);
+    assert_eq!((r.received, r.errors, r.last), (40, 0, 40), "{r:?}");
+    wait_empty(&p);
+    let stats = p.stats();
+    assert_eq!(
+        (stats.joined, stats.left, stats.subscribers),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_killed_publisher_gives_publisher_gone_and_releases_waiting_streams() {
+    let dir = temp_dir("chan-kill-pub");
+    let path = dir.join("frames");
+    let mut publisher = RoleProcess::spawn(
+        &[],
+        &[
+            ("CUDA_IPC_TEST_ROLE", "publisher".into()),
+            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+        ],
+    );
+    publisher.expect_line("PUBLISHING", SECS);
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let sub = Subscriber::<u32>::subscribe(&ctx, &path, SubscribeOptions::default()).unwrap();
+    let mut errors = DeviceBuffer::<u32>::zeroed(&ctx, 1).unwrap();
+    for _ in 0..20 {
+        let s = sub.receive(&stream, SECS).unwrap();
+        k.verify_frame(&stream, &s, s.seq(), &mut errors).unwrap();
+    }
+    stream.synchronize().unwrap();
+    assert_eq!(errors.copy_to_vec().unwrap()[0], 0);
+    publisher.kill(); // SIGKILL, possibly between a publish and its GPU writes
+    let t = Instant::now();
+    let gone = loop {
+        match sub.receive(&stream, SECS) {
+            Ok(s) => drop(s),
+            Err(e) => break e,
+        }
+        assert!(t.elapsed() < SECS, "no PublisherGone 20 s after the kill");
+    };
+    assert!(matches!(gone, Error::PublisherGone { .. }), "{gone}");
+    println!("PublisherGone after {:?}: {gone}", t.elapsed());
+    // Whatever the stream waited for is released: it drains.
+    stream.synchronize().unwrap();
+    let again = sub
+        .receive(&stream, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(matches!(again, Error::PublisherGone { .. }), "{again}");
+    drop(sub);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_late_subscriber_starts_from_the_latest_frame() {
+    let dir = temp_dir("chan-late");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 16, ChannelOptions::default()).unwrap();
+    publish(&mut p, &k, &stream, 10); // nobody listens: Block does not wait for anyone
+    stream.synchronize().unwrap();
+    let gpu = if gpus() > 1 { 1 } else { 0 };
+    let s = RoleProcess::spawn(&[], &sub_env(&path, gpu, 6, "latest", 0, false, ""));
+    p.wait_subscribers(1, SECS).unwrap();
+    publish(&mut p, &k, &stream, 5);
+    let r = finish(s);
+    assert_eq!(
+        (r.first, r.last, r.received, r.errors),
+        (10, 15, 6, 0),
+        "{r:?}"
+    );
+    assert!(r.consecutive);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn channels_work_across_pid_namespaces_as_a_non_root_uid() {
+    assert_eq!(
+        cuda_ipc::os::effective_uid(),
+        0,
+        "this test needs root (unshare --pid, setpriv): run the GPU bundle as root"
+    );
+    let dir = temp_dir("chan-pidns");
+    std::fs::create_dir(&dir).unwrap();
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path; chown to nobody so that uid 65534 owns the rendezvous directory.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    let path = dir.join("frames");
+    let wrap = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+    ];
+    let mut publisher = RoleProcess::spawn(
+        &wrap,
+        &[
+            ("CUDA_IPC_TEST_ROLE", "publisher".into()),
+            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+        ],
+    );
+    publisher.expect_line("PUBLISHING", SECS);
+    let gpu = if gpus() > 1 { 1 } else { 0 };
+    let s = RoleProcess::spawn(&wrap, &sub_env(&path, gpu, 200, "latest", 0, false, ""));
+    let r = finish(s);
+    publisher.kill();
+    assert_eq!((r.received, r.errors), (200, 0), "{r:?}");
+    assert!(r.consecutive, "{r:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_100k_frame_soak_and_subscriber_churn_return_fds_and_memory_to_baseline() {
+    let dir = temp_dir("chan-soak");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let fds0 = cuda_ipc::os::open_fd_count().unwrap();
+    let (free0, _) = {
+        let _b = ctx.bind().unwrap();
+        cuda_ipc::result::mem_get_info().unwrap()
+    };
+    {
+        let mut p = Publisher::<u32>::create(&ctx, &path, 1024, ChannelOptions::default()).unwrap();
+        let frames = 100_000;
+        let s = RoleProcess::spawn(&[], &sub_env(&path, 0, frames, "next", 0, false, ""));
+        p.wait_subscribers(1, SECS).unwrap();
+        let t = Instant::now();
+        publish(&mut p, &k, &stream, frames);
+        let r = finish(s);
+        println!("soak: {frames} frames in {:?}", t.elapsed());
+        assert_eq!((r.received, r.errors, r.last), (frames, 0, frames), "{r:?}");
+        // Churn: 30 subscribers come and go, each taking a few frames.
+        for round in 0..30u64 {
+            wait_empty(&p);
+            let s = RoleProcess::spawn(&[], &sub_env(&path, 0, 3, "next", 0, false, ""));
+            p.wait_subscribers(1, SECS).unwrap();
+            publish(&mut p, &k, &stream, 3);
+            let r = finish(s);
+            assert_eq!((r.received, r.errors), (3, 0), "round {round}: {r:?}");
+        }
+        wait_empty(&p);
+        let stats = p.stats();
+        assert_eq!((stats.joined, stats.left), (31, 31), "{stats:?}");
+        stream.synchronize().unwrap();
+    }
+    let fds1 = cuda_ipc::os::open_fd_count().unwrap();
+    let (free1, _) = {
+        let _b = ctx.bind().unwrap();
+        cuda_ipc::result::mem_get_info().unwrap()
+    };
+    println!("fds {fds0} -> {fds1}; free device memory {free0} -> {free1}");
+    assert_eq!(fds1, fds0, "fds leaked");
+    assert!(
+        free1 + (4 << 20) >= free0,
+        "device memory not returned: {free0} -> {free1}"
+    );
+}
