@@ -120,7 +120,8 @@ fn same_gpu(c: &mut Criterion, dir: &std::path::Path) {
         k.fill_pattern(&stream, &mut local, size as u32).unwrap();
         let mut vmm_local =
             SharedDeviceBuffer::<u32>::zeroed(&ctx, size / 4, Transport::Fd).unwrap();
-        k.fill_pattern(&stream, &mut vmm_local, size as u32).unwrap();
+        k.fill_pattern(&stream, &mut vmm_local, size as u32)
+            .unwrap();
         stream.synchronize().unwrap();
         let mut out = DeviceBuffer::<u64>::zeroed(&ctx, 1).unwrap();
         kernel.throughput(Throughput::Bytes(size as u64));

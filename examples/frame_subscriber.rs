@@ -209,11 +209,9 @@ fn run(o: &Options) -> Result<bool> {
         };
         let sample = match got {
             Ok(sample) => sample,
-            Err(e @ Error::PublisherGone { .. }) => {
+            Err(e @ Error::PublisherGone { closed, .. }) => {
                 println!("{PROGRAM}: end of stream: {e}");
                 // A clean close (the publisher dropped its Publisher) or a process that ended.
-                let closed = matches!(&e, Error::PublisherGone { detail, .. }
-                    if detail.contains("closed the channel"));
                 break if closed {
                     "publisher-closed"
                 } else {

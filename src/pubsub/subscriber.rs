@@ -282,6 +282,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     fn gone_error(&self, why: String) -> Error {
         Error::PublisherGone {
             channel: self.path.clone(),
+            closed: self.chan.words()[CLOSED].load(SeqCst) != 0,
             detail: why,
         }
     }
