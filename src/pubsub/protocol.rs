@@ -101,8 +101,14 @@ impl PublisherState {
                 let newest = self.next_seq - 1;
                 let mut c: Vec<(u64, usize)> = (0..self.slots)
                     .map(|i| (chan[CLAIM + i].load(SeqCst), i))
-                    .filter(|&(claim, _)| self.slots == 1 || claim == 0 || claim != newest)
                     .collect();
+                // Keep the newest frame: leave out one slot with it (only one, so that a
+                // corrupt table with the newest in every slot still leaves a candidate).
+                if self.slots > 1 && newest != 0 {
+                    if let Some(at) = c.iter().position(|&(claim, _)| claim == newest) {
+                        c.remove(at);
+                    }
+                }
                 c.sort_unstable();
                 c.into_iter().map(|(_, i)| i).collect()
             }
@@ -161,7 +167,8 @@ impl PublisherState {
             .max();
         match newest_left {
             Some(n) if latest => (n, announced),
-            _ => (announced + 1, announced),
+            // Saturating: a corrupt ANNOUNCED of u64::MAX must not panic.
+            _ => (announced.saturating_add(1), announced),
         }
     }
 }
@@ -225,6 +232,11 @@ impl SubscriberState {
             if announced < t {
                 return Ok(Pick::NotYet);
             }
+            let Some(after) = t.checked_add(1) else {
+                return Err(Violation(format!(
+                    "frame {t} was announced: no frame number follows it (a corrupt page)"
+                )));
+            };
             let found = (0..self.slots).find(|&i| chan[CLAIM + i].load(SeqCst) == t);
             let Some(slot) = found else {
                 if self.policy == Policy::Block {
@@ -238,7 +250,7 @@ impl SubscriberState {
                     .map(|i| chan[CLAIM + i].load(SeqCst))
                     .filter(|&c| c > t && c <= announced)
                     .min()
-                    .unwrap_or(announced + 1);
+                    .unwrap_or(announced.saturating_add(1));
                 self.missed += oldest - t;
                 self.next = oldest;
                 me[SUB_NEXT].store(self.next, SeqCst);
@@ -250,7 +262,7 @@ impl SubscriberState {
                 me[SUB_HOLD + slot].store(before, SeqCst);
                 continue;
             }
-            self.next = t + 1;
+            self.next = after;
             me[SUB_NEXT].store(self.next, SeqCst);
             let missed = std::mem::take(&mut self.missed);
             return Ok(Pick::Held(Picked {
