@@ -693,7 +693,7 @@ impl Sim {
     }
 
     fn log(&mut self, line: String) {
-        self.trace.push(line);
+        self.trace.push(format!("#{} {line}", self.trace.len()));
     }
 
     /// Whether a live subscriber holds the frame in `slot`.
@@ -1109,16 +1109,16 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-/// Runs the seeds (`PUBSUB_SEED` for one, else `PUBSUB_SEEDS` of them, 2000 by default).
+/// Runs the seeds (`PUBSUB_SEED` for one, else `PUBSUB_SEEDS` of them, 4000 by default).
 fn random_interleavings(policy: Policy) -> Coverage {
     let seeds = match env_u64("PUBSUB_SEED") {
         Some(s) => s..s + 1,
-        None => 0..env_u64("PUBSUB_SEEDS").unwrap_or(2000),
+        None => 0..env_u64("PUBSUB_SEEDS").unwrap_or(4000),
     };
     let mut cov = Coverage::default();
     for seed in seeds {
         let (mut sim, w) = Sim::new(seed, policy);
-        if let Err(e) = sim.run(&w, 300) {
+        if let Err(e) = sim.run(&w, 400) {
             let tail = sim.trace.len().saturating_sub(60);
             panic!(
                 "seed {seed} ({policy:?}) failed: {e}\n(rerun with PUBSUB_SEED={seed})\n\
@@ -1386,7 +1386,8 @@ fn threads_block_deliver_every_frame_in_order() {
 
 #[test]
 fn threads_drop_oldest_never_overwrite_a_held_frame() {
-    for (slots, subs, seed) in [(4, 4, 10), (2, 3, 20)] {
-        threads(Policy::DropOldest, slots, subs, 20_000, seed);
+    for (slots, subs, seed) in [(4, 4, 10), (2, 3, 20), (3, 4, 30)] {
+        // Panics unless every subscriber's received + missed is exactly every frame.
+        threads(Policy::DropOldest, slots, subs, 40_000, seed);
     }
 }
