@@ -113,21 +113,37 @@ fn same_gpu(c: &mut Criterion, dir: &std::path::Path) {
             Duration::from_secs(30),
         )
         .unwrap();
-        let local = DeviceBuffer::<u32>::zeroed(&ctx, size / 4).unwrap();
+        // The same words in every buffer (the exporter's pattern), so that only where the
+        // memory comes from differs: cuMemAlloc, a VMM allocation of this process, or the
+        // other process's VMM allocation imported.
+        let mut local = DeviceBuffer::<u32>::zeroed(&ctx, size / 4).unwrap();
+        k.fill_pattern(&stream, &mut local, size as u32).unwrap();
+        let mut vmm_local =
+            SharedDeviceBuffer::<u32>::zeroed(&ctx, size / 4, Transport::Fd).unwrap();
+        k.fill_pattern(&stream, &mut vmm_local, size as u32)
+            .unwrap();
+        stream.synchronize().unwrap();
         let mut out = DeviceBuffer::<u64>::zeroed(&ctx, 1).unwrap();
         kernel.throughput(Throughput::Bytes(size as u64));
         let name = common::size_name(size);
-        kernel.bench_with_input(BenchmarkId::new("imported", &name), &(), |b, _| {
-            b.iter_custom(|n| {
-                gpu_time(&ctx, &stream, n, || {
-                    k.checksum_into(&stream, &imported, &mut out).unwrap()
-                })
-            })
-        });
         kernel.bench_with_input(BenchmarkId::new("local", &name), &(), |b, _| {
             b.iter_custom(|n| {
                 gpu_time(&ctx, &stream, n, || {
                     k.checksum_into(&stream, &local, &mut out).unwrap()
+                })
+            })
+        });
+        kernel.bench_with_input(BenchmarkId::new("vmm-local", &name), &(), |b, _| {
+            b.iter_custom(|n| {
+                gpu_time(&ctx, &stream, n, || {
+                    k.checksum_into(&stream, &vmm_local, &mut out).unwrap()
+                })
+            })
+        });
+        kernel.bench_with_input(BenchmarkId::new("imported", &name), &(), |b, _| {
+            b.iter_custom(|n| {
+                gpu_time(&ctx, &stream, n, || {
+                    k.checksum_into(&stream, &imported, &mut out).unwrap()
                 })
             })
         });

@@ -96,7 +96,8 @@ echo "demo: channel $run/chan/frames: publisher on GPU $publisher_gpu, $subscrib
 pids=() names=() logs=()
 start() { # name, log, command...
   local name="$1" log="$2"; shift 2
-  ( "${wrap[@]}" "$@" 2>&1 | tee "$log" ) &
+  # Whole lines, each prefixed with the process's name (the exit status is the program's).
+  ( "${wrap[@]}" "$@" 2>&1 | tee "$log" | sed -u "s/^/[$name] /" ) &
   pids+=("$!") names+=("$name") logs+=("$log")
 }
 start publisher "$run/publisher.log" "$run/bin/frame_publisher" --dir "$run/chan" \

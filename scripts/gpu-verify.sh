@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU verification in one go, on a GPU host, from a bundle made by gpu-bundle.sh:
-#   scripts/gpu-verify.sh bundle OUTDIR [tests,demo,matrix,benches]
+#   scripts/gpu-verify.sh bundle OUTDIR [tests,demo,channel,matrix,benches]
 # Writes one log per step into OUTDIR and prints a summary at the end.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bundle="$(cd "${1:?bundle dir}" && pwd)"; out="${2:?output dir}"; steps="${3:-tests,demo,matrix,benches}"
+bundle="$(cd "${1:?bundle dir}" && pwd)"; out="${2:?output dir}"; steps="${3:-tests,demo,channel,matrix,benches}"
 mkdir -p "$out"
 summary=()
 has() { [[ ",$steps," == *",$1,"* ]]; }
@@ -20,6 +20,16 @@ if has demo; then
     echo "### scripts/demo.sh $args" >>"$out/demo.log"
     EXAMPLES_DIR="$bundle/examples" timeout 200 "$root/scripts/demo.sh" $args --timeout 30 >>"$out/demo.log" 2>&1
     summary+=("demo $args: $(tail -n 1 "$out/demo.log")")
+  done
+fi
+if has channel; then
+  : >"$out/channel.log"
+  for args in "--frames 2000" "--policy drop-oldest --frames 2000" \
+      "--subscribers 3 --cpu-subscriber --frames 1000" "--transport legacy --frames 500" \
+      "--pods --non-root --frames 2000"; do
+    echo "### scripts/demo.sh --channel $args" >>"$out/channel.log"
+    EXAMPLES_DIR="$bundle/examples" timeout 200 "$root/scripts/demo.sh" --channel $args >>"$out/channel.log" 2>&1
+    summary+=("channel demo $args: $(tail -n 1 "$out/channel.log")")
   done
 fi
 if has matrix; then

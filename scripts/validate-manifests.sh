@@ -27,6 +27,9 @@ declare -A TARGETS=(
   [deploy/k8s/legacy/producer-pod.yaml]="1.32 1.33 1.34"
   [deploy/k8s/legacy/consumer-pod.yaml]="1.32 1.33 1.34"
   [deploy/k8s/one-pod/shared-pod.yaml]="1.32 1.33 1.34"
+  [deploy/k8s/channel/publisher-pod.yaml]="1.32 1.33 1.34"
+  [deploy/k8s/channel/subscriber-0-pod.yaml]="1.32 1.33 1.34"
+  [deploy/k8s/channel/subscriber-1-pod.yaml]="1.32 1.33 1.34"
 )
 
 # Every manifest must have targets: a new file is not skipped silently.

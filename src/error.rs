@@ -296,6 +296,8 @@ pub enum Error {
     PublisherGone {
         /// The channel's path.
         channel: PathBuf,
+        /// Whether it closed the channel (dropped its `Publisher`) rather than died.
+        closed: bool,
         /// How it went.
         detail: String,
     },

@@ -396,10 +396,11 @@ impl<'ctx> Kernels<'ctx> {
     }
 
     /// Queues `out[index] = ` the GPU's global timer (`%globaltimer`, nanoseconds) at the
-    /// moment `stream` reaches this point. The timers of the GPUs of one machine count from a
-    /// common origin, so stamps of two GPUs can be subtracted (to within the timer's update
-    /// interval, about a microsecond on recent GPUs). `index` past the end of `out` is
-    /// [`Error::InvalidArgument`].
+    /// moment `stream` reaches this point. Differences of stamps of one GPU are exact to the
+    /// timer's update interval (often a microsecond). The driver sets each GPU's timer from
+    /// the host clock, so stamps of two GPUs of one machine can be subtracted, but NVIDIA does
+    /// not document how closely they agree: treat cross-GPU differences as approximate.
+    /// `index` past the end of `out` is [`Error::InvalidArgument`].
     pub fn stamp_time(
         &self,
         stream: &Stream<'_>,

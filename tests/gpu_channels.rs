@@ -543,3 +543,183 @@ fn a_100k_frame_soak_and_subscriber_churn_return_fds_and_memory_to_baseline() {
         "device memory not returned: {free0} -> {free1}"
     );
 }
+
+/// A fake publisher: listens at `<dir>/frames.sock` and answers each connection with `answer`.
+fn fake_publisher(
+    dir: &Path,
+    answer: impl Fn(&std::os::unix::net::UnixStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("frames.sock")).unwrap();
+    std::thread::spawn(move || {
+        if let Ok((s, _)) = listener.accept() {
+            answer(&s);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    })
+}
+
+fn welcome_bytes() -> Vec<u8> {
+    let words: [u64; 13] = [
+        1,
+        4,
+        16,
+        0,
+        16,
+        64,
+        4,
+        cuda_ipc::ipc::TypeTag::of::<u32>().0,
+        2,
+        1,
+        0,
+        0,
+        5,
+    ];
+    let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    b.extend_from_slice(&[0u8; cuda_ipc::ipc::DESCRIPTOR_LEN]);
+    b
+}
+
+fn subscribe_to_fake(dir: &Path) -> Error {
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let opts = SubscribeOptions {
+        timeout: Duration::from_secs(2),
+        ..SubscribeOptions::default()
+    };
+    let t = Instant::now();
+    let err = Subscriber::<u32>::subscribe(&ctx, dir.join("frames"), opts).unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    println!("refused: {err}");
+    err
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
+    use cuda_ipc::ipc::channel::{send, Kind};
+    use std::os::fd::AsFd;
+    // 1. Garbage instead of a welcome.
+    let dir = temp_dir("chan-fake1");
+    let t = fake_publisher(&dir, |s| {
+        let fd = cuda_ipc::os::shared_words_file("x", 4096).unwrap();
+        send(s, Kind::Welcome, b"garbage", Some(fd.as_fd())).unwrap();
+    });
+    assert!(matches!(subscribe_to_fake(&dir), Error::Protocol { .. }));
+    t.join().unwrap();
+    // 2. A well-formed welcome with a page the publisher could shrink under us (SIGBUS).
+    let dir = temp_dir("chan-fake2");
+    let t = fake_publisher(&dir, |s| {
+        let fd = cuda_ipc::os::memfd("unsealed").unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len(4096).unwrap();
+        send(s, Kind::Welcome, &welcome_bytes(), Some(f.as_fd())).unwrap();
+        let page = cuda_ipc::os::shared_words_file("p", 4096).unwrap();
+        send(s, Kind::Page, &[], Some(page.as_fd())).unwrap();
+    });
+    let err = subscribe_to_fake(&dir);
+    assert!(err.to_string().contains("sealed"), "{err}");
+    t.join().unwrap();
+    // 3. Sealed pages, but no channel behind them.
+    let dir = temp_dir("chan-fake3");
+    let t = fake_publisher(&dir, |s| {
+        let chan = cuda_ipc::os::shared_words_file("c", 4096).unwrap();
+        send(s, Kind::Welcome, &welcome_bytes(), Some(chan.as_fd())).unwrap();
+        let page = cuda_ipc::os::shared_words_file("p", 4096).unwrap();
+        send(s, Kind::Page, &[], Some(page.as_fd())).unwrap();
+    });
+    let err = subscribe_to_fake(&dir);
+    assert!(err.to_string().contains("magic"), "{err}");
+    t.join().unwrap();
+    // 4. A publisher that accepts and says nothing: a timeout, not a hang.
+    let dir = temp_dir("chan-fake4");
+    let t = fake_publisher(&dir, |_| {});
+    assert!(matches!(subscribe_to_fake(&dir), Error::Timeout { .. }));
+    t.join().unwrap();
+    // 5. A refusal is reported as such.
+    let dir = temp_dir("chan-fake5");
+    let t = fake_publisher(&dir, |s| {
+        send(s, Kind::Refuse, b"go away", None).unwrap();
+    });
+    let err = subscribe_to_fake(&dir);
+    assert!(matches!(err, Error::Refused { .. }) && err.to_string().contains("go away"));
+    t.join().unwrap();
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_hostile_subscriber_only_hurts_itself() {
+    use cuda_ipc::ipc::channel::{FrameReader, Kind};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = temp_dir("chan-hostile-sub");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 4,
+        policy: Policy::DropOldest,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 12, opts).unwrap();
+    // A raw client speaking the protocol: it takes its pages and writes garbage into its own.
+    let s = std::os::unix::net::UnixStream::connect(dir.join("frames.sock")).unwrap();
+    let mut r = FrameReader::new();
+    let mut welcome = r.read_within(&s, SECS, "publisher").unwrap();
+    assert_eq!(welcome.kind, Kind::Welcome);
+    let chan_fd = welcome.fds.remove(0);
+    let mut page = r.read_within(&s, SECS, "publisher").unwrap();
+    let page_fd = page.fds.remove(0);
+    // The channel page cannot be mapped writable.
+    assert!(
+        cuda_ipc::os::SharedMapping::map(std::os::fd::AsFd::as_fd(&chan_fd), 4096, true).is_err()
+    );
+    let mine =
+        cuda_ipc::os::SharedMapping::map(std::os::fd::AsFd::as_fd(&page_fd), 4096, true).unwrap();
+    for w in mine.words() {
+        w.store(u64::MAX, SeqCst); // holds every slot, acknowledges nothing...
+    }
+    for i in 256..320 {
+        mine.words()[i].store(0, SeqCst); // ...its ACK words
+    }
+    // A healthy subscriber beside it.
+    let healthy = RoleProcess::spawn(&[], &sub_env(&path, 0, 5, "next", 0, false, ""));
+    p.wait_subscribers(2, SECS).unwrap();
+    // The publisher cannot find a free slot: it times out, naming the culprit, and survives.
+    let mut published = 0;
+    let err = loop {
+        match p.loan(Duration::from_millis(300)) {
+            Ok(mut loan) => {
+                let seq = loan.seq();
+                k.fill_frame(&stream, &mut loan, seq).unwrap();
+                loan.publish(&stream).unwrap();
+                published += 1;
+                assert!(
+                    published < 100,
+                    "a slot held by the hostile subscriber was reused"
+                );
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("still holds"), "{err}");
+    // It hangs up: the publisher recovers at once, and the healthy subscriber gets every
+    // frame from then on, intact.
+    drop(s);
+    drop(mine);
+    let t = Instant::now();
+    while p.subscribers() > 1 {
+        assert!(t.elapsed() < SECS);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    publish(&mut p, &k, &stream, 5);
+    let r = finish(healthy);
+    assert_eq!(r.errors, 0, "{r:?}");
+    assert!(r.received == 5 && r.in_order, "{r:?}");
+}

@@ -1,6 +1,7 @@
 //! The Kubernetes manifests under deploy/: parsed, and checked for what the examples rely on
-//! (one claim, matching mounts and CUDA_IPC_DIR, readiness on the ready marker) and for the
-//! security settings each transport needs.
+//! (one claim, matching mounts and CUDA_IPC_DIR, readiness on the ready marker or the
+//! channel's socket, command lines the examples accept) and for the security settings each
+//! transport needs.
 
 use std::path::Path;
 
@@ -80,7 +81,14 @@ fn check_pod(rel: &str) -> (String, Yaml) {
             .map(|a| s(a, "arg"))
             .collect();
         assert!(
-            cmd[0].ends_with("/producer") || cmd[0].ends_with("/consumer"),
+            [
+                "/producer",
+                "/consumer",
+                "/frame_publisher",
+                "/frame_subscriber"
+            ]
+            .iter()
+            .any(|p| cmd[0].ends_with(p)),
             "{rel}: {cmd:?}"
         );
         if cmd[0].ends_with("/producer") {
@@ -142,7 +150,7 @@ fn restricted(rel: &str) {
             .iter()
             .map(|a| s(a, "arg"))
             .collect();
-        if cmd[0].ends_with("/producer") {
+        if cmd[0].ends_with("/producer") || cmd[0].ends_with("/frame_publisher") {
             assert!(
                 cmd.windows(2).any(|w| w == ["--transport", "fd"]),
                 "{rel}: fd transport"
@@ -214,9 +222,14 @@ fn run_as_user(pod: &Yaml, c: &Yaml) -> i64 {
         .expect("runAsUser")
 }
 
-/// Group sharing between uids: every pod has the fsGroup `gid`; the producer publishes with
-/// `--group gid`; each consumer runs as another uid, expects `--group gid` and trusts the
-/// producer's uid (`--trust-uid`).
+/// Whether the command is the sharing side (producer or frame_publisher).
+fn is_exporter(cmd: &[String]) -> bool {
+    cmd[0].ends_with("/producer") || cmd[0].ends_with("/frame_publisher")
+}
+
+/// Group sharing between uids: every pod has the fsGroup `gid`; the producer (or publisher)
+/// shares with `--group gid`; each consumer (or subscriber) runs as another uid, expects
+/// `--group gid` and trusts the producer's uid (`--trust-uid`).
 fn check_group_sharing(rels: &[&str], gid: i64) {
     let mut producer_uid = None;
     let mut consumers = Vec::new();
@@ -235,7 +248,8 @@ fn check_group_sharing(rels: &[&str], gid: i64) {
                 "{rel}: {cmd:?}"
             );
             let uid = run_as_user(&pod, c);
-            if cmd[0].ends_with("/producer") {
+            if is_exporter(&cmd) {
+                assert_eq!(producer_uid, None, "{rel}: one producer");
                 producer_uid = Some(uid);
             } else {
                 consumers.push((
@@ -250,6 +264,7 @@ fn check_group_sharing(rels: &[&str], gid: i64) {
     assert!(!consumers.is_empty());
     for (rel, uid, trusted) in consumers {
         assert_ne!(uid, producer_uid, "{rel}: pods of other uids are the point");
+        assert!(uid > 0, "{rel}: non-root");
         assert_eq!(
             trusted,
             Some(producer_uid.to_string()),
@@ -289,6 +304,7 @@ fn documents_the_node_directory(rel: &str) {
 fn host_path_pods_say_how_to_prepare_the_node_directory() {
     for rel in [
         "fd/producer-pod.yaml",
+        "channel/publisher-pod.yaml",
         "legacy/producer-pod.yaml",
         "legacy/consumer-pod.yaml",
     ] {
@@ -385,9 +401,113 @@ fn dockerfile_builds_both_examples() {
     for needle in [
         "--example producer",
         "--example consumer",
+        "--example frame_publisher",
+        "--example frame_subscriber",
+        "/src/target/release/examples/frame_publisher",
+        "/src/target/release/examples/frame_subscriber",
         "/usr/local/bin/",
         "USER 1000",
     ] {
         assert!(text.contains(needle), "Dockerfile lacks {needle:?}");
     }
+}
+
+const CHANNEL_PODS: [&str; 3] = [
+    "channel/publisher-pod.yaml",
+    "channel/subscriber-0-pod.yaml",
+    "channel/subscriber-1-pod.yaml",
+];
+
+fn repo_file(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every flag of `cmd` is one the example of that executable parses (a `"--flag" =>` arm).
+fn example_accepts(rel: &str, cmd: &[String]) {
+    let exe = cmd[0]
+        .strip_prefix("/usr/local/bin/")
+        .unwrap_or_else(|| panic!("{rel}: {} is not where the Dockerfile puts it", cmd[0]));
+    let source = repo_file(&format!("examples/{exe}.rs"));
+    for arg in cmd.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            source.contains(&format!("\"{arg}\" =>")),
+            "{rel}: examples/{exe}.rs does not parse {arg}"
+        );
+    }
+}
+
+#[test]
+fn channel_pods_share_claim_and_directory_and_need_no_privileges() {
+    let mut dirs = Vec::new();
+    for rel in CHANNEL_PODS {
+        let (dir, vol) = check_pod(rel);
+        assert_eq!(s(&vol["hostPath"]["type"], "type"), "Directory", "{rel}");
+        dirs.push((dir, vol["hostPath"]["path"].clone()));
+        restricted(rel);
+        let pod = load(rel);
+        assert_eq!(pod["spec"]["hostPID"].as_bool(), Some(false), "{rel}");
+        assert_eq!(pod["spec"]["hostIPC"].as_bool(), Some(false), "{rel}");
+        assert_eq!(containers(&pod).len(), 1, "{rel}");
+        for c in containers(&pod) {
+            assert!(run_as_user(&pod, c) > 0, "{rel}: non-root");
+            example_accepts(rel, &command(c));
+        }
+    }
+    dirs.dedup();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "the pods disagree on the directory: {dirs:?}"
+    );
+    check_group_sharing(&CHANNEL_PODS, 2000);
+    documents_the_node_directory("channel/publisher-pod.yaml");
+}
+
+#[test]
+fn channel_subscribers_read_on_both_gpus_every_frame_the_publisher_sends() {
+    let publisher = load(CHANNEL_PODS[0]);
+    let pc = &containers(&publisher)[0];
+    let pcmd = command(pc);
+    assert!(pcmd[0].ends_with("/frame_publisher"), "{pcmd:?}");
+    let subscribers = &CHANNEL_PODS[1..];
+    assert_eq!(
+        flag(&pcmd, "--subscribers"),
+        Some(subscribers.len().to_string().as_str()),
+        "the publisher waits for every subscriber pod"
+    );
+    assert_eq!(flag(&pcmd, "--policy"), Some("block"), "no frame lost");
+    let frames = flag(&pcmd, "--frames").expect("publisher --frames");
+    let mut gpus = Vec::new();
+    for rel in subscribers {
+        let pod = load(rel);
+        let cmd = command(&containers(&pod)[0]);
+        assert!(cmd[0].ends_with("/frame_subscriber"), "{rel}: {cmd:?}");
+        assert_eq!(
+            flag(&cmd, "--frames"),
+            Some(frames),
+            "{rel}: as many frames"
+        );
+        assert_eq!(flag(&cmd, "--channel"), flag(&pcmd, "--channel"), "{rel}");
+        gpus.push(flag(&cmd, "--gpu").expect("--gpu").to_string());
+    }
+    gpus.sort();
+    assert_eq!(gpus, ["0", "1"], "one subscriber per GPU of the claim");
+    // Ready once the channel's socket is there: <CUDA_IPC_DIR>/<channel>.sock, the channel
+    // being the examples' default unless --channel names another.
+    let common = repo_file("examples/common/frames.rs");
+    let default = common
+        .lines()
+        .find_map(|l| l.strip_prefix("pub const CHANNEL: &str = \""))
+        .and_then(|rest| rest.strip_suffix("\";"))
+        .expect("CHANNEL in examples/common/frames.rs");
+    let channel = flag(&pcmd, "--channel").unwrap_or(default);
+    let dir = env_value(pc, "CUDA_IPC_DIR").unwrap();
+    let probe: Vec<&str> = pc["readinessProbe"]["exec"]["command"]
+        .as_vec()
+        .expect("publisher readinessProbe")
+        .iter()
+        .map(|a| s(a, "probe"))
+        .collect();
+    assert_eq!(probe, ["test", "-S", &format!("{dir}/{channel}.sock")]);
 }

@@ -1,5 +1,8 @@
 //! Shared by the producer and consumer examples: options, and the values both sides agree on.
+//! [`frames`] serves the channel examples (frame_publisher, frame_subscriber).
 #![allow(dead_code)]
+
+pub mod frames;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -101,8 +101,14 @@ impl PublisherState {
                 let newest = self.next_seq - 1;
                 let mut c: Vec<(u64, usize)> = (0..self.slots)
                     .map(|i| (chan[CLAIM + i].load(SeqCst), i))
-                    .filter(|&(claim, _)| self.slots == 1 || claim == 0 || claim != newest)
                     .collect();
+                // Keep the newest frame: leave out one slot with it (only one, so that a
+                // corrupt table with the newest in every slot still leaves a candidate).
+                if self.slots > 1 && newest != 0 {
+                    if let Some(at) = c.iter().position(|&(claim, _)| claim == newest) {
+                        c.remove(at);
+                    }
+                }
                 c.sort_unstable();
                 c.into_iter().map(|(_, i)| i).collect()
             }
@@ -150,18 +156,27 @@ impl PublisherState {
         self.claimed = None;
         seq
     }
+
+    /// [`join_point`] of this publisher's slots.
+    pub fn join_point(&self, chan: &[AtomicU64], latest: bool) -> (u64, u64) {
+        join_point(chan, self.slots, latest)
+    }
 }
 
-/// Where a subscriber joining now can start: `(newest, announced)`, with `newest` the newest
-/// announced frame still in one of the `slots` slots (0 when there is none).
-pub fn join_point(chan: &[AtomicU64], slots: usize) -> (u64, u64) {
+/// Where a subscriber joining now starts: `(next, announced)`, with `next` the newest
+/// announced frame still in one of the `slots` slots when `latest` (else, or when there is
+/// none, the frame after the last announced one).
+pub fn join_point(chan: &[AtomicU64], slots: usize, latest: bool) -> (u64, u64) {
     let announced = chan[ANNOUNCED].load(SeqCst);
-    let newest = (0..slots.min(MAX_SLOTS))
+    let newest_left = (0..slots.min(MAX_SLOTS))
         .map(|i| chan[CLAIM + i].load(SeqCst))
         .filter(|&c| c != 0 && c <= announced)
-        .max()
-        .unwrap_or(0);
-    (newest, announced)
+        .max();
+    match newest_left {
+        Some(n) if latest => (n, announced),
+        // Saturating: a corrupt ANNOUNCED of u64::MAX must not panic.
+        _ => (announced.saturating_add(1), announced),
+    }
 }
 
 /// A frame a subscriber has registered as held.
@@ -223,6 +238,11 @@ impl SubscriberState {
             if announced < t {
                 return Ok(Pick::NotYet);
             }
+            let Some(after) = t.checked_add(1) else {
+                return Err(Violation(format!(
+                    "frame {t} was announced: no frame number follows it (a corrupt page)"
+                )));
+            };
             let found = (0..self.slots).find(|&i| chan[CLAIM + i].load(SeqCst) == t);
             let Some(slot) = found else {
                 if self.policy == Policy::Block {
@@ -236,8 +256,8 @@ impl SubscriberState {
                     .map(|i| chan[CLAIM + i].load(SeqCst))
                     .filter(|&c| c > t && c <= announced)
                     .min()
-                    .unwrap_or(announced + 1);
-                self.missed += oldest - t;
+                    .unwrap_or(announced.saturating_add(1));
+                self.missed = self.missed.saturating_add(oldest - t);
                 self.next = oldest;
                 me[SUB_NEXT].store(self.next, SeqCst);
                 continue;
@@ -248,7 +268,7 @@ impl SubscriberState {
                 me[SUB_HOLD + slot].store(before, SeqCst);
                 continue;
             }
-            self.next = t + 1;
+            self.next = after;
             me[SUB_NEXT].store(self.next, SeqCst);
             let missed = std::mem::take(&mut self.missed);
             return Ok(Pick::Held(Picked {

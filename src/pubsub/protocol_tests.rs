@@ -1,1 +1,1393 @@
 //! Tests of the slot protocol (see the parent module).
+//!
+//! - Unit tests pin each rule down on small hand-made channels.
+//! - `random_interleavings_*` run thousands of seeded, single-threaded interleavings of every
+//!   operation (claim, announce, the GPU's ready writes, receive, release, a subscriber dying or
+//!   joining) against a model of which frame each slot holds, and check the protocol's
+//!   promises after every step. A failure prints the seed and the operations that led to it;
+//!   `PUBSUB_SEED=<n>` replays one seed, `PUBSUB_SEEDS=<n>` runs more of them.
+//! - `threads_*` run one publisher and several subscribers on real threads, each subscriber
+//!   checking that the frame it holds is not overwritten while it holds it.
+//! - `garbage_words_*` fill the pages with junk: every call must return, never panic.
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Words in a control page.
+const WORDS: usize = PAGE_BYTES / 8;
+/// Most frames a simulated subscriber holds at once.
+const MAX_HELD: usize = 3;
+
+fn page() -> Vec<AtomicU64> {
+    (0..WORDS).map(|_| AtomicU64::new(0)).collect()
+}
+
+fn load(p: &[AtomicU64], i: usize) -> u64 {
+    p[i].load(SeqCst)
+}
+
+fn store(p: &[AtomicU64], i: usize, v: u64) {
+    p[i].store(v, SeqCst)
+}
+
+fn claims(chan: &[AtomicU64], slots: usize) -> Vec<u64> {
+    (0..slots).map(|i| load(chan, CLAIM + i)).collect()
+}
+
+/// SplitMix64: a tiny seeded generator, so that every failure can be replayed.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5851_F42D_4C95_7F2D)
+    }
+
+    fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.u64() % n
+        }
+    }
+
+    fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unit tests
+// ---------------------------------------------------------------------------------------------
+
+/// A channel page and `n` subscriber pages (ids 0, 1, …), each subscriber starting at frame 1.
+struct Pages {
+    chan: Vec<AtomicU64>,
+    subs: Vec<Vec<AtomicU64>>,
+}
+
+impl Pages {
+    fn new(n: usize) -> Pages {
+        let subs = (0..n)
+            .map(|_| {
+                let p = page();
+                store(&p, SUB_NEXT, 1);
+                p
+            })
+            .collect();
+        Pages { chan: page(), subs }
+    }
+
+    /// The live subscribers as the publisher passes them: all of them.
+    fn words(&self) -> Vec<SubWords<'_>> {
+        self.subs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, &p[..]))
+            .collect()
+    }
+}
+
+/// Claims and announces the next frame, which must not block.
+fn publish(p: &mut PublisherState, pages: &Pages) -> (usize, u64) {
+    let loan = p
+        .try_claim(&pages.chan, &pages.words())
+        .expect("a free slot");
+    assert_eq!(p.announce(&pages.chan), loan.1);
+    loan
+}
+
+fn held(pick: Result<Pick, Violation>) -> Picked {
+    match pick {
+        Ok(Pick::Held(p)) => p,
+        other => panic!("expected a held frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn block_fills_slots_in_order_then_waits_for_a_behind_or_holding_subscriber() {
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(3, Policy::Block);
+    for k in 1..=3u64 {
+        assert_eq!(publish(&mut p, &pages), ((k - 1) as usize, k));
+        assert_eq!(load(&pages.chan, ANNOUNCED), k);
+    }
+    assert_eq!(claims(&pages.chan, 3), [1, 2, 3]);
+    // Frame 4 goes to slot 0, whose frame 1 subscriber 0 has not received yet.
+    let behind = Blocked::Behind { sub: 0, next: 1 };
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Err(behind));
+    assert_eq!(
+        claims(&pages.chan, 3),
+        [1, 2, 3],
+        "a blocked claim changes nothing"
+    );
+
+    let mut s = SubscriberState::new(3, Policy::Block, 1);
+    let one = held(s.try_pick(&pages.chan, me));
+    assert_eq!(
+        one,
+        Picked {
+            slot: 0,
+            seq: 1,
+            missed: 0
+        }
+    );
+    assert_eq!((load(me, SUB_HOLD), load(me, SUB_NEXT)), (1, 2));
+    // Received but held: still blocked, now by the hold.
+    let held_by = Blocked::Held { sub: 0, seq: 1 };
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Err(held_by));
+
+    release(me, &one);
+    assert_eq!(load(me, SUB_ACK), 1);
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 4)));
+    assert_eq!(claims(&pages.chan, 3), [4, 2, 3]);
+    assert_eq!(p.announce(&pages.chan), 4);
+    // Frame 5 goes to slot 1, whose frame 2 the subscriber has not received.
+    let behind = Blocked::Behind { sub: 0, next: 2 };
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Err(behind));
+    // It receives 2, 3 and 4 in order, with nothing missed.
+    for (slot, seq) in [(1, 2), (2, 3), (0, 4)] {
+        let f = held(s.try_pick(&pages.chan, me));
+        assert_eq!((f.slot, f.seq, f.missed), (slot, seq, 0));
+        release(me, &f);
+    }
+    assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet));
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((1, 5)));
+}
+
+#[test]
+fn block_waits_for_the_slowest_live_subscriber_only() {
+    let pages = Pages::new(2);
+    let mut p = PublisherState::new(2, Policy::Block);
+    publish(&mut p, &pages);
+    publish(&mut p, &pages);
+    // Subscriber 0 receives and releases both, subscriber 1 nothing.
+    let mut fast = SubscriberState::new(2, Policy::Block, 1);
+    for _ in 0..2 {
+        let f = held(fast.try_pick(&pages.chan, &pages.subs[0]));
+        release(&pages.subs[0], &f);
+    }
+    let behind = Blocked::Behind { sub: 1, next: 1 };
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Err(behind));
+    // Once subscriber 1 is gone (no longer live), its page no longer counts.
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()[..1]), Ok((0, 3)));
+}
+
+#[test]
+fn block_without_subscribers_never_waits() {
+    let pages = Pages::new(0);
+    let mut p = PublisherState::new(2, Policy::Block);
+    for k in 1..=10u64 {
+        assert_eq!(publish(&mut p, &pages), (((k - 1) % 2) as usize, k));
+    }
+    assert_eq!(claims(&pages.chan, 2), [9, 10]);
+}
+
+#[test]
+fn drop_oldest_overwrites_past_a_slow_subscriber_which_is_told_what_it_missed() {
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(3, Policy::DropOldest);
+    for k in 1..=10u64 {
+        // Unused slots first, then always the oldest frame.
+        assert_eq!(publish(&mut p, &pages), (((k - 1) % 3) as usize, k));
+    }
+    assert_eq!(claims(&pages.chan, 3), [10, 8, 9]);
+    let mut s = SubscriberState::new(3, Policy::DropOldest, 1);
+    let f = held(s.try_pick(&pages.chan, me));
+    assert_eq!(
+        f,
+        Picked {
+            slot: 1,
+            seq: 8,
+            missed: 7
+        }
+    );
+    assert_eq!(load(me, SUB_NEXT), 9);
+    release(me, &f);
+    for (slot, seq) in [(2, 9), (0, 10)] {
+        let f = held(s.try_pick(&pages.chan, me));
+        assert_eq!((f.slot, f.seq, f.missed), (slot, seq, 0));
+        release(me, &f);
+    }
+    assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet));
+}
+
+#[test]
+fn drop_oldest_never_overwrites_a_held_slot() {
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(3, Policy::DropOldest);
+    publish(&mut p, &pages);
+    let mut s = SubscriberState::new(3, Policy::DropOldest, 1);
+    let one = held(s.try_pick(&pages.chan, me));
+    assert_eq!((one.slot, one.seq), (0, 1));
+    for _ in 2..=10 {
+        let (slot, _) = publish(&mut p, &pages);
+        assert_ne!(slot, 0, "slot 0 is held");
+    }
+    // 2 → slot 1, 3 → slot 2, then slots 1 and 2 in turn (slot 0 held, the newest kept).
+    assert_eq!(claims(&pages.chan, 3), [1, 10, 9]);
+    release(me, &one);
+    let f = held(s.try_pick(&pages.chan, me));
+    assert_eq!((f.slot, f.seq, f.missed), (2, 9, 7));
+    // Released, slot 0 is the oldest again.
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 11)));
+}
+
+#[test]
+fn drop_oldest_never_overwrites_the_newest_frame() {
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(2, Policy::DropOldest);
+    publish(&mut p, &pages);
+    let mut s = SubscriberState::new(2, Policy::DropOldest, 1);
+    let one = held(s.try_pick(&pages.chan, me));
+    publish(&mut p, &pages);
+    // Slot 0 is held and slot 1 has the newest frame: nothing to take.
+    let held_by = Blocked::Held { sub: 0, seq: 1 };
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Err(held_by));
+    assert_eq!(claims(&pages.chan, 2), [1, 2]);
+    release(me, &one);
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 3)));
+}
+
+#[test]
+fn drop_oldest_with_one_slot_overwrites_the_newest_unless_held() {
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(1, Policy::DropOldest);
+    for k in 1..=3 {
+        assert_eq!(publish(&mut p, &pages), (0, k));
+    }
+    let mut s = SubscriberState::new(1, Policy::DropOldest, 1);
+    let f = held(s.try_pick(&pages.chan, me));
+    assert_eq!((f.seq, f.missed), (3, 2));
+    let held_by = Blocked::Held { sub: 0, seq: 3 };
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Err(held_by));
+    release(me, &f);
+    assert_eq!(publish(&mut p, &pages), (0, 4));
+}
+
+#[test]
+fn missed_frames_are_counted_across_not_yet() {
+    // One slot: the loan of frame 3 overwrites frame 2 before 3 is announced, so a
+    // subscriber waiting for 1 skips everything announced and waits; 3 then reports 2 missed.
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(1, Policy::DropOldest);
+    publish(&mut p, &pages);
+    publish(&mut p, &pages);
+    assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 3)));
+    let mut s = SubscriberState::new(1, Policy::DropOldest, 1);
+    assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet));
+    assert_eq!((s.next(), load(me, SUB_NEXT)), (3, 3));
+    assert_eq!(load(me, SUB_HOLD), 0, "nothing held while waiting");
+    p.announce(&pages.chan);
+    let f = held(s.try_pick(&pages.chan, me));
+    assert_eq!((f.seq, f.missed), (3, 2));
+}
+
+#[test]
+fn join_point_latest_or_next() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        let pages = Pages::new(0);
+        let mut p = PublisherState::new(2, policy);
+        assert_eq!(p.join_point(&pages.chan, true), (1, 0), "{policy:?}");
+        assert_eq!(p.join_point(&pages.chan, false), (1, 0), "{policy:?}");
+        for _ in 0..3 {
+            publish(&mut p, &pages);
+        }
+        assert_eq!(p.join_point(&pages.chan, true), (3, 3), "{policy:?}");
+        assert_eq!(p.join_point(&pages.chan, false), (4, 3), "{policy:?}");
+        // A claimed, unannounced frame is not a join point.
+        let (slot, seq) = p.try_claim(&pages.chan, &pages.words()).unwrap();
+        assert_eq!((slot, seq), (1, 4), "{policy:?}");
+        assert_eq!(p.join_point(&pages.chan, true), (3, 3), "{policy:?}");
+        assert_eq!(p.join_point(&pages.chan, false), (4, 3), "{policy:?}");
+
+        // A subscriber joining at the latest frame receives it first.
+        let me = page();
+        let (next, _) = p.join_point(&pages.chan, true);
+        store(&me, SUB_NEXT, next);
+        let mut s = SubscriberState::new(2, policy, next);
+        let f = held(s.try_pick(&pages.chan, &me));
+        assert_eq!((f.slot, f.seq, f.missed), (0, 3, 0), "{policy:?}");
+        assert_eq!(s.try_pick(&pages.chan, &me), Ok(Pick::NotYet), "{policy:?}");
+    }
+    // One slot: the loan of frame 4 replaced frame 3, so the latest left is the next one.
+    for policy in [Policy::Block, Policy::DropOldest] {
+        let pages = Pages::new(0);
+        let mut p = PublisherState::new(1, policy);
+        for _ in 0..3 {
+            publish(&mut p, &pages);
+        }
+        assert_eq!(p.join_point(&pages.chan, true), (3, 3), "{policy:?}");
+        assert_eq!(p.try_claim(&pages.chan, &[]), Ok((0, 4)), "{policy:?}");
+        assert_eq!(p.join_point(&pages.chan, true), (4, 3), "{policy:?}");
+    }
+}
+
+#[test]
+fn a_loan_dropped_unpublished_is_claimed_again_with_the_same_slot_and_seq() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        let pages = Pages::new(1);
+        let me = &pages.subs[0];
+        let mut p = PublisherState::new(3, policy);
+        publish(&mut p, &pages);
+        let mut s = SubscriberState::new(3, policy, 1);
+        release(me, &held(s.try_pick(&pages.chan, me)));
+        let first = p.try_claim(&pages.chan, &pages.words());
+        assert_eq!(first, Ok((1, 2)), "{policy:?}");
+        // Dropped: the next loan is the same slot and frame, and the claim table is unchanged.
+        assert_eq!(
+            p.try_claim(&pages.chan, &pages.words()),
+            first,
+            "{policy:?}"
+        );
+        assert_eq!(
+            p.try_claim(&pages.chan, &pages.words()),
+            first,
+            "{policy:?}"
+        );
+        assert_eq!(claims(&pages.chan, 3), [1, 2, 0], "{policy:?}");
+        assert_eq!(p.next_seq(), 2, "{policy:?}");
+        // Never announced, the subscriber does not see it.
+        assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
+        assert_eq!(p.announce(&pages.chan), 2, "{policy:?}");
+        assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((2, 3)));
+        let f = held(s.try_pick(&pages.chan, me));
+        assert_eq!((f.slot, f.seq, f.missed), (1, 2, 0), "{policy:?}");
+    }
+}
+
+#[test]
+fn try_pick_is_not_yet_before_any_announce() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        let pages = Pages::new(1);
+        let me = &pages.subs[0];
+        let mut s = SubscriberState::new(4, policy, 1);
+        assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
+        // Claimed (CLAIM[0] = 1) but not announced.
+        let mut p = PublisherState::new(4, policy);
+        assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 1)));
+        assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
+        assert_eq!(load(me, SUB_HOLD), 0, "{policy:?}");
+        assert_eq!(s.next(), 1, "{policy:?}");
+        p.announce(&pages.chan);
+        assert_eq!(held(s.try_pick(&pages.chan, me)).seq, 1, "{policy:?}");
+    }
+}
+
+#[test]
+fn a_new_subscriber_starts_at_frame_one_at_least() {
+    let pages = Pages::new(0);
+    let mut p = PublisherState::new(2, Policy::Block);
+    publish(&mut p, &pages);
+    let me = page();
+    let mut s = SubscriberState::new(2, Policy::Block, 0);
+    assert_eq!(s.next(), 1);
+    assert_eq!(held(s.try_pick(&pages.chan, &me)).seq, 1);
+}
+
+#[test]
+fn block_reports_a_violation_when_an_announced_frame_is_in_no_slot() {
+    let chan = page();
+    let me = page();
+    store(&chan, ANNOUNCED, 1);
+    let mut s = SubscriberState::new(4, Policy::Block, 1);
+    let err = s.try_pick(&chan, &me).unwrap_err();
+    assert!(err.0.contains("frame 1"), "{err:?}");
+    assert_eq!(s.next(), 1);
+    assert!(me.iter().all(|w| w.load(SeqCst) == 0), "no word written");
+    // The frame in a slot of the wrong frame number is no better.
+    store(&chan, CLAIM + 1, 7);
+    assert!(s.try_pick(&chan, &me).is_err());
+    // With DropOldest the same table means the frame was overwritten: skipped and counted.
+    let mut s = SubscriberState::new(4, Policy::DropOldest, 1);
+    assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet));
+    assert_eq!(s.next(), 2);
+    store(&chan, ANNOUNCED, 2);
+    store(&chan, CLAIM + 3, 2);
+    let f = held(s.try_pick(&chan, &me));
+    assert_eq!((f.slot, f.seq, f.missed), (3, 2, 1));
+}
+
+#[test]
+fn is_ready_follows_the_slot_ready_word() {
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(2, Policy::Block);
+    publish(&mut p, &pages);
+    let mut s = SubscriberState::new(2, Policy::Block, 1);
+    let f = held(s.try_pick(&pages.chan, me));
+    assert!(!is_ready(&pages.chan, &f));
+    store(&pages.chan, SLOT_READY + 1, 1);
+    assert!(!is_ready(&pages.chan, &f), "another slot's word");
+    store(&pages.chan, SLOT_READY, 1);
+    assert!(is_ready(&pages.chan, &f));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Junk in the pages
+// ---------------------------------------------------------------------------------------------
+
+/// A junk word, often one near an edge or equal to a plausible frame number.
+fn junk(rng: &mut Rng, slots: usize) -> u64 {
+    match rng.below(8) {
+        0 => 0,
+        1 => u64::MAX - rng.below(3),
+        2 => 1 + rng.below(3),
+        3 | 4 => rng.below(2 * slots as u64 + 4),
+        _ => rng.u64(),
+    }
+}
+
+fn junk_page(rng: &mut Rng, slots: usize) -> Vec<AtomicU64> {
+    (0..WORDS)
+        .map(|_| AtomicU64::new(junk(rng, slots)))
+        .collect()
+}
+
+/// One seed of junk: every call returns, and what it returns is consistent with the words.
+fn junk_run(seed: u64) -> Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let most = if rng.chance(50) { 3 } else { MAX_SLOTS };
+    let slots = 1 + rng.index(most);
+    let policy = if rng.chance(50) {
+        Policy::Block
+    } else {
+        Policy::DropOldest
+    };
+    let chan = junk_page(&mut rng, slots);
+    if rng.chance(30) {
+        // Claims of only a few small frame numbers: duplicates, and the publisher's newest.
+        for i in 0..slots {
+            store(&chan, CLAIM + i, rng.below(4));
+        }
+    }
+    let pages: Vec<Vec<AtomicU64>> = (0..rng.index(5))
+        .map(|_| junk_page(&mut rng, slots))
+        .collect();
+    let words: Vec<SubWords<'_>> = pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u64, &p[..]))
+        .collect();
+    let mut publisher = PublisherState::new(slots, policy);
+    for _ in 0..rng.below(4) {
+        publisher.announce(&chan);
+    }
+    let me = junk_page(&mut rng, slots);
+    let mut sub = SubscriberState::new(slots, policy, junk(&mut rng, slots));
+    let mut last: Option<u64> = None;
+    for _ in 0..40 {
+        // Change a word (of a slot's words, often) between calls.
+        let target = match rng.below(3) {
+            0 => &chan,
+            1 => &me,
+            _ => pages.first().unwrap_or(&chan),
+        };
+        let at = match rng.below(5) {
+            0 | 1 => CLAIM + rng.index(slots),
+            2 => ANNOUNCED,
+            3 => SUB_HOLD + rng.index(slots),
+            _ => rng.index(WORDS),
+        };
+        store(target, at, junk(&mut rng, slots));
+        match rng.below(6) {
+            0 | 1 => match publisher.try_claim(&chan, &words) {
+                Ok((slot, seq)) => {
+                    if slot >= slots || seq != publisher.next_seq() {
+                        return Err(format!("claimed ({slot}, {seq})"));
+                    }
+                }
+                Err(Blocked::Held { sub, .. } | Blocked::Behind { sub, .. }) => {
+                    if sub as usize >= pages.len() {
+                        return Err(format!("blocked by subscriber {sub}, which is not live"));
+                    }
+                }
+            },
+            2 => {
+                publisher.announce(&chan);
+            }
+            3 => {
+                let (next, announced) = publisher.join_point(&chan, rng.chance(50));
+                if next == 0 {
+                    return Err(format!("join point 0 (announced {announced})"));
+                }
+            }
+            _ => match sub.try_pick(&chan, &me) {
+                Ok(Pick::Held(f)) => {
+                    if f.slot >= slots || load(&me, SUB_HOLD + f.slot) != f.seq {
+                        return Err(format!("picked {f:?} but the hold word disagrees"));
+                    }
+                    if last.is_some_and(|l| f.seq <= l) {
+                        return Err(format!("picked {f:?} after frame {last:?}"));
+                    }
+                    last = Some(f.seq);
+                    let _ = is_ready(&chan, &f);
+                    if rng.chance(70) {
+                        release(&me, &f);
+                    }
+                }
+                Ok(Pick::NotYet) | Err(Violation(_)) => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn garbage_words_never_panic_or_hang() {
+    for seed in 0..3000 {
+        match catch_unwind(AssertUnwindSafe(|| junk_run(seed))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("junk seed {seed}: {e}"),
+            Err(_) => panic!("junk seed {seed} panicked (see the message above)"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random single-threaded interleavings against a model
+// ---------------------------------------------------------------------------------------------
+
+/// Returns early with an error message unless the condition holds.
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+type Check = Result<(), String>;
+
+/// A live subscriber: its page, its protocol state and what the model knows about it.
+struct SimSub {
+    id: u64,
+    page: Vec<AtomicU64>,
+    state: SubscriberState,
+    /// The first frame it may receive (its join point).
+    start: u64,
+    /// The frames announced when it joined (the GPU writes its `READY` words after that).
+    joined_after: u64,
+    last: Option<u64>,
+    received: u64,
+    missed: u64,
+    held: Vec<Picked>,
+}
+
+impl SimSub {
+    /// The frame it wants next, as the model sees it.
+    fn want(&self) -> u64 {
+        self.last.map_or(self.start, |l| l + 1)
+    }
+}
+
+/// A frame's GPU work, queued in stream order: its `READY` words are written when it runs.
+#[derive(Debug)]
+struct GpuWork {
+    slot: usize,
+    seq: u64,
+    subs: Vec<u64>,
+}
+
+/// How often each operation runs, drawn per seed so that some seeds have a fast publisher and
+/// slow subscribers, and others the reverse.
+#[derive(Debug)]
+struct Weights {
+    claim: u64,
+    announce: u64,
+    gpu: u64,
+    pick: u64,
+    release: u64,
+    die: u64,
+    join: u64,
+    drain: u64,
+}
+
+/// Tallies over all seeds, to show the runs reach the interesting states.
+#[derive(Debug, Default)]
+struct Coverage {
+    delivered: u64,
+    missed: u64,
+    held_blocks: u64,
+    behind_blocks: u64,
+    deaths: u64,
+    joins: u64,
+    reclaims: u64,
+}
+
+struct Sim {
+    rng: Rng,
+    policy: Policy,
+    slots: usize,
+    chan: Vec<AtomicU64>,
+    /// The frame number whose data each slot holds (the publisher "writes" it after a claim).
+    data: Vec<u64>,
+    publisher: PublisherState,
+    loan: Option<(usize, u64)>,
+    announced: u64,
+    subs: Vec<SimSub>,
+    next_id: u64,
+    gpu: VecDeque<GpuWork>,
+    gpu_done: u64,
+    /// `evicted[seq]`: frame `seq` was overwritten (its slot claimed for a later frame).
+    evicted: Vec<bool>,
+    trace: Vec<String>,
+    cov: Coverage,
+}
+
+impl Sim {
+    fn new(seed: u64, policy: Policy) -> (Sim, Weights) {
+        let mut rng = Rng::new(seed);
+        let slots = 1 + rng.index(8);
+        let mut w = |lo, hi| lo + rng.below(hi - lo + 1);
+        let weights = Weights {
+            claim: w(1, 10),
+            announce: w(1, 10),
+            gpu: w(1, 10),
+            pick: w(1, 10),
+            release: w(1, 10),
+            die: w(0, 2),
+            join: w(0, 2),
+            drain: w(0, 1),
+        };
+        let sim = Sim {
+            rng,
+            policy,
+            slots,
+            chan: page(),
+            data: vec![0; slots],
+            publisher: PublisherState::new(slots, policy),
+            loan: None,
+            announced: 0,
+            subs: Vec::new(),
+            next_id: 0,
+            gpu: VecDeque::new(),
+            gpu_done: 0,
+            evicted: vec![false; 2],
+            trace: Vec::new(),
+            cov: Coverage::default(),
+        };
+        (sim, weights)
+    }
+
+    fn log(&mut self, line: String) {
+        self.trace.push(format!("#{} {line}", self.trace.len()));
+    }
+
+    /// Whether a live subscriber holds the frame in `slot`.
+    fn is_held(&self, slot: usize) -> bool {
+        self.subs
+            .iter()
+            .any(|s| s.held.iter().any(|p| p.slot == slot))
+    }
+
+    /// The slot the model says the next claim must take, or `None` if it must block.
+    fn expected_slot(&self, claims: &[u64]) -> Option<usize> {
+        match self.policy {
+            Policy::Block => {
+                let slot = (self.announced % self.slots as u64) as usize;
+                let old = claims[slot];
+                let behind = old != 0 && self.subs.iter().any(|s| s.want() <= old);
+                (!self.is_held(slot) && !behind).then_some(slot)
+            }
+            Policy::DropOldest => (0..self.slots)
+                .filter(|&i| self.slots == 1 || claims[i] == 0 || claims[i] != self.announced)
+                .filter(|&i| !self.is_held(i))
+                .min_by_key(|&i| (claims[i], i)),
+        }
+    }
+
+    fn claim(&mut self) -> Check {
+        let before = claims(&self.chan, self.slots);
+        let words: Vec<SubWords<'_>> = self.subs.iter().map(|s| (s.id, &s.page[..])).collect();
+        let got = self.publisher.try_claim(&self.chan, &words);
+        drop(words);
+        self.log(format!("claim -> {got:?}   (claims were {before:?})"));
+        let after = claims(&self.chan, self.slots);
+        if let Some(loan) = self.loan {
+            ensure!(
+                got == Ok(loan),
+                "the dropped loan {loan:?} must come back, got {got:?}"
+            );
+            ensure!(
+                after == before,
+                "claiming a dropped loan again changed the claims"
+            );
+            self.cov.reclaims += 1;
+            return Ok(());
+        }
+        let expected = self.expected_slot(&before);
+        match got {
+            Ok((slot, seq)) => {
+                ensure!(
+                    seq == self.announced + 1,
+                    "claimed frame {seq} after announcing {}",
+                    self.announced
+                );
+                ensure!(
+                    expected == Some(slot),
+                    "claimed slot {slot}; the model expects {expected:?}"
+                );
+                let mut want = before.clone();
+                want[slot] = seq;
+                ensure!(after == want, "claims are {after:?}, expected {want:?}");
+                let old = before[slot];
+                if old != 0 {
+                    self.evicted[old as usize] = true;
+                }
+                self.evicted.push(false);
+                self.data[slot] = seq;
+                self.loan = Some((slot, seq));
+            }
+            Err(b) => {
+                ensure!(
+                    expected.is_none(),
+                    "blocked by {b:?} though slot {expected:?} is free"
+                );
+                ensure!(
+                    after == before,
+                    "a blocked claim changed the claims to {after:?}"
+                );
+                match b {
+                    Blocked::Held { sub, seq } => {
+                        let s = self.subs.iter().find(|s| s.id == sub);
+                        let holds = s.is_some_and(|s| s.held.iter().any(|p| p.seq == seq));
+                        ensure!(holds, "{b:?}: that subscriber does not hold that frame");
+                        self.cov.held_blocks += 1;
+                    }
+                    Blocked::Behind { sub, next } => {
+                        ensure!(self.policy == Policy::Block, "{b:?} under DropOldest");
+                        let s = self.subs.iter().find(|s| s.id == sub);
+                        let slot = (self.announced % self.slots as u64) as usize;
+                        let ok = s.is_some_and(|s| s.want() == next && next <= before[slot]);
+                        ensure!(ok, "{b:?}: that subscriber is not behind slot {slot}");
+                        self.cov.behind_blocks += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn announce(&mut self) -> Check {
+        let Some((slot, seq)) = self.loan.take() else {
+            return Ok(());
+        };
+        let got = self.publisher.announce(&self.chan);
+        self.log(format!("announce {seq} (slot {slot}) -> {got}"));
+        ensure!(got == seq, "announced {got}, loaned {seq}");
+        ensure!(load(&self.chan, ANNOUNCED) == seq, "ANNOUNCED word");
+        ensure!(
+            self.publisher.next_seq() == seq + 1,
+            "next_seq after announce"
+        );
+        self.announced = seq;
+        let subs = self.subs.iter().map(|s| s.id).collect();
+        self.gpu.push_back(GpuWork { slot, seq, subs });
+        Ok(())
+    }
+
+    /// The publisher's GPU finishes the oldest queued frame and writes its `READY` words.
+    fn gpu_step(&mut self) {
+        let Some(work) = self.gpu.pop_front() else {
+            return;
+        };
+        self.log(format!("gpu {work:?}"));
+        store(&self.chan, SLOT_READY + work.slot, work.seq);
+        store(&self.chan, PUBLISHED, work.seq);
+        for s in self.subs.iter().filter(|s| work.subs.contains(&s.id)) {
+            store(&s.page, SUB_READY + work.slot, work.seq);
+        }
+        self.gpu_done = work.seq;
+    }
+
+    fn pick(&mut self, i: usize) -> Check {
+        if self.subs[i].held.len() >= MAX_HELD {
+            return Ok(());
+        }
+        let s = &mut self.subs[i];
+        let want = s.want();
+        let got = s.state.try_pick(&self.chan, &s.page);
+        let id = s.id;
+        self.log(format!("sub {id} pick (wants {want}) -> {got:?}"));
+        let (s, announced, evicted) = (&mut self.subs[i], self.announced, &self.evicted);
+        let f = match got {
+            Err(v) => return Err(format!("a violation in a valid run: {}", v.0)),
+            Ok(Pick::NotYet) => {
+                let left = (want..=announced).find(|&u| !evicted[u as usize]);
+                ensure!(
+                    left.is_none(),
+                    "NotYet though frame {left:?} is in its slot"
+                );
+                return Ok(());
+            }
+            Ok(Pick::Held(f)) => f,
+        };
+        ensure!(f.slot < self.slots, "slot {} out of range", f.slot);
+        ensure!(
+            want <= f.seq && f.seq <= announced,
+            "received {} (wanted {want}, announced {announced})",
+            f.seq
+        );
+        ensure!(
+            self.data[f.slot] == f.seq,
+            "received frame {} in slot {}, which has frame {}'s data",
+            f.seq,
+            f.slot,
+            self.data[f.slot]
+        );
+        ensure!(
+            !evicted[f.seq as usize],
+            "received frame {}, overwritten",
+            f.seq
+        );
+        ensure!(
+            load(&s.page, SUB_NEXT) == f.seq + 1,
+            "SUB_NEXT after a pick"
+        );
+        ensure!(
+            s.held.iter().all(|h| h.slot != f.slot),
+            "two held frames in slot {}",
+            f.slot
+        );
+        match self.policy {
+            Policy::Block => ensure!(
+                f.seq == want && f.missed == 0,
+                "Block delivered {f:?} to a subscriber waiting for {want}"
+            ),
+            Policy::DropOldest => {
+                ensure!(
+                    f.missed == f.seq - want,
+                    "{f:?}: expected {} missed",
+                    f.seq - want
+                );
+                let kept = (want..f.seq).find(|&u| !evicted[u as usize]);
+                ensure!(
+                    kept.is_none(),
+                    "{f:?} skipped frame {kept:?}, still in its slot"
+                );
+            }
+        }
+        s.last = Some(f.seq);
+        s.received += 1;
+        s.missed += f.missed;
+        ensure!(
+            s.missed + s.received == f.seq - s.start + 1,
+            "received {} and missed {} of frames {}..={}",
+            s.received,
+            s.missed,
+            s.start,
+            f.seq
+        );
+        s.held.push(f);
+        self.cov.delivered += 1;
+        self.cov.missed += f.missed;
+        Ok(())
+    }
+
+    fn release(&mut self, i: usize, j: usize) -> Check {
+        let f = self.subs[i].held.remove(j);
+        let id = self.subs[i].id;
+        self.log(format!("sub {id} release {f:?}"));
+        ensure!(
+            self.data[f.slot] == f.seq,
+            "frame {} overwritten while held",
+            f.seq
+        );
+        release(&self.subs[i].page, &f);
+        ensure!(
+            load(&self.subs[i].page, SUB_ACK + f.slot) == f.seq,
+            "ACK word"
+        );
+        Ok(())
+    }
+
+    fn die(&mut self, i: usize) {
+        let s = self.subs.remove(i);
+        self.log(format!("sub {} dies holding {:?}", s.id, s.held));
+        self.cov.deaths += 1;
+    }
+
+    fn join(&mut self, latest: bool) -> Check {
+        let (next, announced) = self.publisher.join_point(&self.chan, latest);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.log(format!("sub {id} joins (latest {latest}) at {next}"));
+        ensure!(
+            announced == self.announced,
+            "join_point announced {announced}"
+        );
+        // The newest announced frame is always in a slot, except with one slot once the
+        // next frame is loaned.
+        let newest_gone = self.slots == 1 && self.loan.is_some();
+        let want = if latest && announced > 0 && !newest_gone {
+            announced
+        } else {
+            announced + 1
+        };
+        ensure!(next == want, "join point {next}, expected {want}");
+        let page = page();
+        store(&page, SUB_NEXT, next);
+        let state = SubscriberState::new(self.slots, self.policy, next);
+        ensure!(state.next() == next, "a new subscriber's next");
+        self.subs.push(SimSub {
+            id,
+            page,
+            state,
+            start: next,
+            joined_after: announced,
+            last: None,
+            received: 0,
+            missed: 0,
+            held: Vec::new(),
+        });
+        self.cov.joins += 1;
+        Ok(())
+    }
+
+    /// Liveness: every subscriber releases what it holds and catches up, the GPU finishes;
+    /// then the publisher must be able to claim.
+    fn drain(&mut self) -> Check {
+        self.log("drain".into());
+        self.announce()?;
+        while !self.gpu.is_empty() {
+            self.gpu_step();
+        }
+        for i in 0..self.subs.len() {
+            while !self.subs[i].held.is_empty() {
+                self.release(i, 0)?;
+            }
+            for _ in 0..=self.announced {
+                let before = self.subs[i].last;
+                self.pick(i)?;
+                if self.subs[i].last == before {
+                    break;
+                }
+                self.release(i, 0)?;
+            }
+            let s = &self.subs[i];
+            ensure!(
+                s.want() > self.announced || self.policy == Policy::DropOldest,
+                "sub {} did not catch up",
+                s.id
+            );
+        }
+        self.claim()?;
+        ensure!(
+            self.loan.is_some(),
+            "the publisher is blocked with every frame released"
+        );
+        self.check()
+    }
+
+    /// What must hold after every step.
+    fn check(&self) -> Check {
+        for s in &self.subs {
+            for f in &s.held {
+                ensure!(
+                    self.data[f.slot] == f.seq,
+                    "sub {} holds frame {} but slot {} has frame {}'s data",
+                    s.id,
+                    f.seq,
+                    f.slot,
+                    self.data[f.slot]
+                );
+                let claim = load(&self.chan, CLAIM + f.slot);
+                ensure!(claim == f.seq, "held frame {} but CLAIM is {claim}", f.seq);
+                let (hold, ack) = (
+                    load(&s.page, SUB_HOLD + f.slot),
+                    load(&s.page, SUB_ACK + f.slot),
+                );
+                ensure!(
+                    hold == f.seq && ack < hold,
+                    "sub {} holds {f:?}, HOLD {hold} ACK {ack}",
+                    s.id
+                );
+                let done = self.gpu_done >= f.seq;
+                ensure!(
+                    is_ready(&self.chan, f) == done,
+                    "is_ready({f:?}) with the GPU done up to {}",
+                    self.gpu_done
+                );
+                if done && f.seq > s.joined_after {
+                    let r = load(&s.page, SUB_READY + f.slot);
+                    ensure!(r >= f.seq, "sub {} SUB_READY {r} for {f:?}", s.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, w: &Weights) -> Check {
+        let n = self.subs.len();
+        let total = w.claim
+            + w.announce
+            + w.gpu
+            + (w.pick + w.release + w.die) * n as u64
+            + w.join
+            + w.drain;
+        let mut r = self.rng.below(total);
+        let mut take = |weight: u64| {
+            let hit = r < weight;
+            r = r.saturating_sub(weight);
+            hit
+        };
+        if take(w.claim) {
+            self.claim()
+        } else if take(w.announce) {
+            self.announce()
+        } else if take(w.gpu) {
+            self.gpu_step();
+            Ok(())
+        } else if take(w.pick * n as u64) {
+            let i = self.rng.index(n);
+            self.pick(i)
+        } else if take(w.release * n as u64) {
+            let i = self.rng.index(n);
+            match self.subs[i].held.len() {
+                0 => Ok(()),
+                h => {
+                    let j = self.rng.index(h);
+                    self.release(i, j)
+                }
+            }
+        } else if take(w.die * n as u64) {
+            let i = self.rng.index(n);
+            self.die(i);
+            Ok(())
+        } else if take(w.join) {
+            if n < 5 {
+                let latest = self.rng.chance(50);
+                self.join(latest)?;
+            }
+            Ok(())
+        } else {
+            self.drain()
+        }
+    }
+
+    fn run(&mut self, w: &Weights, steps: usize) -> Check {
+        self.log(format!(
+            "{:?}, {} slots, weights {w:?}",
+            self.policy, self.slots
+        ));
+        for _ in 0..self.rng.below(6) {
+            let latest = self.rng.chance(50);
+            self.join(latest)?;
+        }
+        for _ in 0..steps {
+            self.step(w)?;
+            self.check()?;
+        }
+        self.drain()
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// Runs the seeds (`PUBSUB_SEED` for one, else `PUBSUB_SEEDS` of them, 4000 by default).
+fn random_interleavings(policy: Policy) -> Coverage {
+    let seeds = match env_u64("PUBSUB_SEED") {
+        Some(s) => s..s + 1,
+        None => 0..env_u64("PUBSUB_SEEDS").unwrap_or(4000),
+    };
+    let mut cov = Coverage::default();
+    for seed in seeds {
+        let (mut sim, w) = Sim::new(seed, policy);
+        if let Err(e) = sim.run(&w, 400) {
+            let tail = sim.trace.len().saturating_sub(60);
+            panic!(
+                "seed {seed} ({policy:?}) failed: {e}\n(rerun with PUBSUB_SEED={seed})\n\
+                 last operations:\n  {}",
+                sim.trace[tail..].join("\n  ")
+            );
+        }
+        let c = &sim.cov;
+        cov.delivered += c.delivered;
+        cov.missed += c.missed;
+        cov.held_blocks += c.held_blocks;
+        cov.behind_blocks += c.behind_blocks;
+        cov.deaths += c.deaths;
+        cov.joins += c.joins;
+        cov.reclaims += c.reclaims;
+    }
+    eprintln!("{policy:?}: {cov:?}");
+    cov
+}
+
+#[test]
+fn random_interleavings_block() {
+    let cov = random_interleavings(Policy::Block);
+    if env_u64("PUBSUB_SEED").is_none() {
+        assert!(cov.delivered > 0 && cov.held_blocks > 0 && cov.behind_blocks > 0);
+        assert!(cov.deaths > 0 && cov.joins > 0 && cov.reclaims > 0);
+        assert_eq!(cov.missed, 0);
+    }
+}
+
+#[test]
+fn random_interleavings_drop_oldest() {
+    let cov = random_interleavings(Policy::DropOldest);
+    if env_u64("PUBSUB_SEED").is_none() {
+        assert!(cov.delivered > 0 && cov.held_blocks > 0 && cov.missed > 0);
+        assert!(cov.deaths > 0 && cov.joins > 0 && cov.reclaims > 0);
+        assert_eq!(cov.behind_blocks, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real threads
+// ---------------------------------------------------------------------------------------------
+
+/// The words a publisher and its subscribers share.
+struct Shared {
+    chan: Vec<AtomicU64>,
+    pages: Vec<Vec<AtomicU64>>,
+    /// The frame number whose data each slot holds.
+    data: Vec<AtomicU64>,
+    /// Set by a thread that fails, so that the others stop.
+    stop: AtomicBool,
+}
+
+/// Fails a thread that makes no progress for a long time (a hang), or that another stopped.
+struct Watchdog {
+    since: Instant,
+}
+
+impl Watchdog {
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    fn new() -> Watchdog {
+        Watchdog {
+            since: Instant::now(),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.since = Instant::now();
+    }
+
+    fn check(&self, sh: &Shared, who: &str) -> Check {
+        ensure!(
+            !sh.stop.load(SeqCst),
+            "{who}: stopped (another thread failed)"
+        );
+        ensure!(
+            self.since.elapsed() < Self::PATIENCE,
+            "{who}: no progress for {:?}",
+            Self::PATIENCE
+        );
+        Ok(())
+    }
+}
+
+/// A short random pause: nothing, a few spins, or giving up the core.
+fn pause(rng: &mut Rng) {
+    match rng.below(8) {
+        0 => std::thread::yield_now(),
+        1 | 2 => {
+            for _ in 0..rng.below(200) {
+                std::hint::spin_loop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn publisher_thread(sh: &Shared, slots: usize, policy: Policy, frames: u64, seed: u64) -> Check {
+    let mut rng = Rng::new(seed);
+    let mut p = PublisherState::new(slots, policy);
+    let words: Vec<SubWords<'_>> = sh
+        .pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u64, &p[..]))
+        .collect();
+    let mut dog = Watchdog::new();
+    while p.next_seq() <= frames {
+        let (slot, seq) = match p.try_claim(&sh.chan, &words) {
+            Ok(loan) => loan,
+            Err(_) => {
+                dog.check(sh, "publisher")?;
+                pause(&mut rng);
+                continue;
+            }
+        };
+        ensure!(seq == p.next_seq(), "claimed {seq}");
+        if rng.chance(3) {
+            // A loan dropped unpublished comes back unchanged.
+            let again = p.try_claim(&sh.chan, &words);
+            ensure!(again == Ok((slot, seq)), "reclaimed {again:?}");
+        }
+        sh.data[slot].store(seq, SeqCst);
+        pause(&mut rng);
+        store(&sh.chan, SLOT_READY + slot, seq);
+        p.announce(&sh.chan);
+        dog.progress();
+    }
+    Ok(())
+}
+
+/// Receives frames until the last one; returns `(received, missed)`.
+fn subscriber_thread(
+    sh: &Shared,
+    id: usize,
+    slots: usize,
+    policy: Policy,
+    frames: u64,
+    seed: u64,
+) -> Result<(u64, u64), String> {
+    let mut rng = Rng::new(seed);
+    let me = &sh.pages[id];
+    let max_held = 1 + rng.index(MAX_HELD);
+    let mut s = SubscriberState::new(slots, policy, 1);
+    let mut held: VecDeque<Picked> = VecDeque::new();
+    let (mut last, mut received, mut missed) = (0u64, 0u64, 0u64);
+    let mut dog = Watchdog::new();
+    let release_oldest = |held: &mut VecDeque<Picked>, rng: &mut Rng| -> Check {
+        let f = held.pop_front().expect("a held frame");
+        pause(rng);
+        let data = sh.data[f.slot].load(SeqCst);
+        ensure!(
+            data == f.seq,
+            "sub {id}: frame {} (slot {}) overwritten by {data} while held",
+            f.seq,
+            f.slot
+        );
+        release(me, &f);
+        Ok(())
+    };
+    while last < frames {
+        if held.len() >= max_held || (!held.is_empty() && rng.chance(30)) {
+            release_oldest(&mut held, &mut rng)?;
+            continue;
+        }
+        let f = match s.try_pick(&sh.chan, me) {
+            Err(v) => return Err(format!("sub {id}: {}", v.0)),
+            Ok(Pick::NotYet) => {
+                if held.is_empty() {
+                    dog.check(sh, "subscriber")?;
+                    pause(&mut rng);
+                } else {
+                    release_oldest(&mut held, &mut rng)?;
+                }
+                continue;
+            }
+            Ok(Pick::Held(f)) => f,
+        };
+        dog.progress();
+        let data = sh.data[f.slot].load(SeqCst);
+        ensure!(data == f.seq, "sub {id}: received {f:?}, slot has {data}");
+        ensure!(is_ready(&sh.chan, &f), "sub {id}: {f:?} not ready");
+        ensure!(f.seq > last, "sub {id}: {f:?} after {last}");
+        ensure!(f.missed == f.seq - last - 1, "sub {id}: {f:?} after {last}");
+        if policy == Policy::Block {
+            ensure!(f.missed == 0, "sub {id}: {f:?} under Block");
+        }
+        last = f.seq;
+        received += 1;
+        missed += f.missed;
+        held.push_back(f);
+    }
+    while !held.is_empty() {
+        release_oldest(&mut held, &mut rng)?;
+    }
+    Ok((received, missed))
+}
+
+/// One publisher and `subs` subscribers on threads; returns each subscriber's
+/// `(received, missed)`.
+fn threads(policy: Policy, slots: usize, subs: usize, frames: u64, seed: u64) -> Vec<(u64, u64)> {
+    let sh = Shared {
+        chan: page(),
+        pages: (0..subs)
+            .map(|_| {
+                let p = page();
+                store(&p, SUB_NEXT, 1);
+                p
+            })
+            .collect(),
+        data: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+    };
+    let (published, results) = std::thread::scope(|scope| {
+        let subs: Vec<_> = (0..subs)
+            .map(|i| {
+                let sh = &sh;
+                scope.spawn(move || {
+                    let r = subscriber_thread(sh, i, slots, policy, frames, seed + 1 + i as u64);
+                    if r.is_err() {
+                        sh.stop.store(true, SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let published = publisher_thread(&sh, slots, policy, frames, seed);
+        if published.is_err() {
+            sh.stop.store(true, SeqCst);
+        }
+        let results: Vec<_> = subs.into_iter().map(|h| h.join().unwrap()).collect();
+        (published, results)
+    });
+    let what = format!("{policy:?}, {slots} slots, seed {seed}");
+    let mut out = Vec::new();
+    for r in results {
+        match r {
+            Ok(counts) => out.push(counts),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    if let Err(e) = published {
+        panic!("{what}: {e}");
+    }
+    for &(received, missed) in &out {
+        assert_eq!(
+            received + missed,
+            frames,
+            "{what}: every frame received or missed"
+        );
+    }
+    out
+}
+
+#[test]
+fn threads_block_deliver_every_frame_in_order() {
+    for (slots, subs, seed) in [(3, 4, 1), (1, 3, 2)] {
+        for (received, missed) in threads(Policy::Block, slots, subs, 20_000, seed) {
+            assert_eq!((received, missed), (20_000, 0));
+        }
+    }
+}
+
+#[test]
+fn threads_drop_oldest_never_overwrite_a_held_frame() {
+    for (slots, subs, seed) in [(4, 4, 10), (2, 3, 20), (3, 4, 30)] {
+        // Panics unless every subscriber's received + missed is exactly every frame.
+        threads(Policy::DropOldest, slots, subs, 40_000, seed);
+    }
+}

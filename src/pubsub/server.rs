@@ -189,8 +189,8 @@ impl Server {
         };
         // Under the roster lock, so that no slot is claimed between the join point and the
         // subscriber's first NEXT.
-        let (newest, announced) = join_point(self.chan.words(), self.welcome.slots);
-        let next = if newest != 0 { newest } else { announced + 1 };
+        let (next, announced) = join_point(self.chan.words(), self.welcome.slots, true);
+        let newest = if next <= announced { next } else { 0 };
         page.words()[SUB_NEXT].store(next, SeqCst);
         let welcome = Welcome {
             id,

@@ -203,7 +203,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         }
         let next = match opts.start {
             Start::Latest if welcome.newest != 0 => welcome.newest,
-            _ => welcome.announced + 1,
+            _ => welcome.announced.saturating_add(1),
         };
         me.words()[SUB_NEXT].store(next, SeqCst);
         if let Err(e) = conn.set_nonblocking(true) {
@@ -282,6 +282,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     fn gone_error(&self, why: String) -> Error {
         Error::PublisherGone {
             channel: self.path.clone(),
+            closed: self.chan.words()[CLOSED].load(SeqCst) != 0,
             detail: why,
         }
     }
@@ -309,7 +310,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                         protocol::release(self.me.words(), &p);
                         return Err(self.gone_error(gone.unwrap_or_default()));
                     }
-                    self.missed.set(self.missed.get() + p.missed);
+                    self.missed.set(self.missed.get().saturating_add(p.missed));
                     return Ok(p);
                 }
                 Pick::NotYet => {
@@ -384,11 +385,9 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     unsafe { result::stream_wait_value64_geq(stream.raw(), word, p.seq) }?;
                     Ok(())
                 });
-                let recorded = queued.and_then(|()| {
-                    self.control_uses
-                        .record(self.ctx, stream.id(), stream.raw())
-                });
-                if let Err(e) = recorded {
+                // Not recorded in `control_uses` here: the release records this stream after
+                // the acknowledgement, which comes after the wait (see `release_on`).
+                if let Err(e) = queued {
                     protocol::release(self.me.words(), &p);
                     return Err(e);
                 }
@@ -433,7 +432,17 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
 
     /// Releases `p` after the work queued on `stream` (and on other streams recorded on the
     /// pool): the GPU writes the acknowledgement.
-    fn release_on(&self, p: &Picked, stream: &Stream<'_>) -> Result<()> {
+    fn release_on(
+        &self,
+        p: &Picked,
+        stream: &Stream<'_>,
+        received_on: Option<&Stream<'_>>,
+    ) -> Result<()> {
+        // The page must outlive the wait queued at `receive` too: covered by the record of
+        // `stream` below when it is the same stream, else recorded here.
+        if let Some(r) = received_on.filter(|r| r.id() != stream.id()) {
+            self.control_uses.record(self.ctx, r.id(), r.raw())?;
+        }
         check_stream(self.ctx, stream)?;
         if let Some(uses) = self.pool.view().uses() {
             uses.order_before(self.ctx, stream.id(), stream.raw())?;
@@ -448,8 +457,14 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             .record(self.ctx, stream.id(), stream.raw())
     }
 
-    /// Releases `p` from the CPU once every recorded use of the pool is done.
-    fn release_host(&self, p: &Picked) {
+    /// Releases `p` from the CPU once every recorded use of the pool is done (`received_on`:
+    /// the stream that may still wait on this subscriber's page for it).
+    fn release_host(&self, p: &Picked, received_on: Option<&Stream<'_>>) {
+        if let Some(r) = received_on {
+            // On failure the page is marked untracked: its unregistration then waits for the
+            // whole context.
+            let _ = self.control_uses.record(self.ctx, r.id(), r.raw());
+        }
         if let Some(uses) = self.pool.view().uses() {
             if let Err(e) = uses.wait_host(self.ctx) {
                 crate::drop_log::record("channel sample (waiting for its readers)", e);
@@ -538,9 +553,9 @@ impl<T: Pod> Sample<'_, '_, T> {
     /// was received on).
     pub fn release(mut self, stream: &Stream<'_>) -> Result<()> {
         self.released = true;
-        let out = self.sub.release_on(&self.picked, stream);
+        let out = self.sub.release_on(&self.picked, stream, self.stream);
         if out.is_err() {
-            self.sub.release_host(&self.picked);
+            self.sub.release_host(&self.picked, self.stream);
         }
         self.sub.done();
         out
@@ -560,12 +575,12 @@ impl<T: Pod> Drop for Sample<'_, '_, T> {
         }
         match self.stream {
             Some(stream) => {
-                if let Err(e) = self.sub.release_on(&self.picked, stream) {
+                if let Err(e) = self.sub.release_on(&self.picked, stream, None) {
                     crate::drop_log::record("channel sample (release on its stream)", e);
-                    self.sub.release_host(&self.picked);
+                    self.sub.release_host(&self.picked, self.stream);
                 }
             }
-            None => self.sub.release_host(&self.picked),
+            None => self.sub.release_host(&self.picked, None),
         }
         self.sub.done();
     }
