@@ -866,3 +866,56 @@ impl Drop for SharedMapping {
         }
     }
 }
+
+/// The address of the low 32 bits of a 64-bit word (a futex is 32 bits wide).
+fn low_half(word: &std::sync::atomic::AtomicU64) -> *const u32 {
+    let p = (word as *const std::sync::atomic::AtomicU64).cast::<u32>();
+    if cfg!(target_endian = "little") {
+        p
+    } else {
+        p.wrapping_add(1)
+    }
+}
+
+/// Sleeps while the low 32 bits of `word` (in memory shared between processes) equal
+/// `expected`, until [`futex_wake`] on the same word in any process, or `timeout`, or a signal.
+/// Returns at once if the word already differs.
+pub fn futex_wait(
+    word: &std::sync::atomic::AtomicU64,
+    expected: u32,
+    timeout: Duration,
+) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the word is valid, 4-byte aligned memory for the duration of the call (it is
+    // borrowed); FUTEX_WAIT only reads it; `ts` is a valid relative timeout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            low_half(word),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) | Some(libc::EINTR) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Wakes every process sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &std::sync::atomic::AtomicU64) -> io::Result<()> {
+    // SAFETY: FUTEX_WAKE only uses the word's address as a key; it is valid memory.
+    let rc = unsafe { libc::syscall(libc::SYS_futex, low_half(word), libc::FUTEX_WAKE, i32::MAX) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -78,3 +78,35 @@ fn an_empty_mapping_is_refused() {
     let fd = os::shared_words_file("empty", PAGE).unwrap();
     assert!(SharedMapping::map(fd.as_fd(), 0, false).is_err());
 }
+
+#[test]
+fn a_sleeper_on_a_read_only_mapping_is_woken_across_mappings() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::{Duration, Instant};
+    let fd = os::shared_words_file("futex", PAGE).unwrap();
+    let writer = SharedMapping::map(fd.as_fd(), PAGE, true).unwrap();
+    os::seal_future_writes(fd.as_fd()).unwrap();
+    let reader = SharedMapping::map(fd.as_fd(), PAGE, false).unwrap();
+    // A value that differs: no sleep at all.
+    writer.words()[4].store(7, SeqCst);
+    let t = Instant::now();
+    os::futex_wait(&reader.words()[4], 6, Duration::from_secs(5)).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Nobody wakes it: the timeout.
+    let t = Instant::now();
+    os::futex_wait(&reader.words()[4], 7, Duration::from_millis(50)).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    // Woken through the other mapping (another "process"'s address for the same page).
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            writer.words()[4].fetch_add(1, SeqCst);
+            os::futex_wake(&writer.words()[4]).unwrap();
+        });
+        let t = Instant::now();
+        while reader.words()[4].load(SeqCst) == 7 {
+            os::futex_wait(&reader.words()[4], 7, Duration::from_secs(10)).unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5), "never woken");
+        }
+    });
+}

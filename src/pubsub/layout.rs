@@ -22,6 +22,9 @@ pub const MAGIC: usize = 0;
 pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"cudaipcC");
 /// Word index: 1 once the publisher has closed the channel (a clean drop).
 pub const CLOSED: usize = 1;
+/// Word index: a counter the publisher bumps after every claim, publish and close; its low 32
+/// bits are the futex subscribers sleep on while they wait for a frame.
+pub const EVENTS: usize = 4;
 /// Word index: the highest sequence number the publisher has published (CPU, at
 /// `publish`; the frame's data may still be being written on the publisher's GPU).
 pub const ANNOUNCED: usize = 8;
@@ -49,9 +52,13 @@ pub const SUB_ACK: usize = 256;
 /// `Policy::Block` no frame at or after it is overwritten.
 pub const SUB_NEXT: usize = 384;
 
+/// Subscriber page: 1 while this subscriber sleeps on the channel's `EVENTS` futex (its CPU),
+/// so that the publisher makes the wake-up system call only when someone sleeps.
+pub const SUB_WAITING: usize = 392;
+
 const _: () = assert!(SLOT_READY + MAX_SLOTS <= PAGE_BYTES / 8);
 const _: () = assert!(CLAIM + MAX_SLOTS <= SLOT_READY);
 const _: () = assert!(SUB_READY + MAX_SLOTS <= SUB_HOLD);
 const _: () = assert!(SUB_HOLD + MAX_SLOTS <= SUB_ACK);
 const _: () = assert!(SUB_ACK + MAX_SLOTS <= SUB_NEXT);
-const _: () = assert!(SUB_NEXT < PAGE_BYTES / 8);
+const _: () = assert!(SUB_NEXT < SUB_WAITING && SUB_WAITING < PAGE_BYTES / 8);

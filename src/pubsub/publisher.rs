@@ -346,7 +346,10 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
                 let subs: Vec<(u64, &[std::sync::atomic::AtomicU64])> =
                     r.live.iter().map(|m| (m.id, m.page.words())).collect();
                 match self.state.try_claim(self.chan.words(), &subs) {
-                    Ok(claimed) => break claimed,
+                    Ok(claimed) => {
+                        notify(&self.chan, &r);
+                        break claimed;
+                    }
                     Err(b) => self.describe(&r, b),
                 }
             };
@@ -404,6 +407,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             return Err(e);
         }
         let seq = self.state.announce(self.chan.words());
+        notify(&self.chan, &r);
         drop(r);
         self.published += 1;
         Ok(seq)
@@ -415,7 +419,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
     }
 }
 
-/// Spins briefly, then sleeps a little longer each time (up to 200 µs), never past `deadline`.
+/// Spins briefly, then sleeps a little longer each time (up to 50 µs), never past `deadline`.
 pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
     *spins = spins.saturating_add(1);
     if *spins < 64 {
@@ -423,9 +427,25 @@ pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
     } else if *spins < 128 {
         std::thread::yield_now();
     } else {
-        let step = Duration::from_micros(u64::from((*spins - 128).min(40)) * 5 + 5);
+        let step = Duration::from_micros(u64::from((*spins - 128).min(9)) * 5 + 5);
         let left = deadline.saturating_duration_since(Instant::now());
         std::thread::sleep(step.min(left));
+    }
+}
+
+/// Tells sleeping subscribers that something changed (a claim, a publish, the close): bumps
+/// `EVENTS`, then wakes its futex if a subscriber says it sleeps (`SUB_WAITING`; a subscriber
+/// sets it before its last check, so a wake-up is never lost).
+fn notify(chan: &Page, roster: &Roster) {
+    chan.words()[EVENTS].fetch_add(1, SeqCst);
+    if roster
+        .live
+        .iter()
+        .any(|m| m.page.words()[SUB_WAITING].load(SeqCst) != 0)
+    {
+        if let Err(e) = os::futex_wake(&chan.words()[EVENTS]) {
+            crate::drop_log::record("channel: waking subscribers (futex)", e);
+        }
     }
 }
 
@@ -436,6 +456,10 @@ impl<T: Pod> Drop for Publisher<'_, T> {
         self.control_uses
             .wait_and_clear(self.ctx, "Publisher (waiting for control writes)");
         self.chan.words()[CLOSED].store(1, SeqCst);
+        self.chan.words()[EVENTS].fetch_add(1, SeqCst);
+        if let Err(e) = os::futex_wake(&self.chan.words()[EVENTS]) {
+            crate::drop_log::record("Publisher (waking subscribers)", e);
+        }
         // Any byte (or EOF) stops the server thread, which closes every subscriber's
         // connection: they see the end of the channel.
         let _ = os::send_with_fds(std::os::fd::AsFd::as_fd(&self.wake), b"Q", &[]);

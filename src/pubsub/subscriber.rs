@@ -298,6 +298,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         }
         let mut spins = 0u32;
         loop {
+            let events = self.chan.words()[EVENTS].load(SeqCst) as u32;
             let gone = self.publisher_gone();
             let pick = self
                 .state
@@ -319,7 +320,8 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     }
                 }
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(Error::Timeout {
                     what: format!(
                         "frame {} on channel {}",
@@ -329,7 +331,25 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     waited: timeout,
                 });
             }
-            backoff(&mut spins, deadline);
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Sleep on the channel's futex: say so first, then check once more that nothing
+            // changed since `events` (the publisher bumps, then looks at SUB_WAITING).
+            let waiting = &self.me.words()[SUB_WAITING];
+            waiting.store(1, SeqCst);
+            let events_word = &self.chan.words()[EVENTS];
+            if events_word.load(SeqCst) as u32 == events {
+                // Woken by the publisher, or every 20 ms to notice a publisher that died.
+                let nap = left.min(Duration::from_millis(20));
+                if let Err(e) = crate::os::futex_wait(events_word, events, nap) {
+                    waiting.store(0, SeqCst);
+                    return Err(Error::io("waiting for the channel (futex)", e));
+                }
+            }
+            waiting.store(0, SeqCst);
         }
     }
 
