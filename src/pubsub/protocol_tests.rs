@@ -597,6 +597,24 @@ fn garbage_words_never_panic_or_hang() {
     }
 }
 
+#[test]
+fn the_public_protocol_types_refuse_out_of_range_slots_without_panicking() {
+    // `pubsub::protocol` is public API; the crate's rule is no panic on bad input. Its
+    // constructors take any `usize` of slots, and a page's words are only 512.
+    let (chan, me) = (page(), page());
+    store(&chan, ANNOUNCED, 1);
+    let sub = catch_unwind(AssertUnwindSafe(|| {
+        SubscriberState::new(8 * MAX_SLOTS, Policy::Block, 1).try_pick(&chan, &me)
+    }));
+    assert!(
+        sub.is_ok(),
+        "SubscriberState of {} slots: try_pick indexes past the page",
+        8 * MAX_SLOTS
+    );
+    let publisher = catch_unwind(|| PublisherState::new(0, Policy::Block).next_seq());
+    assert!(publisher.is_ok(), "PublisherState::new(0, _) panics");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random single-threaded interleavings against a model
 // ---------------------------------------------------------------------------------------------
