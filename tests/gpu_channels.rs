@@ -88,6 +88,8 @@ fn zz_role_entry() {
     match std::env::var("CUDA_IPC_TEST_ROLE").as_deref() {
         Ok("subscriber") => subscriber_role(),
         Ok("publisher") => publisher_role(),
+        Ok("slow-publisher") => slow_publisher_role(),
+        Ok("stranded") => stranded_subscriber_role(),
         _ => {}
     }
 }
@@ -722,4 +724,253 @@ fn a_hostile_subscriber_only_hurts_itself() {
     let r = finish(healthy);
     assert_eq!(r.errors, 0, "{r:?}");
     assert!(r.received == 5 && r.in_order, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Review findings (branch `review`): frames not yet written, and a publisher that dies first.
+// Each of these fails on the code reviewed; see the review report.
+// ---------------------------------------------------------------------------------------------
+
+/// About a second of GPU work on `stream` (400 in-place passes over 4 GiB; ~2.7 ms each on an
+/// H100, fewer than the driver's launch queue holds, so the CPU does not wait for them).
+fn queue_slow_work(k: &cuda_ipc::Kernels<'_>, stream: &Stream<'_>, busy: &mut DeviceBuffer<u32>) {
+    for i in 0..400 {
+        k.transform_words(stream, busy, i).unwrap();
+    }
+}
+
+/// Publishes FRAMES frames (default 1), each behind about a second of GPU work, so that
+/// subscribers see each frame announced long before it is written; then waits to be killed.
+fn slow_publisher_role() {
+    let path = PathBuf::from(get("PATH"));
+    let frames: u64 = get("FRAMES").parse().unwrap_or(1);
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let mut busy = DeviceBuffer::<u32>::zeroed(&ctx, 1 << 30).unwrap();
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 16, ChannelOptions::default()).unwrap();
+    println!("PUBLISHING pid={}", std::process::id());
+    p.wait_subscribers(1, SECS).unwrap();
+    for _ in 0..frames {
+        let mut loan = p.loan(SECS).unwrap();
+        let seq = loan.seq();
+        queue_slow_work(&k, &stream, &mut busy);
+        k.fill_frame(&stream, &mut loan, seq).unwrap();
+        loan.publish(&stream).unwrap();
+        println!("PUBLISHED {seq}");
+    }
+    std::thread::sleep(Duration::from_secs(300));
+}
+
+fn spawn_slow_publisher(path: &Path, frames: u64) -> (RoleProcess, u32) {
+    let mut publisher = RoleProcess::spawn(
+        &[],
+        &[
+            ("CUDA_IPC_TEST_ROLE", "slow-publisher".into()),
+            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+            ("CUDA_IPC_TEST_FRAMES", frames.to_string()),
+        ],
+    );
+    let line = publisher.expect_line("PUBLISHING pid=", SECS);
+    let pid = line.rsplit('=').next().unwrap().trim().parse().unwrap();
+    (publisher, pid)
+}
+
+fn subscribe_next<'c>(ctx: &'c Context, path: &Path) -> Subscriber<'c, u32> {
+    let opts = SubscribeOptions {
+        start: Start::Next,
+        ..SubscribeOptions::default()
+    };
+    Subscriber::<u32>::subscribe(ctx, path, opts).unwrap()
+}
+
+/// A subscriber whose stream waits for a frame the publisher has announced but not written.
+/// SCENARIO `receive-first` / `sync-only`: the test kills the publisher; this process then
+/// (receives PublisherGone, for the first,) drops the sample, synchronizes its stream and
+/// drops the subscriber. `forget`: it forgets the sample while its stream is busy, drops the
+/// subscriber, then synchronizes. Each step prints a line; a hang is the failure.
+fn stranded_subscriber_role() {
+    let path = PathBuf::from(get("PATH"));
+    let scenario = get("SCENARIO");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let sub = subscribe_next(&ctx, &path);
+    println!("SUBSCRIBED");
+    if scenario == "forget" {
+        // Our stream stays busy for about three times the publisher's work: its wait for the
+        // frame runs after the publisher wrote it, and after the subscriber is dropped.
+        let mut busy = DeviceBuffer::<u32>::zeroed(&ctx, 1 << 30).unwrap();
+        for _ in 0..3 {
+            queue_slow_work(&k, &stream, &mut busy);
+        }
+        let sample = sub.receive(&stream, SECS).unwrap();
+        println!("RECEIVED {}", sample.seq());
+        std::mem::forget(sample);
+        drop(sub);
+        println!("SUBSCRIBER DROPPED");
+        let synced = stream.synchronize();
+        println!("SYNCED {synced:?}");
+        synced.unwrap();
+        return;
+    }
+    let pid: u32 = get("PUBPID").parse().unwrap();
+    let mut errors = DeviceBuffer::<u32>::zeroed(&ctx, 1).unwrap();
+    let sample = sub.receive(&stream, SECS).unwrap();
+    k.verify_frame(&stream, &sample, sample.seq(), &mut errors)
+        .unwrap();
+    println!("RECEIVED {}", sample.seq());
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("PUBLISHER GONE");
+    if scenario == "receive-first" {
+        let err = sub.receive(&stream, SECS).unwrap_err();
+        assert!(matches!(err, Error::PublisherGone { .. }), "{err}");
+        println!("TOLD {err}");
+    }
+    drop(sample);
+    stream.synchronize().unwrap();
+    println!("SYNCED");
+    drop(sub);
+    println!("DROPPED");
+}
+
+fn stranded(scenario: &str) {
+    let dir = temp_dir("chan-stranded");
+    let path = dir.join("frames");
+    let (publisher, pid) = spawn_slow_publisher(&path, 1);
+    let mut sub = RoleProcess::spawn(
+        &[],
+        &[
+            ("CUDA_IPC_TEST_ROLE", "stranded".into()),
+            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+            ("CUDA_IPC_TEST_PUBPID", pid.to_string()),
+            ("CUDA_IPC_TEST_SCENARIO", scenario.into()),
+        ],
+    );
+    sub.expect_line("RECEIVED", SECS);
+    if scenario == "forget" {
+        let (ok, lines) = sub.finish(Duration::from_secs(60));
+        publisher.kill();
+        assert!(
+            ok && lines.iter().any(|l| l.contains("SYNCED Ok")),
+            "a stream whose sample was forgotten failed after its subscriber was dropped (its \
+             page was unregistered under the queued wait):\n{}",
+            lines.join("\n")
+        );
+        return;
+    }
+    // Killed while its GPU still works on frame 1: the frame's READY words are never written.
+    publisher.kill();
+    // `finish` panics ("still running") if the subscriber hangs in synchronize or in its drop.
+    let (ok, lines) = sub.finish(Duration::from_secs(60));
+    assert!(
+        ok && lines.iter().any(|l| l.contains("DROPPED")),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn after_publisher_gone_a_stream_waiting_for_its_unwritten_frame_drains() {
+    // Fails (hangs, then "role process still running") while the released READY value is
+    // u64::MAX: cuStreamWaitValue64's GEQ is cyclic, so it releases nothing.
+    stranded("receive-first");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_stream_waiting_for_a_killed_publishers_frame_drains_without_another_receive() {
+    // The common pattern `receive; work; stream.synchronize()` with the publisher dying in
+    // between: nothing releases the wait unless the subscriber calls into the channel again
+    // (a watcher of the connection, storing READY_RELEASED on hang-up, would).
+    stranded("sync-only");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_forgotten_sample_does_not_leave_a_queued_wait_on_an_unregistered_page() {
+    // mem::forget is safe: the receive stream's wait is recorded nowhere (70ad343), so
+    // Subscriber::drop unregisters the page while the wait is still queued behind busy work.
+    stranded("forget");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_sample_received_on_a_stream_and_copied_to_the_host_holds_the_finished_frame() {
+    let dir = temp_dir("chan-copy-early");
+    let path = dir.join("frames");
+    let (publisher, _) = spawn_slow_publisher(&path, 1);
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let sub = subscribe_next(&ctx, &path);
+    let sample = sub.receive(&stream, SECS).unwrap();
+    // A synchronous copy (DeviceMemory::copy_to_vec) on the crate's copy stream: it waits for
+    // the pool's recorded uses, but the GPU wait for the frame is recorded nowhere.
+    let words = sample.copy_to_vec().unwrap();
+    let seq = sample.seq();
+    drop(sample);
+    stream.synchronize().unwrap();
+    drop(sub);
+    publisher.kill();
+    let errors = reference::frame_errors(&words, seq);
+    assert_eq!(
+        errors, 0,
+        "copy_to_vec of frame {seq} read the slot before the publisher's GPU wrote it"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_receive_that_times_out_waiting_for_the_gpu_does_not_lose_the_frame() {
+    let dir = temp_dir("chan-timeout-loss");
+    let path = dir.join("frames");
+    let (mut publisher, _) = spawn_slow_publisher(&path, 1);
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let sub = subscribe_next(&ctx, &path);
+    publisher.expect_line("PUBLISHED 1", SECS);
+    // Frame 1 is announced, its GPU work takes about a second: a short poll times out.
+    let err = sub.receive_host(Duration::from_millis(20)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    // Policy::Block loses no frame: the next receive must still deliver frame 1.
+    let again = sub.receive_host(Duration::from_secs(10));
+    let stats = sub.stats();
+    let got = again.as_ref().map(|s| s.seq()).map_err(|e| e.to_string());
+    drop(again);
+    drop(sub);
+    publisher.kill();
+    assert_eq!(
+        got,
+        Ok(1),
+        "frame 1 was lost by the timed-out receive (missed counted: {})",
+        stats.missed
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_failed_create_leaves_no_registered_control_page_behind() {
+    let dir = temp_dir("chan-create-fails");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    // A plain exporter holds the name: create fails at claiming it, after the channel page
+    // was registered with the driver.
+    let buf = SharedDeviceBuffer::<u32>::zeroed(&ctx, 1024, Transport::Auto).unwrap();
+    let _exporter = Exporter::bind(&path, &buf).unwrap();
+    let _ = cuda_ipc::take_drop_errors();
+    for _ in 0..3 {
+        let err =
+            Publisher::<u32>::create(&ctx, &path, 1024, ChannelOptions::default()).unwrap_err();
+        println!("refused: {err}");
+    }
+    let leaked: Vec<_> = cuda_ipc::take_drop_errors()
+        .into_iter()
+        .filter(|e| e.what.contains("control page"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "each failed create left a registered, mapped page: {leaked:?}"
+    );
 }

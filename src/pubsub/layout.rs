@@ -56,6 +56,13 @@ pub const SUB_NEXT: usize = 384;
 /// so that the publisher makes the wake-up system call only when someone sleeps.
 pub const SUB_WAITING: usize = 392;
 
+/// What a subscriber stores into its own `SUB_READY` words to release the GPU waits of its
+/// streams itself (its publisher is gone, or never wrote them): a value that satisfies
+/// `cuStreamWaitValue64(GEQ)` for every frame it can wait for. The GPU's comparison is
+/// *cyclic* (`(int64_t)(*addr - value) >= 0`): `u64::MAX` would keep every wait blocked;
+/// `i64::MAX` passes for every frame number below 2^63.
+pub const READY_RELEASED: u64 = i64::MAX as u64;
+
 const _: () = assert!(SLOT_READY + MAX_SLOTS <= PAGE_BYTES / 8);
 const _: () = assert!(CLAIM + MAX_SLOTS <= SLOT_READY);
 const _: () = assert!(SUB_READY + MAX_SLOTS <= SUB_HOLD);

@@ -445,6 +445,37 @@ fn is_ready_follows_the_slot_ready_word() {
     assert!(is_ready(&pages.chan, &f));
 }
 
+/// Whether `cuStreamWaitValue64(addr, value, CU_STREAM_WAIT_VALUE_GEQ)` lets a stream through
+/// when `*addr == word`. The driver's comparison is *cyclic*: "wait until
+/// `(int64_t)(*addr - value) >= 0`" (CUDA driver API, `CUstreamWaitValue_flags`), not an
+/// unsigned `>=`.
+fn gpu_wait_geq_passes(word: u64, value: u64) -> bool {
+    (word.wrapping_sub(value) as i64) >= 0
+}
+
+#[test]
+fn the_released_ready_value_lets_every_gpu_wait_through() {
+    // The comparison itself, on the normal path: a frame's READY word releases its wait and
+    // the ones before it, not the ones after.
+    assert!(gpu_wait_geq_passes(5, 5) && gpu_wait_geq_passes(6, 5));
+    assert!(!gpu_wait_geq_passes(0, 1) && !gpu_wait_geq_passes(4, 5));
+    // A subscriber whose publisher is gone (or whose Drop gives up waiting) stores
+    // READY_RELEASED into its SUB_READY words so that every stream waiting for
+    // `SUB_READY[slot] >= seq` drains; otherwise `Stream::synchronize`, and the Subscriber's
+    // own drop (which waits for the acknowledgements queued behind those waits), hang for
+    // ever. It must pass the GPU's cyclic comparison for every frame number a channel reaches,
+    // and the CPU's plain `<` in Subscriber::drop.
+    for seq in [1u64, 2, 3, 1000, 1 << 32, 1 << 48, (1 << 62) + 12345] {
+        assert!(
+            gpu_wait_geq_passes(READY_RELEASED, seq),
+            "a stream waiting for frame {seq} is not released by SUB_READY = {READY_RELEASED:#x} \
+             ((int64_t)({READY_RELEASED:#x} - {seq}) = {} < 0)",
+            READY_RELEASED.wrapping_sub(seq) as i64
+        );
+        assert!(READY_RELEASED >= seq);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Junk in the pages
 // ---------------------------------------------------------------------------------------------
@@ -564,6 +595,24 @@ fn garbage_words_never_panic_or_hang() {
             Err(_) => panic!("junk seed {seed} panicked (see the message above)"),
         }
     }
+}
+
+#[test]
+fn the_public_protocol_types_refuse_out_of_range_slots_without_panicking() {
+    // `pubsub::protocol` is public API; the crate's rule is no panic on bad input. Its
+    // constructors take any `usize` of slots, and a page's words are only 512.
+    let (chan, me) = (page(), page());
+    store(&chan, ANNOUNCED, 1);
+    let sub = catch_unwind(AssertUnwindSafe(|| {
+        SubscriberState::new(8 * MAX_SLOTS, Policy::Block, 1).try_pick(&chan, &me)
+    }));
+    assert!(
+        sub.is_ok(),
+        "SubscriberState of {} slots: try_pick indexes past the page",
+        8 * MAX_SLOTS
+    );
+    let publisher = catch_unwind(|| PublisherState::new(0, Policy::Block).next_seq());
+    assert!(publisher.is_ok(), "PublisherState::new(0, _) panics");
 }
 
 // ---------------------------------------------------------------------------------------------

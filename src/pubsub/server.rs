@@ -215,3 +215,7 @@ impl Server {
         self.shared.changed.notify_all();
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -273,7 +273,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         };
         // Release whatever our streams wait for: no one else will write those words.
         for i in 0..self.welcome.slots {
-            self.me.words()[SUB_READY + i].store(u64::MAX, SeqCst);
+            self.me.words()[SUB_READY + i].store(READY_RELEASED, SeqCst);
         }
         *self.gone.borrow_mut() = Some(why.clone());
         Some(why)
@@ -526,7 +526,7 @@ impl<T: Pod> Drop for Subscriber<'_, T> {
         for i in 0..self.welcome.slots {
             let w = &self.me.words()[SUB_READY + i];
             if w.load(SeqCst) < self.waits.borrow()[i] {
-                w.store(u64::MAX, SeqCst);
+                w.store(READY_RELEASED, SeqCst);
             }
         }
         self.control_uses

@@ -178,6 +178,26 @@ mod tests {
     }
 
     #[test]
+    fn a_welcome_for_large_elements_that_publisher_create_accepts_decodes() {
+        // `Publisher::create` accepts any non-empty `T: Pod`; a natural one is a whole frame
+        // as one element (`Publisher::<[u8; 3840 * 2160 * 4]>`, frame_len 1). Its subscribers
+        // must not be told that the *publisher* broke the protocol ("element size ... out of
+        // range"): either create refuses such a type with a clear error, or decode accepts it.
+        let frame = Welcome {
+            elem_size: 3840 * 2160 * 4,
+            frame_len: 1,
+            stride: 1,
+            ..example()
+        };
+        let decoded = Welcome::decode(&frame.encode());
+        assert_eq!(
+            decoded,
+            Ok(frame),
+            "every subscriber refuses a channel that Publisher::create made"
+        );
+    }
+
+    #[test]
     fn every_bad_field_is_refused_without_panicking() {
         let good = example().encode();
         assert!(Welcome::decode(&good[..good.len() - 1]).is_err());
