@@ -338,11 +338,7 @@ fn drop_oldest_never_waits_and_counts_what_a_slow_subscriber_missed() {
     assert_eq!(fast.errors, 0, "{fast:?}");
     assert_eq!(fast.end, "gone");
     assert!(fast.in_order);
-    assert_eq!(
-        fast.received + fast.missed,
-        fast.last - fast.first + 1,
-        "{fast:?}"
-    );
+    assert_eq!(fast.received + fast.missed, fast.last, "{fast:?}");
     assert_eq!(fast.last, frames, "{fast:?}");
 }
 
@@ -689,41 +685,38 @@ fn a_hostile_subscriber_only_hurts_itself() {
     for i in 256..320 {
         mine.words()[i].store(0, SeqCst); // ...its ACK words
     }
-    // A healthy subscriber beside it.
-    let healthy = RoleProcess::spawn(&[], &sub_env(&path, 0, 5, "next", 0, false, ""));
+    // A healthy subscriber beside it. It takes 3 of the 5 frames published (DropOldest may overwrite one it has not
+    // reached yet: it is counted as missed, not lost silently).
+    let healthy = RoleProcess::spawn(&[], &sub_env(&path, 0, 3, "next", 0, false, ""));
     p.wait_subscribers(2, SECS).unwrap();
-    // The publisher cannot find a free slot: it times out, naming the culprit, and survives.
-    let mut published = 0;
-    let err = loop {
-        match p.loan(Duration::from_millis(300)) {
-            Ok(mut loan) => {
-                let seq = loan.seq();
-                k.fill_frame(&stream, &mut loan, seq).unwrap();
-                loan.publish(&stream).unwrap();
-                published += 1;
-                assert!(
-                    published < 100,
-                    "a slot held by the hostile subscriber was reused"
-                );
-            }
-            Err(e) => break e,
-        }
-    };
-    assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    assert!(err.to_string().contains("still holds"), "{err}");
-    // It hangs up: the publisher recovers at once, and the healthy subscriber gets every
-    // frame from then on, intact.
-    drop(s);
-    drop(mine);
+    // The publisher finds no free slot: DropOldest never waits for a subscriber, so once
+    // the loan's timeout has passed it hangs up on the one holding more than max_held slots
+    // and goes on.
     let t = Instant::now();
-    while p.subscribers() > 1 {
-        assert!(t.elapsed() < SECS);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    publish(&mut p, &k, &stream, 5);
+    let mut loan = p.loan(Duration::from_millis(300)).unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    let seq = loan.seq();
+    k.fill_frame(&stream, &mut loan, seq).unwrap();
+    loan.publish(&stream).unwrap();
+    assert_eq!(p.stats().left, 1, "the hoarder was disconnected");
+    s.set_read_timeout(Some(SECS)).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut &s, &mut byte).unwrap(),
+        0,
+        "it sees EOF"
+    );
+    drop((s, mine));
+    // The healthy subscriber gets its frames, intact.
+    publish(&mut p, &k, &stream, 4);
     let r = finish(healthy);
     assert_eq!(r.errors, 0, "{r:?}");
-    assert!(r.received == 5 && r.in_order, "{r:?}");
+    assert!(r.received == 3 && r.in_order, "{r:?}");
+    assert_eq!(r.received + r.missed, r.last, "{r:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

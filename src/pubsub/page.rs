@@ -9,6 +9,7 @@
 //! died all work without a device copy.
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -23,7 +24,7 @@ use super::layout::PAGE_BYTES;
 #[derive(Debug)]
 pub(crate) struct Page {
     fd: OwnedFd,
-    map: Option<SharedMapping>,
+    map: Option<Arc<SharedMapping>>,
     device: Option<CUdeviceptr>,
 }
 
@@ -36,7 +37,7 @@ impl Page {
             .map_err(|e| Error::io(format!("mapping the shared page {name:?}"), e))?;
         Ok(Page {
             fd,
-            map: Some(map),
+            map: Some(Arc::new(map)),
             device: None,
         })
     }
@@ -52,7 +53,7 @@ impl Page {
             .map_err(|e| Error::io(format!("mapping {what}'s control page"), e))?;
         Ok(Page {
             fd,
-            map: Some(map),
+            map: Some(Arc::new(map)),
             device: None,
         })
     }
@@ -65,6 +66,12 @@ impl Page {
                 e,
             )
         })
+    }
+
+    /// The mapping, shared (e.g. with a thread that writes words); it stays mapped while any
+    /// clone lives.
+    pub fn mapping(&self) -> Option<Arc<SharedMapping>> {
+        self.map.clone()
     }
 
     /// The file, to send to a peer.
@@ -110,8 +117,17 @@ impl Page {
         Ok(base + (index as u64) * 8)
     }
 
-    /// Unregisters the page. The caller guarantees that no queued GPU work uses it any more.
-    pub fn unregister(&mut self, ctx: &Context) -> Result<()> {
+    /// Whether the page is registered with the driver.
+    pub fn is_registered(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// Unregisters the page.
+    ///
+    /// # Safety
+    /// No queued GPU work may use the page's device address any more (a stream op queued on
+    /// it and not yet executed would then touch memory the driver no longer maps).
+    pub unsafe fn unregister(&mut self, ctx: &Context) -> Result<()> {
         if self.device.is_none() {
             return Ok(());
         }

@@ -77,11 +77,10 @@ fn blocker(
 }
 
 impl PublisherState {
-    /// A channel of `slots` slots (1..=64) that has published nothing yet.
+    /// A channel of `slots` slots (clamped to 1..=64) that has published nothing yet.
     pub fn new(slots: usize, policy: Policy) -> PublisherState {
-        assert!((1..=MAX_SLOTS).contains(&slots));
         PublisherState {
-            slots,
+            slots: slots.clamp(1, MAX_SLOTS),
             policy,
             next_seq: 1,
             claimed: None,
@@ -216,7 +215,7 @@ impl SubscriberState {
     /// A subscriber that receives `next` first.
     pub fn new(slots: usize, policy: Policy, next: u64) -> SubscriberState {
         SubscriberState {
-            slots,
+            slots: slots.clamp(1, MAX_SLOTS),
             policy,
             next: next.max(1),
             missed: 0,
@@ -280,6 +279,19 @@ impl SubscriberState {
         Err(Violation(
             "the channel's slot claims keep changing under this subscriber".into(),
         ))
+    }
+}
+
+impl SubscriberState {
+    /// Gives back a frame picked but not delivered (its wait timed out, say): the hold is
+    /// dropped without an acknowledgement and the frame is the next one again, so that
+    /// nothing is lost (with `Block` its slot stays protected by `NEXT`).
+    pub fn unpick(&mut self, me: &[AtomicU64], picked: &Picked) {
+        let slot = picked.slot.min(MAX_SLOTS - 1);
+        me[SUB_HOLD + slot].store(me[SUB_ACK + slot].load(SeqCst), SeqCst);
+        self.next = picked.seq;
+        self.missed = self.missed.saturating_add(picked.missed);
+        me[SUB_NEXT].store(self.next, SeqCst);
     }
 }
 

@@ -23,7 +23,7 @@ use super::layout::*;
 use super::page::Page;
 use super::protocol::{Blocked, PublisherState};
 use super::server::{Roster, Server, Shared};
-use super::wire::Welcome;
+use super::wire::{Welcome, MAX_ELEM_SIZE, MAX_FRAME_LEN};
 use super::{pool_path, ChannelOptions, Policy};
 
 /// What a publisher has seen.
@@ -56,6 +56,8 @@ pub struct Publisher<'ctx, T: Pod> {
     stride: usize,
     slots: usize,
     max_subscribers: usize,
+    max_held: usize,
+    policy: Policy,
     /// Streams that queued writes of control words (publish): waited for before a page is
     /// unregistered.
     control_uses: StreamUses,
@@ -129,7 +131,14 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         if frame_len == 0 || elem == 0 {
             return bad("frames must have at least one element of a non-empty type".into());
         }
+        if elem > MAX_ELEM_SIZE || frame_len > MAX_FRAME_LEN {
+            return bad(format!(
+                "elements of at most {MAX_ELEM_SIZE} bytes and frames of at most \
+                 {MAX_FRAME_LEN} elements (got {elem} bytes × {frame_len})"
+            ));
+        }
         let stride = stride_of(frame_len, elem)
+            .filter(|&s| s <= MAX_FRAME_LEN)
             .filter(|s| {
                 s.checked_mul(opts.slots)
                     .and_then(|n| n.checked_mul(elem))
@@ -152,18 +161,21 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         export.max_connections = export.max_connections.max(2 * opts.max_subscribers);
         let pool_exporter = Exporter::bind_with(pool_path(&names), &pool, export)?;
 
-        let mut chan = Page::create(&format!("cuda-ipc {} channel", names.name))?;
-        chan.words()[MAGIC].store(MAGIC_VALUE, SeqCst);
-        chan.register(ctx)?;
-        chan.seal_read_only()?;
-        let chan = Arc::new(chan);
-
         let (dir, lock, _) = crate::ipc::exporter::claim_name(&names, opts.export.group)?;
         let (listener, socket_inode) =
             crate::ipc::exporter::bind_listener(&dir, &names, opts.export.group)?;
         let instance = u64::from_le_bytes(
             os::random_bytes::<8>().map_err(|e| Error::io("reading random bytes", e))?,
         );
+        let (wake, wake_rx) =
+            UnixStream::pair().map_err(|e| Error::io("creating the channel's wake socket", e))?;
+        // Sealed before it is registered: a kernel without F_SEAL_FUTURE_WRITE (before 5.1)
+        // fails here, with nothing to undo.
+        let mut chan = Page::create(&format!("cuda-ipc {} channel", names.name))?;
+        chan.words()[MAGIC].store(MAGIC_VALUE, SeqCst);
+        chan.seal_read_only()?;
+        chan.register(ctx)?;
+        let mut chan = Arc::new(chan);
         let welcome = Welcome {
             slots: opts.slots,
             max_subscribers: opts.max_subscribers,
@@ -179,8 +191,6 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             instance,
             pool: pool_exporter.descriptor().encode(),
         };
-        let (wake, wake_rx) =
-            UnixStream::pair().map_err(|e| Error::io("creating the channel's wake socket", e))?;
         let shared = Arc::new(Shared::default());
         let server = Server {
             listener,
@@ -194,10 +204,20 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             conns: Vec::new(),
             next_id: 1,
         };
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("cuda-ipc channel {}", names.name))
-            .spawn(move || server.run())
-            .map_err(|e| Error::io("spawning the channel's thread", e))?;
+            .spawn(move || server.run());
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                // The server (and its reference to the page) was dropped with the closure.
+                if let Some(page) = Arc::get_mut(&mut chan) {
+                    // SAFETY: registered above; nothing was ever queued against it.
+                    let _ = unsafe { page.unregister(ctx) };
+                }
+                return Err(Error::io("spawning the channel's thread", e));
+            }
+        };
         Ok(Publisher {
             ctx,
             path,
@@ -210,6 +230,8 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             stride,
             slots: opts.slots,
             max_subscribers: opts.max_subscribers,
+            max_held: opts.max_held,
+            policy: opts.policy,
             control_uses: StreamUses::default(),
             published: 0,
             broken: false,
@@ -318,10 +340,67 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             }
         }
         for mut m in r.retired.drain(..) {
-            if let Err(e) = m.page.unregister(self.ctx) {
+            // SAFETY: every control write queued so far is done (idle, or waited for just
+            // above), and the member left the roster before: no later publish writes its page.
+            if let Err(e) = unsafe { m.page.unregister(self.ctx) } {
                 crate::drop_log::record("channel: unregistering a subscriber's page", e);
             }
         }
+    }
+
+    /// Hangs up on subscriber `id` (it breaks the channel's rules): it leaves the roster at
+    /// once, its page is retired, and it sees its connection close.
+    fn evict(&self, r: &mut Roster, id: u64, why: &str) {
+        let Some(i) = r.live.iter().position(|m| m.id == id) else {
+            return;
+        };
+        let mut m = r.live.swap_remove(i);
+        crate::drop_log::record(
+            "channel: a subscriber was disconnected",
+            format!(
+                "subscriber {id} (uid {}, pid {}) of {}: {why}",
+                m.cred.uid,
+                m.cred.pid,
+                self.path.display()
+            ),
+        );
+        if let Some(conn) = m.conn.take() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        if m.page.is_registered() {
+            r.retired.push(m);
+        }
+        r.left += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// With `DropOldest`, a subscriber holding more slots than `max_held` at once is past what
+    /// a well-behaved one does (it releases before it receives more): hang up on it, so that it
+    /// cannot stall the channel. Returns whether someone was evicted.
+    fn evict_hoarders(&self, r: &mut Roster) -> bool {
+        let hoarders: Vec<u64> = r
+            .live
+            .iter()
+            .filter(|m| {
+                let w = m.page.words();
+                let held = (0..self.slots)
+                    .filter(|&i| w[SUB_HOLD + i].load(SeqCst) > w[SUB_ACK + i].load(SeqCst))
+                    .count();
+                held > self.max_held
+            })
+            .map(|m| m.id)
+            .collect();
+        for &id in &hoarders {
+            self.evict(
+                r,
+                id,
+                &format!(
+                    "it held more than max_held ({}) frames for the whole loan timeout",
+                    self.max_held
+                ),
+            );
+        }
+        !hoarders.is_empty()
     }
 
     /// Lends the next frame's slot, waiting up to `timeout` for one to be free (with
@@ -339,6 +418,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         }
         let deadline = deadline_after(timeout);
         let mut spins = 0u32;
+        let mut evicted = false;
         let (slot, seq) = loop {
             self.reap_retired();
             let blocked = {
@@ -354,6 +434,13 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
                 }
             };
             if Instant::now() >= deadline {
+                if self.policy == Policy::DropOldest && !evicted {
+                    evicted = true;
+                    let mut r = self.shared.lock();
+                    if self.evict_hoarders(&mut r) {
+                        continue;
+                    }
+                }
                 return Err(Error::Timeout {
                     what: format!(
                         "a free slot in channel {} for frame {}: {blocked}",
@@ -380,10 +467,23 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             uses.order_before(self.ctx, stream.id(), stream.raw())?;
         }
         let mut r = self.shared.lock();
+        // A subscriber whose page the driver will not register (out of pinned memory, say)
+        // is disconnected; the others go on.
+        let failed: Vec<(u64, Error)> = r
+            .live
+            .iter_mut()
+            .filter_map(|m| m.page.register(self.ctx).err().map(|e| (m.id, e)))
+            .collect();
+        for (id, e) in failed {
+            self.evict(
+                &mut r,
+                id,
+                &format!("its control page could not be registered: {e}"),
+            );
+        }
         let mut queued = || -> Result<()> {
             let _bound = self.ctx.bind()?;
             for m in r.live.iter_mut() {
-                m.page.register(self.ctx)?;
                 let word = m.page.device_word(SUB_READY + slot)?;
                 // SAFETY: a live stream of this context; the word is registered host memory,
                 // unregistered only after `control_uses` shows this write done.
@@ -483,13 +583,16 @@ impl<T: Pod> Drop for Publisher<'_, T> {
         members.append(&mut r.retired);
         drop(r);
         for mut m in members {
-            if let Err(e) = m.page.unregister(self.ctx) {
+            // SAFETY: every control write was waited for at the top of this drop, and no
+            // publish can follow (`self` is being dropped).
+            if let Err(e) = unsafe { m.page.unregister(self.ctx) } {
                 crate::drop_log::record("Publisher (unregistering a subscriber page)", e);
             }
         }
         match Arc::get_mut(&mut self.chan) {
             Some(chan) => {
-                if let Err(e) = chan.unregister(self.ctx) {
+                // SAFETY: as above; the channel thread, the page's other user, has ended.
+                if let Err(e) = unsafe { chan.unregister(self.ctx) } {
                     crate::drop_log::record("Publisher (unregistering the channel page)", e);
                 }
             }

@@ -26,6 +26,8 @@ pub(crate) struct Member {
     pub page: Page,
     /// Who it is.
     pub cred: PeerCredentials,
+    /// A duplicate of its connection, to hang up on it (eviction).
+    pub conn: Option<UnixStream>,
 }
 
 /// Who is subscribed; shared by the publisher and the server thread.
@@ -104,8 +106,17 @@ impl Server {
                 self.check_conn(id);
             }
             if req[1].is_ready() {
-                while let Ok((stream, _)) = self.listener.accept() {
-                    self.admit(stream);
+                loop {
+                    match self.listener.accept() {
+                        Ok((stream, _)) => self.admit(stream),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            // Out of fds, say: do not spin on a listener that stays readable.
+                            crate::drop_log::record("channel server (accept)", e);
+                            std::thread::sleep(Duration::from_millis(10));
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -130,7 +141,11 @@ impl Server {
         let mut roster = self.shared.lock();
         if let Some(i) = roster.live.iter().position(|m| m.id == id) {
             let m = roster.live.swap_remove(i);
-            roster.retired.push(m);
+            // A page the driver never saw has nothing queued against it: freed now. A
+            // registered one waits for the publisher's control writes (`reap_retired`).
+            if m.page.is_registered() {
+                roster.retired.push(m);
+            }
             roster.left += 1;
         }
         drop(roster);
@@ -164,6 +179,13 @@ impl Server {
                 ),
             );
             return;
+        }
+        if self.shared.lock().live.len() >= self.welcome.max_subscribers {
+            // Subscribers that left without our noticing yet (a quick reconnect) free places.
+            let ids: Vec<u64> = self.conns.iter().map(|(id, _)| *id).collect();
+            for id in ids {
+                self.check_conn(id);
+            }
         }
         let mut roster = self.shared.lock();
         if roster.live.len() >= self.welcome.max_subscribers {
@@ -208,7 +230,13 @@ impl Server {
         if sent.is_err() {
             return;
         }
-        roster.live.push(Member { id, page, cred });
+        let conn = stream.try_clone().ok();
+        roster.live.push(Member {
+            id,
+            page,
+            cred,
+            conn,
+        });
         roster.joined += 1;
         drop(roster);
         self.conns.push((id, stream));

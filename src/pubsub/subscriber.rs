@@ -1,10 +1,11 @@
 //! The subscribing side of a channel.
 use std::cell::{Cell, RefCell};
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
@@ -15,9 +16,9 @@ use crate::ipc::channel::{FrameReader, Kind};
 use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
 use crate::ipc::{DescriptorError, ImportOptions, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceSlice};
+use crate::os::{PollRequest, SharedMapping};
 use crate::result;
 use crate::stream::Stream;
-use crate::uses::StreamUses;
 
 use super::layout::*;
 use super::page::Page;
@@ -45,8 +46,66 @@ pub struct Subscriber<'ctx, T: Pod> {
     /// Highest frame a stream was made to wait for, per slot (to release them if the
     /// publisher dies first).
     waits: RefCell<Vec<u64>>,
-    /// Streams that wait on or write this subscriber's page.
-    control_uses: StreamUses,
+    /// Releases this subscriber's GPU waits as soon as the publisher's connection closes.
+    watcher: Option<Watcher>,
+}
+
+/// A thread that watches the publisher's connection and, when it closes, stores
+/// [`READY_RELEASED`] into this subscriber's `READY` words: a stream waiting for a frame the
+/// publisher will never write then drains, even if the program never calls `receive` again
+/// (`stream.synchronize()` right after a receive must not hang because the publisher died).
+struct Watcher {
+    stop: UnixStream,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn spawn(conn: &UnixStream, page: Arc<SharedMapping>, slots: usize) -> Result<Watcher> {
+        let conn = conn
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the channel connection", e))?;
+        let (stop, stop_rx) =
+            UnixStream::pair().map_err(|e| Error::io("creating the watcher's socket", e))?;
+        let thread = std::thread::Builder::new()
+            .name("cuda-ipc channel watcher".into())
+            .spawn(move || loop {
+                let mut req = [
+                    PollRequest::readable(stop_rx.as_raw_fd()),
+                    PollRequest::readable(conn.as_raw_fd()),
+                ];
+                if crate::os::poll(&mut req, Duration::from_secs(1)).is_err() {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                if req[0].is_ready() {
+                    return;
+                }
+                if req[1].is_ready() {
+                    // Readable: EOF, or bytes a publisher never sends. Either way it is gone
+                    // for this subscriber (the subscriber's own read will say which).
+                    for i in 0..slots.min(MAX_SLOTS) {
+                        page.words()[SUB_READY + i].store(READY_RELEASED, SeqCst);
+                    }
+                    return;
+                }
+            })
+            .map_err(|e| Error::io("spawning the channel watcher thread", e))?;
+        Ok(Watcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = crate::os::send_with_fds(self.stop.as_fd(), b"Q", &[]);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                crate::drop_log::record("channel watcher", "its thread panicked");
+            }
+        }
+    }
 }
 
 impl<T: Pod> std::fmt::Debug for Subscriber<'_, T> {
@@ -193,12 +252,14 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         let pool = match imported {
             Ok(p) => p,
             Err(e) => {
-                let _ = me.unregister(ctx);
+                // SAFETY: registered above; nothing was queued against it yet.
+                let _ = unsafe { me.unregister(ctx) };
                 return Err(e);
             }
         };
         if let Err(e) = same_pool(&welcome, &pool.descriptor().encode()) {
-            let _ = me.unregister(ctx);
+            // SAFETY: as above.
+            let _ = unsafe { me.unregister(ctx) };
             return Err(e.into());
         }
         let next = match opts.start {
@@ -206,10 +267,23 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             _ => welcome.announced.saturating_add(1),
         };
         me.words()[SUB_NEXT].store(next, SeqCst);
-        if let Err(e) = conn.set_nonblocking(true) {
-            let _ = me.unregister(ctx);
-            return Err(Error::io("making the channel connection non-blocking", e));
-        }
+        let watcher = conn
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("making the channel connection non-blocking", e))
+            .and_then(|()| {
+                let page = me
+                    .mapping()
+                    .ok_or_else(|| protocol_error(&path, "unmapped page"))?;
+                Watcher::spawn(&conn, page, welcome.slots)
+            });
+        let watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: registered above; nothing was queued against it yet.
+                let _ = unsafe { me.unregister(ctx) };
+                return Err(e);
+            }
+        };
         Ok(Subscriber {
             ctx,
             path,
@@ -224,7 +298,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             received: Cell::new(0),
             missed: Cell::new(0),
             gone: RefCell::new(None),
-            control_uses: StreamUses::default(),
+            watcher: Some(watcher),
         })
     }
 
@@ -258,17 +332,21 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         if let Some(why) = self.gone.borrow().as_ref() {
             return Some(why.clone());
         }
+        let closed = self.chan.words()[CLOSED].load(SeqCst) != 0;
         let mut buf = [0u8; 16];
         let why = match (&self.conn).read(&mut buf) {
-            Ok(0) => {
-                if self.chan.words()[CLOSED].load(SeqCst) != 0 {
-                    "it closed the channel".to_string()
-                } else {
-                    "its process ended".to_string()
-                }
-            }
+            Ok(0) if closed => "it closed the channel".to_string(),
+            Ok(0) => "the connection closed: its process ended, or it disconnected this \
+                      subscriber (for holding more than max_held frames)"
+                .to_string(),
             Ok(_) => "it sent bytes a channel never sends".to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !closed {
+                    return None;
+                }
+                // Closed after a failed publish, with the connection still open.
+                "it closed the channel".to_string()
+            }
             Err(e) => format!("its connection failed: {e}"),
         };
         // Release whatever our streams wait for: no one else will write those words.
@@ -359,12 +437,13 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         while !protocol::is_ready(self.chan.words(), p) {
             if let Some(why) = self.publisher_gone() {
                 if !protocol::is_ready(self.chan.words(), p) {
-                    protocol::release(self.me.words(), p);
+                    self.unpick(p);
                     return Err(self.gone_error(why));
                 }
             }
             if Instant::now() >= deadline {
-                protocol::release(self.me.words(), p);
+                // Not delivered: it stays the next frame (nothing is lost by a timeout).
+                self.unpick(p);
                 return Err(Error::Timeout {
                     what: format!(
                         "frame {} on channel {} to be written",
@@ -401,14 +480,16 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 let queued = self.me.device_word(SUB_READY + p.slot).and_then(|word| {
                     let _bound = self.ctx.bind()?;
                     // SAFETY: a live stream of this context; the word is this subscriber's
-                    // registered page, unregistered only after `control_uses` is idle.
+                    // registered page, unregistered only after every use recorded on the
+                    // pool (this wait is, just below) is done.
                     unsafe { result::stream_wait_value64_geq(stream.raw(), word, p.seq) }?;
                     Ok(())
                 });
-                // Not recorded in `control_uses` here: the release records this stream after
-                // the acknowledgement, which comes after the wait (see `release_on`).
-                if let Err(e) = queued {
-                    protocol::release(self.me.words(), &p);
+                // Recorded on the pool: synchronous copies of the sample (which wait for the
+                // pool's uses) then wait for the frame to be written too, and the page
+                // outlives the wait even if the sample is leaked.
+                if let Err(e) = queued.and_then(|()| self.pool.view().record_use(stream)) {
+                    self.unpick(&p);
                     return Err(e);
                 }
                 let mut waits = self.waits.borrow_mut();
@@ -442,6 +523,12 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         })
     }
 
+    /// Gives back a picked frame that is not delivered.
+    fn unpick(&self, p: &Picked) {
+        self.state.borrow_mut().unpick(self.me.words(), p);
+        self.missed.set(self.missed.get().saturating_sub(p.missed));
+    }
+
     fn slot_view(&self, slot: usize) -> DeviceSlice<'_, T> {
         let start = slot * self.welcome.stride;
         self.pool
@@ -458,11 +545,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         stream: &Stream<'_>,
         received_on: Option<&Stream<'_>>,
     ) -> Result<()> {
-        // The page must outlive the wait queued at `receive` too: covered by the record of
-        // `stream` below when it is the same stream, else recorded here.
-        if let Some(r) = received_on.filter(|r| r.id() != stream.id()) {
-            self.control_uses.record(self.ctx, r.id(), r.raw())?;
-        }
+        let _ = received_on; // its wait was recorded on the pool at `receive`
         check_stream(self.ctx, stream)?;
         if let Some(uses) = self.pool.view().uses() {
             uses.order_before(self.ctx, stream.id(), stream.raw())?;
@@ -473,18 +556,15 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             // SAFETY: a live stream of this context; our registered page (see `receive`).
             unsafe { result::stream_write_value64(stream.raw(), word, p.seq) }?;
         }
-        self.control_uses
-            .record(self.ctx, stream.id(), stream.raw())
+        // The page must outlive the acknowledgement: the subscriber's drop waits for every
+        // use recorded on the pool before it unregisters the page.
+        self.pool.view().record_use(stream)
     }
 
     /// Releases `p` from the CPU once every recorded use of the pool is done (`received_on`:
     /// the stream that may still wait on this subscriber's page for it).
     fn release_host(&self, p: &Picked, received_on: Option<&Stream<'_>>) {
-        if let Some(r) = received_on {
-            // On failure the page is marked untracked: its unregistration then waits for the
-            // whole context.
-            let _ = self.control_uses.record(self.ctx, r.id(), r.raw());
-        }
+        let _ = received_on; // its wait was recorded on the pool at `receive`
         if let Some(uses) = self.pool.view().uses() {
             if let Err(e) = uses.wait_host(self.ctx) {
                 crate::drop_log::record("channel sample (waiting for its readers)", e);
@@ -529,10 +609,26 @@ impl<T: Pod> Drop for Subscriber<'_, T> {
                 w.store(READY_RELEASED, SeqCst);
             }
         }
-        self.control_uses
-            .wait_and_clear(self.ctx, "Subscriber (waiting for its control words)");
-        if let Err(e) = self.me.unregister(self.ctx) {
-            crate::drop_log::record("Subscriber (unregistering its page)", e);
+        // No more releases of waits: the publisher's connection is watched no longer.
+        drop(self.watcher.take());
+        // Every wait and acknowledgement queued on our page is recorded on the pool (also
+        // those of samples that were leaked with `mem::forget`): wait for them all.
+        let waited = match self.pool.view().uses() {
+            Some(uses) => uses.wait_host(self.ctx),
+            None => self.ctx.synchronize(),
+        };
+        match waited {
+            // SAFETY: every stream operation that uses the page (the waits queued by
+            // `receive`, the acknowledgements of `release_on`) is recorded on the pool's uses,
+            // and all of them are done; no sample is left (they borrow `self`).
+            Ok(()) => {
+                if let Err(e) = unsafe { self.me.unregister(self.ctx) } {
+                    crate::drop_log::record("Subscriber (unregistering its page)", e);
+                }
+            }
+            // The page is kept mapped and registered (Page's drop logs it): safer than
+            // unregistering memory queued work may still touch.
+            Err(e) => crate::drop_log::record("Subscriber (waiting for its streams)", e),
         }
     }
 }

@@ -5,6 +5,11 @@ use crate::ipc::{DescriptorError, DESCRIPTOR_LEN};
 use super::layout::{MAX_SLOTS, MAX_SUBSCRIBERS};
 use super::Policy;
 
+/// Largest element accepted (a descriptor records element sizes in 32 bits).
+pub const MAX_ELEM_SIZE: usize = u32::MAX as usize;
+/// Most elements in a frame (and in a slot's stride).
+pub const MAX_FRAME_LEN: usize = 1 << 40;
+
 /// Version of the welcome's layout.
 pub const WELCOME_VERSION: u64 = 1;
 const WORDS: usize = 13;
@@ -98,14 +103,14 @@ impl Welcome {
             1 => Policy::DropOldest,
             p => return Err(format!("unknown policy {p}")),
         };
-        let frame_len = small(4, "frame_len", u32::MAX as u64 * 16)?;
-        let stride = small(5, "stride", u32::MAX as u64 * 16)?;
+        let frame_len = small(4, "frame_len", MAX_FRAME_LEN as u64)?;
+        let stride = small(5, "stride", MAX_FRAME_LEN as u64)?;
         if stride < frame_len {
             return Err(format!(
                 "stride {stride} is shorter than a frame ({frame_len})"
             ));
         }
-        let elem_size = small(6, "element size", 1 << 20)?;
+        let elem_size = small(6, "element size", MAX_ELEM_SIZE as u64)?;
         let max_held = small(8, "max_held", MAX_SLOTS as u64)?;
         let (newest, announced) = (w(10), w(11));
         if newest > announced {
