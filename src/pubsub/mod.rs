@@ -57,12 +57,26 @@
 //!   map it read-only), and one page per subscriber, written by that subscriber and by the
 //!   publisher's GPU (its copy of the "frame ready" words). A subscriber can only lie about
 //!   itself. See [`protocol`] for how a held slot is never overwritten.
+//! - **Waiting**: a subscriber takes frame `k` as soon as the publisher has *claimed* a slot for
+//!   it (at `loan`), so its GPU already waits when the publisher's GPU writes the frame. On the
+//!   CPU it sleeps on a futex in the channel page, which the publisher wakes after each claim,
+//!   publish and close (only when someone sleeps) — no polling, no socket message per frame.
 //! - **Faults**: a subscriber's connection is its membership: when it closes (or its process
 //!   dies) the publisher stops waiting for it at once. When the publisher goes, subscribers
 //!   receive the frames it completed, then [`Error::PublisherGone`](crate::Error::PublisherGone)
-//!   — and any stream of theirs waiting for a frame that will never come is released. A
-//!   restarted publisher is a new channel instance (new pages, new pool generation), which a
+//!   — and a thread watching the connection releases any stream of theirs waiting for a frame
+//!   that will never come (work queued behind such a wait then reads whatever the slot holds).
+//!   A restarted publisher is a new channel instance (new pages, new pool generation), which a
 //!   new `Subscriber` joins; an old one never mistakes it for the old.
+//!
+//! # Trust
+//! Subscribers are processes of the uids the publisher allows. One of them can lie only about
+//! itself in the control words: it cannot write the channel page (sealed read-only) or another
+//! subscriber's page, and no peer can resize a page to make another fault. It can stall a
+//! `Block` channel as a slow subscriber would (the publisher's `loan` times out naming it);
+//! with `DropOldest` a subscriber that holds more than `max_held` slots for a whole loan
+//! timeout is disconnected. The frames themselves are mapped writable in every subscriber
+//! (as any imported buffer is): an allowed subscriber could overwrite a frame others read.
 //!
 //! # Policies
 //! [`Policy::Block`] loses no frame: `loan` waits (with a timeout naming the slow
