@@ -207,7 +207,8 @@ pub struct Picked {
 pub enum Pick {
     /// The frame is held now; release it with `ACK[slot] = seq`.
     Held(Picked),
-    /// No frame announced yet after the last one.
+    /// The next frame is neither claimed (final) nor announced yet, or a tentative claim
+    /// may still give an announced frame back: try again.
     NotYet,
 }
 
@@ -240,18 +241,33 @@ impl SubscriberState {
         self.next
     }
 
-    /// Finds and holds the next frame, if announced.
+    /// Finds and holds the next frame once its claim is final (announced or not; check
+    /// [`is_ready`] or wait for its `READY` word before reading it).
     pub fn try_pick(&mut self, chan: &[AtomicU64], me: &[AtomicU64]) -> Result<Pick, Violation> {
         // Each retry follows a claim that moved on: a bounded number in practice; the bound
         // only keeps a corrupt page from spinning forever.
         for _ in 0..4 * self.slots + 8 {
             let announced = chan[ANNOUNCED].load(SeqCst);
             let t = self.next;
+            // One read of each claim, used for every decision below: a slot read with a final
+            // claim other than `t` has lost `t` for good, but one read while tentative may
+            // get its old frame back when the publisher withdraws.
+            let mut words = [0u64; MAX_SLOTS];
+            let claims = &mut words[..self.slots.min(MAX_SLOTS)];
+            for (i, c) in claims.iter_mut().enumerate() {
+                *c = chan[CLAIM + i].load(SeqCst);
+            }
             // A final claim of frame `t` is enough, announced or not: the frame is being
             // prepared in that slot and will be published there (the GPU waits for it).
-            let found = (0..self.slots).find(|&i| chan[CLAIM + i].load(SeqCst) == t);
+            let found = claims.iter().position(|&c| c == t);
             let Some(slot) = found else {
                 if announced < t {
+                    return Ok(Pick::NotYet);
+                }
+                // `t` (or a frame after it) may be behind a tentative claim that is about to
+                // be withdrawn: wait for the publisher's decision rather than call it
+                // overwritten (the claim is final or withdrawn within the publisher's call).
+                if claims.iter().any(|&c| c & TENTATIVE != 0) {
                     return Ok(Pick::NotYet);
                 }
                 if self.policy == Policy::Block {
@@ -261,8 +277,9 @@ impl SubscriberState {
                     )));
                 }
                 // Overwritten: skip to the oldest frame left (or past all announced ones).
-                let oldest = (0..self.slots)
-                    .map(|i| chan[CLAIM + i].load(SeqCst))
+                let oldest = claims
+                    .iter()
+                    .copied()
                     .filter(|&c| c > t && c <= announced)
                     .min()
                     .unwrap_or(announced.saturating_add(1));
