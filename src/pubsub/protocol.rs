@@ -2,8 +2,11 @@
 //! subscriber receives, and how both agree that a held slot is never overwritten.
 //!
 //! Frames are numbered 1, 2, 3 … (`seq`). The publisher claims a slot for frame `k` by
-//! writing `CLAIM[slot] = k` before it writes the frame, and announces `k` after queueing the
-//! frame's work. A subscriber receiving frame `t` finds the slot whose claim is `t`, writes
+//! writing `CLAIM[slot] = k | TENTATIVE`, checking that no subscriber holds the slot, and then
+//! writing `CLAIM[slot] = k` (final), all before it writes the frame; it announces `k` after
+//! queueing the frame's work. A subscriber may take frame `k` as soon as its claim is final —
+//! before it is announced — so that its GPU already waits for the frame when the publisher's
+//! GPU writes it. A subscriber receiving frame `t` finds the slot whose claim is `t`, writes
 //! `HOLD[slot] = t` in its own page and then checks that the claim is still `t`; the
 //! publisher writes the claim and then checks every live subscriber's `HOLD > ACK`. All of
 //! these are sequentially consistent atomics, so at least one side sees the other (Dekker's
@@ -21,6 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use super::layout::*;
 use super::Policy;
+
+/// The top bit of a claim word: the publisher is still checking that the slot is free and may
+/// withdraw the claim. A subscriber never takes a tentative claim for its frame.
+pub const TENTATIVE: u64 = 1 << 63;
 
 /// Why the publisher cannot claim a slot now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +139,9 @@ impl PublisherState {
                 first.get_or_insert(b);
                 continue;
             }
-            chan[CLAIM + slot].store(seq, SeqCst);
+            // Tentative first: no subscriber takes a tentative claim for its frame, so the
+            // claim can still be withdrawn.
+            chan[CLAIM + slot].store(seq | TENTATIVE, SeqCst);
             // A subscriber may have registered a hold on `old` before it could see the new
             // claim: look again now that the claim is visible.
             if let Some(b) = blocker(slot, old, subs, self.policy, false) {
@@ -140,6 +149,9 @@ impl PublisherState {
                 first.get_or_insert(b);
                 continue;
             }
+            // Final: from now on the slot is frame `seq`'s until it is published (a loan
+            // dropped unpublished keeps it for the next loan, which gets the same `seq`).
+            chan[CLAIM + slot].store(seq, SeqCst);
             self.claimed = Some(slot);
             return Ok((slot, seq));
         }
@@ -194,7 +206,8 @@ pub struct Picked {
 pub enum Pick {
     /// The frame is held now; release it with `ACK[slot] = seq`.
     Held(Picked),
-    /// No frame announced yet after the last one.
+    /// The next frame is neither claimed (final) nor announced yet, or a tentative claim
+    /// may still give an announced frame back: try again.
     NotYet,
 }
 
@@ -227,23 +240,35 @@ impl SubscriberState {
         self.next
     }
 
-    /// Finds and holds the next frame, if announced.
+    /// Finds and holds the next frame once its claim is final (announced or not; check
+    /// [`is_ready`] or wait for its `READY` word before reading it).
     pub fn try_pick(&mut self, chan: &[AtomicU64], me: &[AtomicU64]) -> Result<Pick, Violation> {
         // Each retry follows a claim that moved on: a bounded number in practice; the bound
         // only keeps a corrupt page from spinning forever.
         for _ in 0..4 * self.slots + 8 {
             let announced = chan[ANNOUNCED].load(SeqCst);
             let t = self.next;
-            if announced < t {
-                return Ok(Pick::NotYet);
+            // One read of each claim, used for every decision below: a slot read with a final
+            // claim other than `t` has lost `t` for good, but one read while tentative may
+            // get its old frame back when the publisher withdraws.
+            let mut words = [0u64; MAX_SLOTS];
+            let claims = &mut words[..self.slots.min(MAX_SLOTS)];
+            for (i, c) in claims.iter_mut().enumerate() {
+                *c = chan[CLAIM + i].load(SeqCst);
             }
-            let Some(after) = t.checked_add(1) else {
-                return Err(Violation(format!(
-                    "frame {t} was announced: no frame number follows it (a corrupt page)"
-                )));
-            };
-            let found = (0..self.slots).find(|&i| chan[CLAIM + i].load(SeqCst) == t);
+            // A final claim of frame `t` is enough, announced or not: the frame is being
+            // prepared in that slot and will be published there (the GPU waits for it).
+            let found = claims.iter().position(|&c| c == t);
             let Some(slot) = found else {
+                if announced < t {
+                    return Ok(Pick::NotYet);
+                }
+                // `t` (or a frame after it) may be behind a tentative claim that is about to
+                // be withdrawn: wait for the publisher's decision rather than call it
+                // overwritten (the claim is final or withdrawn within the publisher's call).
+                if claims.iter().any(|&c| c & TENTATIVE != 0) {
+                    return Ok(Pick::NotYet);
+                }
                 if self.policy == Policy::Block {
                     return Err(Violation(format!(
                         "frame {t} was announced (up to {announced}) but is in no slot, \
@@ -251,8 +276,9 @@ impl SubscriberState {
                     )));
                 }
                 // Overwritten: skip to the oldest frame left (or past all announced ones).
-                let oldest = (0..self.slots)
-                    .map(|i| chan[CLAIM + i].load(SeqCst))
+                let oldest = claims
+                    .iter()
+                    .copied()
                     .filter(|&c| c > t && c <= announced)
                     .min()
                     .unwrap_or(announced.saturating_add(1));
@@ -260,6 +286,11 @@ impl SubscriberState {
                 self.next = oldest;
                 me[SUB_NEXT].store(self.next, SeqCst);
                 continue;
+            };
+            let Some(after) = t.checked_add(1) else {
+                return Err(Violation(format!(
+                    "frame {t} is claimed: no frame number follows it (a corrupt page)"
+                )));
             };
             let before = me[SUB_HOLD + slot].load(SeqCst);
             me[SUB_HOLD + slot].store(t, SeqCst);

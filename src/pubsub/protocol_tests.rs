@@ -2,12 +2,15 @@
 //!
 //! - Unit tests pin each rule down on small hand-made channels.
 //! - `random_interleavings_*` run thousands of seeded, single-threaded interleavings of every
-//!   operation (claim, announce, the GPU's ready writes, receive, release, a subscriber dying or
-//!   joining) against a model of which frame each slot holds, and check the protocol's
-//!   promises after every step. A failure prints the seed and the operations that led to it;
-//!   `PUBSUB_SEED=<n>` replays one seed, `PUBSUB_SEEDS=<n>` runs more of them.
+//!   operation (claim, announce, the GPU's data and ready writes, receive — before or after
+//!   the announce —, release, a subscriber dying or joining) against a model of which frame
+//!   each slot holds, and check the protocol's promises after every step. A failure prints
+//!   the seed and the operations that led to it; `PUBSUB_SEED=<n>` replays one seed,
+//!   `PUBSUB_SEEDS=<n>` runs more of them.
 //! - `threads_*` run one publisher and several subscribers on real threads, each subscriber
-//!   checking that the frame it holds is not overwritten while it holds it.
+//!   checking that the frame it holds is not overwritten while it holds it, receiving frames
+//!   between their claim and their announce, and watching the publisher withdraw tentative
+//!   claims written over the frames it holds.
 //! - `garbage_words_*` fill the pages with junk: every call must return, never panic.
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -287,9 +290,10 @@ fn drop_oldest_with_one_slot_overwrites_the_newest_unless_held() {
 }
 
 #[test]
-fn missed_frames_are_counted_across_not_yet() {
+fn a_subscriber_behind_skips_to_a_claimed_frame_before_it_is_announced() {
     // One slot: the loan of frame 3 overwrites frame 2 before 3 is announced, so a
-    // subscriber waiting for 1 skips everything announced and waits; 3 then reports 2 missed.
+    // subscriber waiting for 1 finds every announced frame gone and takes 3 at once (its
+    // claim is final), told that it missed 2; frame 3 is not written yet.
     let pages = Pages::new(1);
     let me = &pages.subs[0];
     let mut p = PublisherState::new(1, Policy::DropOldest);
@@ -297,12 +301,17 @@ fn missed_frames_are_counted_across_not_yet() {
     publish(&mut p, &pages);
     assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 3)));
     let mut s = SubscriberState::new(1, Policy::DropOldest, 1);
-    assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet));
-    assert_eq!((s.next(), load(me, SUB_NEXT)), (3, 3));
-    assert_eq!(load(me, SUB_HOLD), 0, "nothing held while waiting");
-    p.announce(&pages.chan);
     let f = held(s.try_pick(&pages.chan, me));
-    assert_eq!((f.seq, f.missed), (3, 2));
+    assert_eq!((f.slot, f.seq, f.missed), (0, 3, 2));
+    assert_eq!(
+        (s.next(), load(me, SUB_NEXT), load(me, SUB_HOLD)),
+        (4, 4, 3)
+    );
+    assert!(!is_ready(&pages.chan, &f), "frame 3 is not written yet");
+    assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet));
+    p.announce(&pages.chan);
+    store(&pages.chan, SLOT_READY, 3);
+    assert!(is_ready(&pages.chan, &f));
 }
 
 #[test]
@@ -330,6 +339,9 @@ fn join_point_latest_or_next() {
         let mut s = SubscriberState::new(2, policy, next);
         let f = held(s.try_pick(&pages.chan, &me));
         assert_eq!((f.slot, f.seq, f.missed), (0, 3, 0), "{policy:?}");
+        // Then the claimed frame 4, unannounced; nothing after it.
+        let f = held(s.try_pick(&pages.chan, &me));
+        assert_eq!((f.slot, f.seq, f.missed), (1, 4, 0), "{policy:?}");
         assert_eq!(s.try_pick(&pages.chan, &me), Ok(Pick::NotYet), "{policy:?}");
     }
     // One slot: the loan of frame 4 replaced frame 3, so the latest left is the next one.
@@ -369,30 +381,207 @@ fn a_loan_dropped_unpublished_is_claimed_again_with_the_same_slot_and_seq() {
         );
         assert_eq!(claims(&pages.chan, 3), [1, 2, 0], "{policy:?}");
         assert_eq!(p.next_seq(), 2, "{policy:?}");
-        // Never announced, the subscriber does not see it.
-        assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
-        assert_eq!(p.announce(&pages.chan), 2, "{policy:?}");
-        assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((2, 3)));
+        // Never announced, but its claim is final: the subscriber takes it, and the next
+        // loan (the same frame) still gets that slot.
         let f = held(s.try_pick(&pages.chan, me));
         assert_eq!((f.slot, f.seq, f.missed), (1, 2, 0), "{policy:?}");
+        assert_eq!(
+            p.try_claim(&pages.chan, &pages.words()),
+            first,
+            "{policy:?}"
+        );
+        assert_eq!(p.announce(&pages.chan), 2, "{policy:?}");
+        assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((2, 3)));
+        assert_eq!(held(s.try_pick(&pages.chan, me)).seq, 3, "{policy:?}");
     }
 }
 
 #[test]
-fn try_pick_is_not_yet_before_any_announce() {
+fn try_pick_is_not_yet_before_a_final_claim_and_takes_one_before_its_announce() {
     for policy in [Policy::Block, Policy::DropOldest] {
         let pages = Pages::new(1);
         let me = &pages.subs[0];
         let mut s = SubscriberState::new(4, policy, 1);
         assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
-        // Claimed (CLAIM[0] = 1) but not announced.
+        assert_eq!(load(me, SUB_HOLD), 0, "{policy:?}");
+        // Claimed (CLAIM[0] = 1, final) but not announced: held at once, not ready.
         let mut p = PublisherState::new(4, policy);
         assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 1)));
+        assert_eq!(load(&pages.chan, ANNOUNCED), 0);
+        let f = held(s.try_pick(&pages.chan, me));
+        assert_eq!((f.slot, f.seq, f.missed), (0, 1, 0), "{policy:?}");
+        assert_eq!(
+            (load(me, SUB_HOLD), load(me, SUB_NEXT)),
+            (1, 2),
+            "{policy:?}"
+        );
+        assert!(!is_ready(&pages.chan, &f), "{policy:?}");
+        // Frame 2 is neither claimed nor announced.
         assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
-        assert_eq!(load(me, SUB_HOLD), 0, "{policy:?}");
-        assert_eq!(s.next(), 1, "{policy:?}");
+        assert_eq!(s.next(), 2, "{policy:?}");
         p.announce(&pages.chan);
-        assert_eq!(held(s.try_pick(&pages.chan, me)).seq, 1, "{policy:?}");
+        assert_eq!(s.try_pick(&pages.chan, me), Ok(Pick::NotYet), "{policy:?}");
+    }
+}
+
+#[test]
+fn a_frame_held_before_its_announce_keeps_its_slot_until_acknowledged() {
+    for (slots, policy) in [
+        (1, Policy::Block),
+        (1, Policy::DropOldest),
+        (2, Policy::Block),
+        (2, Policy::DropOldest),
+    ] {
+        let what = format!("{slots} slots, {policy:?}");
+        let pages = Pages::new(1);
+        let me = &pages.subs[0];
+        let mut p = PublisherState::new(slots, policy);
+        let mut s = SubscriberState::new(slots, policy, 1);
+        assert_eq!(p.try_claim(&pages.chan, &pages.words()), Ok((0, 1)));
+        let one = held(s.try_pick(&pages.chan, me));
+        assert_eq!((one.slot, one.seq), (0, 1), "{what}");
+        p.announce(&pages.chan);
+        if slots == 2 {
+            // Frame 2 takes the other slot; the subscriber receives and releases it.
+            assert_eq!(publish(&mut p, &pages), (1, 2), "{what}");
+            release(me, &held(s.try_pick(&pages.chan, me)));
+        }
+        // Slot 0, with frame 1 held since before its announce, is not claimed again, not
+        // even tentatively: its claim word never changes.
+        let held_by = Blocked::Held { sub: 0, seq: 1 };
+        for _ in 0..3 {
+            assert_eq!(
+                p.try_claim(&pages.chan, &pages.words()),
+                Err(held_by),
+                "{what}"
+            );
+            assert_eq!(load(&pages.chan, CLAIM), 1, "{what}");
+        }
+        // Written by the publisher's GPU, still held: still blocked.
+        store(&pages.chan, SLOT_READY, 1);
+        assert!(is_ready(&pages.chan, &one), "{what}");
+        assert_eq!(
+            p.try_claim(&pages.chan, &pages.words()),
+            Err(held_by),
+            "{what}"
+        );
+        release(me, &one);
+        let next = slots as u64 + 1;
+        assert_eq!(
+            p.try_claim(&pages.chan, &pages.words()),
+            Ok((0, next)),
+            "{what}"
+        );
+        assert_eq!(load(&pages.chan, CLAIM), next, "{what}");
+    }
+}
+
+#[test]
+fn a_tentative_claim_is_never_picked() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        // The publisher is between its tentative and final writes of frame 1's claim.
+        let chan = page();
+        let me = page();
+        store(&chan, CLAIM + 1, 1 | TENTATIVE);
+        let mut s = SubscriberState::new(2, policy, 1);
+        assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet), "{policy:?}");
+        assert!(me.iter().all(|w| w.load(SeqCst) == 0), "{policy:?}");
+        // Not even once announced (a state the publisher never makes: it announces a frame
+        // only after its final claim).
+        store(&chan, ANNOUNCED, 1);
+        assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet), "{policy:?}");
+        assert!(me.iter().all(|w| w.load(SeqCst) == 0), "{policy:?}");
+        assert_eq!(s.next(), 1, "{policy:?}");
+        // Final: taken.
+        store(&chan, CLAIM + 1, 1);
+        let f = held(s.try_pick(&chan, &me));
+        assert_eq!((f.slot, f.seq, f.missed), (1, 1, 0), "{policy:?}");
+    }
+}
+
+#[test]
+fn a_frame_behind_a_tentative_claim_is_waited_for_not_skipped() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        // Frames 1 and 2 announced; the publisher has written frame 3's tentative claim over
+        // frame 1, which a subscriber waiting for 1 must not call overwritten: the claim may
+        // be withdrawn (another subscriber holds 1).
+        let chan = page();
+        let me = page();
+        store(&chan, ANNOUNCED, 2);
+        store(&chan, CLAIM, 3 | TENTATIVE);
+        store(&chan, CLAIM + 1, 2);
+        let mut s = SubscriberState::new(2, policy, 1);
+        assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet), "{policy:?}");
+        assert_eq!((s.next(), load(&me, SUB_NEXT)), (1, 0), "{policy:?}");
+        // Withdrawn: frame 1 is received, nothing missed.
+        store(&chan, CLAIM, 1);
+        let f = held(s.try_pick(&chan, &me));
+        assert_eq!((f.slot, f.seq, f.missed), (0, 1, 0), "{policy:?}");
+    }
+    // Made final instead (DropOldest): frame 1 is gone, the subscriber skips to 2, then
+    // takes the claimed 3.
+    let chan = page();
+    let me = page();
+    store(&chan, ANNOUNCED, 2);
+    store(&chan, CLAIM, 3 | TENTATIVE);
+    store(&chan, CLAIM + 1, 2);
+    let mut s = SubscriberState::new(2, Policy::DropOldest, 1);
+    assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet));
+    store(&chan, CLAIM, 3);
+    let f = held(s.try_pick(&chan, &me));
+    assert_eq!((f.slot, f.seq, f.missed), (1, 2, 1));
+    let f = held(s.try_pick(&chan, &me));
+    assert_eq!((f.slot, f.seq, f.missed), (0, 3, 0));
+}
+
+#[test]
+fn a_hold_seen_only_after_the_tentative_claim_makes_the_publisher_withdraw() {
+    // A subscriber that registers its hold on the old frame after the publisher's first look
+    // but before its second: a "probe" page laid over the channel page so that its HOLD
+    // words are the CLAIM words, acknowledged up to the current claims. The first look sees
+    // nothing held; the tentative claim itself then shows up as a hold, as a real hold
+    // registered in that window would (see `threads_*` for the real race).
+    for policy in [Policy::Block, Policy::DropOldest] {
+        let words: Vec<AtomicU64> = (0..WORDS + CLAIM).map(|_| AtomicU64::new(0)).collect();
+        let offset = SUB_HOLD - CLAIM;
+        let (probe, chan) = (&words[..WORDS], &words[offset..offset + WORDS]);
+        let real = page();
+        store(&real, SUB_NEXT, 1);
+        let mut p = PublisherState::new(3, policy);
+        for k in 1..=3 {
+            assert_eq!(p.try_claim(chan, &[]), Ok(((k - 1) as usize, k)));
+            p.announce(chan);
+        }
+        for i in 0..3 {
+            store(probe, SUB_ACK + i, load(chan, CLAIM + i));
+        }
+        store(probe, SUB_NEXT, u64::MAX);
+        let subs: [SubWords<'_>; 2] = [(0, &real[..]), (7, probe)];
+        let mut s = SubscriberState::new(3, policy, 1);
+        let mut receive_all = || {
+            for k in 1..=3 {
+                let f = held(s.try_pick(chan, &real));
+                assert_eq!((f.slot, f.seq, f.missed), ((k - 1) as usize, k, 0));
+                release(&real, &f);
+            }
+        };
+        if policy == Policy::Block {
+            // Else the real subscriber, behind, blocks the claim before any tentative write.
+            receive_all();
+        }
+        let withdrawn = Blocked::Held {
+            sub: 7,
+            seq: 4 | TENTATIVE,
+        };
+        assert_eq!(p.try_claim(chan, &subs), Err(withdrawn), "{policy:?}");
+        // Every candidate was tried and withdrawn: the claims are back, nothing is lost.
+        assert_eq!(claims(chan, 3), [1, 2, 3], "{policy:?}");
+        assert_eq!(p.next_seq(), 4, "{policy:?}");
+        if policy == Policy::DropOldest {
+            receive_all();
+        }
+        // Without the probe the same claim goes through.
+        assert_eq!(p.try_claim(chan, &subs[..1]), Ok((0, 4)), "{policy:?}");
     }
 }
 
@@ -684,6 +873,10 @@ struct Coverage {
     deaths: u64,
     joins: u64,
     reclaims: u64,
+    /// Frames received between their claim and their announce.
+    ahead: u64,
+    /// Frames received before the publisher's GPU wrote them.
+    unwritten: u64,
 }
 
 struct Sim {
@@ -691,7 +884,8 @@ struct Sim {
     policy: Policy,
     slots: usize,
     chan: Vec<AtomicU64>,
-    /// The frame number whose data each slot holds (the publisher "writes" it after a claim).
+    /// The frame number whose data each slot holds (the publisher's GPU writes it, in stream
+    /// order after the frame's announce).
     data: Vec<u64>,
     publisher: PublisherState,
     loan: Option<(usize, u64)>,
@@ -807,7 +1001,6 @@ impl Sim {
                     self.evicted[old as usize] = true;
                 }
                 self.evicted.push(false);
-                self.data[slot] = seq;
                 self.loan = Some((slot, seq));
             }
             Err(b) => {
@@ -864,12 +1057,35 @@ impl Sim {
             return;
         };
         self.log(format!("gpu {work:?}"));
+        self.data[work.slot] = work.seq;
         store(&self.chan, SLOT_READY + work.slot, work.seq);
         store(&self.chan, PUBLISHED, work.seq);
         for s in self.subs.iter().filter(|s| work.subs.contains(&s.id)) {
             store(&s.page, SUB_READY + work.slot, work.seq);
         }
         self.gpu_done = work.seq;
+    }
+
+    /// A held frame's slot has an older frame's data until the publisher's GPU has written
+    /// the frame, and the frame's own after that: never a later frame's.
+    fn check_data(&self, f: &Picked, when: &str) -> Check {
+        let data = self.data[f.slot];
+        if self.gpu_done >= f.seq {
+            ensure!(
+                data == f.seq,
+                "{when}: frame {} (slot {}) has frame {data}'s data",
+                f.seq,
+                f.slot
+            );
+        } else {
+            ensure!(
+                data < f.seq,
+                "{when}: frame {} (slot {}), not written yet, has frame {data}'s data",
+                f.seq,
+                f.slot
+            );
+        }
+        Ok(())
     }
 
     fn pick(&mut self, i: usize) -> Check {
@@ -881,32 +1097,34 @@ impl Sim {
         let got = s.state.try_pick(&self.chan, &s.page);
         let id = s.id;
         self.log(format!("sub {id} pick (wants {want}) -> {got:?}"));
-        let (s, announced, evicted) = (&mut self.subs[i], self.announced, &self.evicted);
+        let (announced, loan) = (self.announced, self.loan);
         let f = match got {
             Err(v) => return Err(format!("a violation in a valid run: {}", v.0)),
             Ok(Pick::NotYet) => {
-                let left = (want..=announced).find(|&u| !evicted[u as usize]);
+                let left = (want..=announced).find(|&u| !self.evicted[u as usize]);
                 ensure!(
                     left.is_none(),
                     "NotYet though frame {left:?} is in its slot"
+                );
+                // Every announced frame it wants is gone: the claimed one comes next.
+                ensure!(
+                    loan.is_none_or(|(_, seq)| seq < want),
+                    "NotYet though the claim of {loan:?} is final"
                 );
                 return Ok(());
             }
             Ok(Pick::Held(f)) => f,
         };
         ensure!(f.slot < self.slots, "slot {} out of range", f.slot);
+        let ahead = loan == Some((f.slot, f.seq));
         ensure!(
-            want <= f.seq && f.seq <= announced,
-            "received {} (wanted {want}, announced {announced})",
-            f.seq
+            want <= f.seq && (f.seq <= announced || ahead),
+            "received {f:?} (wanted {want}, announced {announced}, loan {loan:?})",
         );
-        ensure!(
-            self.data[f.slot] == f.seq,
-            "received frame {} in slot {}, which has frame {}'s data",
-            f.seq,
-            f.slot,
-            self.data[f.slot]
-        );
+        self.check_data(&f, "pick")?;
+        self.cov.ahead += u64::from(f.seq > announced);
+        self.cov.unwritten += u64::from(self.gpu_done < f.seq);
+        let (s, evicted) = (&mut self.subs[i], &self.evicted);
         ensure!(
             !evicted[f.seq as usize],
             "received frame {}, overwritten",
@@ -960,11 +1178,7 @@ impl Sim {
         let f = self.subs[i].held.remove(j);
         let id = self.subs[i].id;
         self.log(format!("sub {id} release {f:?}"));
-        ensure!(
-            self.data[f.slot] == f.seq,
-            "frame {} overwritten while held",
-            f.seq
-        );
+        self.check_data(&f, "release")?;
         release(&self.subs[i].page, &f);
         ensure!(
             load(&self.subs[i].page, SUB_ACK + f.slot) == f.seq,
@@ -1055,14 +1269,7 @@ impl Sim {
     fn check(&self) -> Check {
         for s in &self.subs {
             for f in &s.held {
-                ensure!(
-                    self.data[f.slot] == f.seq,
-                    "sub {} holds frame {} but slot {} has frame {}'s data",
-                    s.id,
-                    f.seq,
-                    f.slot,
-                    self.data[f.slot]
-                );
+                self.check_data(f, &format!("sub {} holds it", s.id))?;
                 let claim = load(&self.chan, CLAIM + f.slot);
                 ensure!(claim == f.seq, "held frame {} but CLAIM is {claim}", f.seq);
                 let (hold, ack) = (
@@ -1183,6 +1390,8 @@ fn random_interleavings(policy: Policy) -> Coverage {
         cov.deaths += c.deaths;
         cov.joins += c.joins;
         cov.reclaims += c.reclaims;
+        cov.ahead += c.ahead;
+        cov.unwritten += c.unwritten;
     }
     eprintln!("{policy:?}: {cov:?}");
     cov
@@ -1194,6 +1403,7 @@ fn random_interleavings_block() {
     if env_u64("PUBSUB_SEED").is_none() {
         assert!(cov.delivered > 0 && cov.held_blocks > 0 && cov.behind_blocks > 0);
         assert!(cov.deaths > 0 && cov.joins > 0 && cov.reclaims > 0);
+        assert!(cov.ahead > 0 && cov.unwritten > cov.ahead);
         assert_eq!(cov.missed, 0);
     }
 }
@@ -1204,6 +1414,7 @@ fn random_interleavings_drop_oldest() {
     if env_u64("PUBSUB_SEED").is_none() {
         assert!(cov.delivered > 0 && cov.held_blocks > 0 && cov.missed > 0);
         assert!(cov.deaths > 0 && cov.joins > 0 && cov.reclaims > 0);
+        assert!(cov.ahead > 0 && cov.unwritten > cov.ahead);
         assert_eq!(cov.behind_blocks, 0);
     }
 }
@@ -1215,11 +1426,40 @@ fn random_interleavings_drop_oldest() {
 /// The words a publisher and its subscribers share.
 struct Shared {
     chan: Vec<AtomicU64>,
+    /// Every live subscriber's page, as the publisher checks them: the subscriber threads'
+    /// (from `first`) between pages of subscribers that hold nothing and wait for nothing,
+    /// which make the publisher's checks longer and so widen the window between its first
+    /// look at a page and its tentative claim.
     pages: Vec<Vec<AtomicU64>>,
+    first: usize,
     /// The frame number whose data each slot holds.
     data: Vec<AtomicU64>,
     /// Set by a thread that fails, so that the others stop.
     stop: AtomicBool,
+    cov: ThreadCoverage,
+}
+
+/// Tallies of one run, to show that the races happen.
+#[derive(Debug, Default)]
+struct ThreadCoverage {
+    /// Frames received before their announce (read back after the receive).
+    ahead: AtomicU64,
+    /// Frames received before they were written.
+    unwritten: AtomicU64,
+    /// Tentative claims a subscriber saw over a frame it held, each then withdrawn.
+    tentative: AtomicU64,
+}
+
+impl ThreadCoverage {
+    fn add(&self, other: &ThreadCoverage) {
+        for (a, b) in [
+            (&self.ahead, &other.ahead),
+            (&self.unwritten, &other.unwritten),
+            (&self.tentative, &other.tentative),
+        ] {
+            a.fetch_add(b.load(SeqCst), SeqCst);
+        }
+    }
 }
 
 /// Fails a thread that makes no progress for a long time (a hang), or that another stopped.
@@ -1267,6 +1507,13 @@ fn pause(rng: &mut Rng) {
     }
 }
 
+/// The publisher's GPU writes a frame: its data, then its `READY` word.
+fn write_frame(sh: &Shared, slot: usize, seq: u64, rng: &mut Rng) {
+    sh.data[slot].store(seq, SeqCst);
+    pause(rng);
+    store(&sh.chan, SLOT_READY + slot, seq);
+}
+
 fn publisher_thread(sh: &Shared, slots: usize, policy: Policy, frames: u64, seed: u64) -> Check {
     let mut rng = Rng::new(seed);
     let mut p = PublisherState::new(slots, policy);
@@ -1287,16 +1534,71 @@ fn publisher_thread(sh: &Shared, slots: usize, policy: Policy, frames: u64, seed
             }
         };
         ensure!(seq == p.next_seq(), "claimed {seq}");
+        let claim = load(&sh.chan, CLAIM + slot);
+        ensure!(
+            claim == seq,
+            "CLAIM[{slot}] is {claim:#x} after claiming {seq}"
+        );
         if rng.chance(3) {
             // A loan dropped unpublished comes back unchanged.
             let again = p.try_claim(&sh.chan, &words);
             ensure!(again == Ok((slot, seq)), "reclaimed {again:?}");
         }
-        sh.data[slot].store(seq, SeqCst);
+        // The claim is final: subscribers may take the frame from now on, before it is
+        // written or announced.
         pause(&mut rng);
-        store(&sh.chan, SLOT_READY + slot, seq);
+        // Written before the announce, or after it (a GPU still busy with the frame's work
+        // when the CPU announces it).
+        let written_first = rng.chance(50);
+        if written_first {
+            write_frame(sh, slot, seq, &mut rng);
+        }
         p.announce(&sh.chan);
+        if !written_first {
+            pause(&mut rng);
+            write_frame(sh, slot, seq, &mut rng);
+        }
         dog.progress();
+    }
+    Ok(())
+}
+
+/// Checks a frame a subscriber holds: its slot's claim is the frame's (or, for a moment, a
+/// tentative claim, which the publisher must withdraw), and the slot has no later frame's
+/// data — the frame's own once it is ready.
+fn check_held(sh: &Shared, id: usize, f: &Picked, dog: &Watchdog) -> Check {
+    let claim = load(&sh.chan, CLAIM + f.slot);
+    if claim != f.seq {
+        ensure!(
+            claim & TENTATIVE != 0 && claim & !TENTATIVE > f.seq,
+            "sub {id}: holds {f:?} but CLAIM[{}] is {claim:#x}",
+            f.slot
+        );
+        sh.cov.tentative.fetch_add(1, SeqCst);
+        // The publisher's second look finds the hold: the claim goes back to the frame.
+        loop {
+            let now = load(&sh.chan, CLAIM + f.slot);
+            if now == f.seq {
+                break;
+            }
+            ensure!(
+                now & TENTATIVE != 0,
+                "sub {id}: holds {f:?}, claimed {now:#x} after a tentative claim"
+            );
+            dog.check(sh, "subscriber waiting for a withdrawal")?;
+            std::thread::yield_now();
+        }
+    }
+    // The READY word first: once it is seen, the data must be the frame's.
+    let ready = is_ready(&sh.chan, f);
+    let data = sh.data[f.slot].load(SeqCst);
+    if ready {
+        ensure!(data == f.seq, "sub {id}: {f:?} is ready, slot has {data}");
+    } else {
+        ensure!(
+            data <= f.seq,
+            "sub {id}: {f:?} is not ready, slot has {data}"
+        );
     }
     Ok(())
 }
@@ -1311,28 +1613,22 @@ fn subscriber_thread(
     seed: u64,
 ) -> Result<(u64, u64), String> {
     let mut rng = Rng::new(seed);
-    let me = &sh.pages[id];
+    let me = &sh.pages[sh.first + id];
     let max_held = 1 + rng.index(MAX_HELD);
     let mut s = SubscriberState::new(slots, policy, 1);
     let mut held: VecDeque<Picked> = VecDeque::new();
     let (mut last, mut received, mut missed) = (0u64, 0u64, 0u64);
     let mut dog = Watchdog::new();
-    let release_oldest = |held: &mut VecDeque<Picked>, rng: &mut Rng| -> Check {
+    let release_oldest = |held: &mut VecDeque<Picked>, rng: &mut Rng, dog: &Watchdog| {
         let f = held.pop_front().expect("a held frame");
         pause(rng);
-        let data = sh.data[f.slot].load(SeqCst);
-        ensure!(
-            data == f.seq,
-            "sub {id}: frame {} (slot {}) overwritten by {data} while held",
-            f.seq,
-            f.slot
-        );
+        check_held(sh, id, &f, dog)?;
         release(me, &f);
-        Ok(())
+        Ok::<(), String>(())
     };
     while last < frames {
         if held.len() >= max_held || (!held.is_empty() && rng.chance(30)) {
-            release_oldest(&mut held, &mut rng)?;
+            release_oldest(&mut held, &mut rng, &dog)?;
             continue;
         }
         let f = match s.try_pick(&sh.chan, me) {
@@ -1342,16 +1638,32 @@ fn subscriber_thread(
                     dog.check(sh, "subscriber")?;
                     pause(&mut rng);
                 } else {
-                    release_oldest(&mut held, &mut rng)?;
+                    release_oldest(&mut held, &mut rng, &dog)?;
                 }
                 continue;
             }
             Ok(Pick::Held(f)) => f,
         };
         dog.progress();
-        let data = sh.data[f.slot].load(SeqCst);
-        ensure!(data == f.seq, "sub {id}: received {f:?}, slot has {data}");
-        ensure!(is_ready(&sh.chan, &f), "sub {id}: {f:?} not ready");
+        // At once, while the publisher may be writing a tentative claim over the frame
+        // because its first look missed the new hold.
+        for _ in 0..1 + rng.below(4) {
+            check_held(sh, id, &f, &dog)?;
+        }
+        if load(&sh.chan, ANNOUNCED) < f.seq {
+            sh.cov.ahead.fetch_add(1, SeqCst);
+        }
+        if !is_ready(&sh.chan, &f) {
+            sh.cov.unwritten.fetch_add(1, SeqCst);
+            if rng.chance(50) {
+                // Wait for it, as the GPU does (the publisher needs nothing to finish it).
+                while !is_ready(&sh.chan, &f) {
+                    dog.check(sh, "subscriber waiting for READY")?;
+                    std::thread::yield_now();
+                }
+                check_held(sh, id, &f, &dog)?;
+            }
+        }
         ensure!(f.seq > last, "sub {id}: {f:?} after {last}");
         ensure!(f.missed == f.seq - last - 1, "sub {id}: {f:?} after {last}");
         if policy == Policy::Block {
@@ -1363,25 +1675,45 @@ fn subscriber_thread(
         held.push_back(f);
     }
     while !held.is_empty() {
-        release_oldest(&mut held, &mut rng)?;
+        release_oldest(&mut held, &mut rng, &dog)?;
     }
     Ok((received, missed))
 }
 
-/// One publisher and `subs` subscribers on threads; returns each subscriber's
-/// `(received, missed)`.
-fn threads(policy: Policy, slots: usize, subs: usize, frames: u64, seed: u64) -> Vec<(u64, u64)> {
+/// A subscriber page that holds nothing and waits for no frame.
+fn idle_page() -> Vec<AtomicU64> {
+    let p = page();
+    store(&p, SUB_NEXT, u64::MAX);
+    p
+}
+
+/// One publisher and `subs` subscribers on threads, among `idle` idle subscriber pages;
+/// returns each subscriber's `(received, missed)`, after adding the run's tallies to `cov`.
+fn threads(
+    policy: Policy,
+    (slots, subs, idle): (usize, usize, usize),
+    frames: u64,
+    seed: u64,
+    cov: &ThreadCoverage,
+) -> Vec<(u64, u64)> {
+    let first = idle / 2;
     let sh = Shared {
         chan: page(),
-        pages: (0..subs)
-            .map(|_| {
-                let p = page();
-                store(&p, SUB_NEXT, 1);
-                p
+        pages: (0..subs + idle)
+            .map(|i| {
+                if (first..first + subs).contains(&i) {
+                    let p = page();
+                    store(&p, SUB_NEXT, 1);
+                    p
+                } else {
+                    idle_page()
+                }
             })
             .collect(),
+        first,
         data: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),
+        cov: ThreadCoverage::default(),
     };
     let (published, results) = std::thread::scope(|scope| {
         let subs: Vec<_> = (0..subs)
@@ -1403,17 +1735,21 @@ fn threads(policy: Policy, slots: usize, subs: usize, frames: u64, seed: u64) ->
         let results: Vec<_> = subs.into_iter().map(|h| h.join().unwrap()).collect();
         (published, results)
     });
-    let what = format!("{policy:?}, {slots} slots, seed {seed}");
-    let mut out = Vec::new();
-    for r in results {
-        match r {
-            Ok(counts) => out.push(counts),
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-    if let Err(e) = published {
+    let what = format!("{policy:?}, {slots} slots, {idle} idle pages, seed {seed}");
+    // The failure that stopped the others, not theirs.
+    let errors: Vec<&String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .chain(published.as_ref().err())
+        .collect();
+    if let Some(e) = errors
+        .iter()
+        .find(|e| !e.contains("stopped"))
+        .or(errors.first())
+    {
         panic!("{what}: {e}");
     }
+    let out: Vec<(u64, u64)> = results.into_iter().filter_map(Result::ok).collect();
     for &(received, missed) in &out {
         assert_eq!(
             received + missed,
@@ -1421,22 +1757,33 @@ fn threads(policy: Policy, slots: usize, subs: usize, frames: u64, seed: u64) ->
             "{what}: every frame received or missed"
         );
     }
+    eprintln!("{what}: {:?}", sh.cov);
+    cov.add(&sh.cov);
     out
 }
 
 #[test]
 fn threads_block_deliver_every_frame_in_order() {
-    for (slots, subs, seed) in [(3, 4, 1), (1, 3, 2)] {
-        for (received, missed) in threads(Policy::Block, slots, subs, 20_000, seed) {
+    let cov = ThreadCoverage::default();
+    for (shape, seed) in [((3, 4, 0), 1), ((1, 3, 0), 2), ((2, 3, 40), 3)] {
+        for (received, missed) in threads(Policy::Block, shape, 20_000, seed, &cov) {
             assert_eq!((received, missed), (20_000, 0));
         }
     }
+    assert!(cov.ahead.load(SeqCst) > 0 && cov.unwritten.load(SeqCst) > 0);
 }
 
 #[test]
 fn threads_drop_oldest_never_overwrite_a_held_frame() {
-    for (slots, subs, seed) in [(4, 4, 10), (2, 3, 20), (3, 4, 30)] {
+    let cov = ThreadCoverage::default();
+    for (shape, seed) in [((4, 4, 0), 10), ((2, 3, 0), 20), ((3, 4, 40), 30)] {
         // Panics unless every subscriber's received + missed is exactly every frame.
-        threads(Policy::DropOldest, slots, subs, 40_000, seed);
+        threads(Policy::DropOldest, shape, 40_000, seed, &cov);
+    }
+    assert!(cov.ahead.load(SeqCst) > 0 && cov.unwritten.load(SeqCst) > 0);
+    // Hundreds per run where threads run in parallel; on a single core the publisher is
+    // almost never preempted inside its claim.
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        assert!(cov.tentative.load(SeqCst) > 0, "{cov:?}");
     }
 }
