@@ -67,6 +67,11 @@ struct Echo<'ctx> {
     b: SharedDeviceBuffer<'ctx, u64>,
     pace: Duration,
     timeout: Duration,
+    /// Take the answer on the CPU (`receive_host`) rather than with a GPU wait, so that the
+    /// parent's GPU is idle while the frame crosses (CHANNEL_BENCH_ECHO_HOST=1): on one GPU,
+    /// a stream of another process blocked in a GPU wait holds the GPU until its time slice
+    /// ends.
+    host_back: bool,
 }
 
 impl Rounds for Echo<'_> {
@@ -82,7 +87,11 @@ impl Rounds for Echo<'_> {
                 let i = stamp_index(seq, STAMPS);
                 self.kernels.stamp_time(&self.stream, &mut self.a, i)?;
                 loan.publish(&self.stream)?;
-                let answer = self.back.receive(&self.stream, self.timeout)?;
+                let answer = if self.host_back {
+                    self.back.receive_host(self.timeout)?
+                } else {
+                    self.back.receive(&self.stream, self.timeout)?
+                };
                 assert_eq!(answer.seq(), seq, "the echo answered another frame");
                 self.kernels.stamp_time(&self.stream, &mut self.c, i)?;
                 drop(answer);
@@ -358,6 +367,7 @@ fn channel_case(
         b: SharedDeviceBuffer::import(ctx, group.dir(0).join(c::STAMPS), s.timeout)?,
         pace: s.pace,
         timeout: s.timeout,
+        host_back: std::env::var("CHANNEL_BENCH_ECHO_HOST").is_ok_and(|v| v == "1"),
     };
     let pre = echo.rounds(PRE_ROUNDS)?;
     let check = timer_check(&pre);

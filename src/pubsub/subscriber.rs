@@ -57,6 +57,9 @@ pub struct Subscriber<'ctx, T: Pod> {
 struct Watcher {
     stop: UnixStream,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set once the connection is readable (closed, or garbage): the subscriber then reads it
+    /// to learn why. Until then no receive makes a system call to check the connection.
+    hung_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Watcher {
@@ -66,6 +69,8 @@ impl Watcher {
             .map_err(|e| Error::io("duplicating the channel connection", e))?;
         let (stop, stop_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the watcher's socket", e))?;
+        let hung_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&hung_up);
         let thread = std::thread::Builder::new()
             .name("cuda-ipc channel watcher".into())
             .spawn(move || loop {
@@ -86,6 +91,7 @@ impl Watcher {
                     for i in 0..slots.min(MAX_SLOTS) {
                         page.words()[SUB_READY + i].store(READY_RELEASED, SeqCst);
                     }
+                    flag.store(true, SeqCst);
                     return;
                 }
             })
@@ -93,6 +99,7 @@ impl Watcher {
         Ok(Watcher {
             stop,
             thread: Some(thread),
+            hung_up,
         })
     }
 }
@@ -333,6 +340,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             return Some(why.clone());
         }
         let closed = self.chan.words()[CLOSED].load(SeqCst) != 0;
+        let hung_up = self.watcher.as_ref().is_none_or(|w| w.hung_up.load(SeqCst));
+        if !closed && !hung_up {
+            return None; // the common case: no system call
+        }
         let mut buf = [0u8; 16];
         let why = match (&self.conn).read(&mut buf) {
             Ok(0) if closed => "it closed the channel".to_string(),
