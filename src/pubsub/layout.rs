@@ -22,7 +22,7 @@ pub const MAGIC: usize = 0;
 pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"cudaipcC");
 /// Word index: 1 once the publisher has closed the channel (a clean drop).
 pub const CLOSED: usize = 1;
-/// Word index: a counter the publisher bumps after every claim, publish and close; its low 32
+/// Word index: a counter the publisher bumps after every claim and at the close; its low 32
 /// bits are the futex subscribers sleep on while they wait for a frame.
 pub const EVENTS: usize = 4;
 /// Word index: the highest sequence number the publisher has published (CPU, at

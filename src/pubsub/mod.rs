@@ -59,8 +59,8 @@
 //!   itself. See [`protocol`] for how a held slot is never overwritten.
 //! - **Waiting**: a subscriber takes frame `k` as soon as the publisher has *claimed* a slot for
 //!   it (at `loan`), so its GPU already waits when the publisher's GPU writes the frame. On the
-//!   CPU it sleeps on a futex in the channel page, which the publisher wakes after each claim,
-//!   publish and close (only when someone sleeps) — no polling, no socket message per frame.
+//!   CPU it sleeps on a futex in the channel page, which the publisher wakes after each claim
+//!   and at the close (only when someone sleeps) — no polling, no socket message per frame.
 //! - **Faults**: a subscriber's connection is its membership: when it closes (or its process
 //!   dies) the publisher stops waiting for it at once. When the publisher goes, subscribers
 //!   receive the frames it completed, then [`Error::PublisherGone`](crate::Error::PublisherGone)

@@ -506,8 +506,10 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             self.chan.words()[CLOSED].store(1, SeqCst);
             return Err(e);
         }
+        // No wake-up here: a subscriber sleeps only while its next frame has no final claim
+        // (it takes a claimed frame before the announce), so the claim's wake-up in `loan` is
+        // the one that matters; waking again would only cost it a spurious wake per frame.
         let seq = self.state.announce(self.chan.words());
-        notify(&self.chan, &r);
         drop(r);
         self.published += 1;
         Ok(seq)
@@ -533,7 +535,7 @@ pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
     }
 }
 
-/// Tells sleeping subscribers that something changed (a claim, a publish, the close): bumps
+/// Tells sleeping subscribers that something changed (a claim; the close wakes them too): bumps
 /// `EVENTS`, then wakes its futex if a subscriber says it sleeps (`SUB_WAITING`; a subscriber
 /// sets it before its last check, so a wake-up is never lost).
 fn notify(chan: &Page, roster: &Roster) {
