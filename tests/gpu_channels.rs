@@ -90,6 +90,7 @@ fn zz_role_entry() {
         Ok("publisher") => publisher_role(),
         Ok("slow-publisher") => slow_publisher_role(),
         Ok("stranded") => stranded_subscriber_role(),
+        Ok("lagging-acks") => lagging_acks_role(),
         _ => {}
     }
 }
@@ -968,5 +969,76 @@ fn a_failed_create_leaves_no_registered_control_page_behind() {
     assert!(
         leaked.is_empty(),
         "each failed create left a registered, mapped page: {leaked:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Second review (branch `review`): a well-behaved subscriber whose GPU is behind.
+// ---------------------------------------------------------------------------------------------
+
+/// Never holds more than one sample (max_held 1), but its stream is about a second behind:
+/// each sample's acknowledgement, queued on the stream when it is dropped, lands late.
+fn lagging_acks_role() {
+    let path = PathBuf::from(get("PATH"));
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let sub = subscribe_next(&ctx, &path);
+    let mut busy = DeviceBuffer::<u32>::zeroed(&ctx, 1 << 30).unwrap();
+    println!("SUBSCRIBED");
+    queue_slow_work(&k, &stream, &mut busy);
+    for _ in 0..3 {
+        let sample = sub.receive(&stream, SECS).unwrap();
+        println!("RECEIVED {}", sample.seq());
+        drop(sample); // one held at a time, as max_held asks
+    }
+    println!("HELD {}", sub.stats().held);
+    stream.synchronize().unwrap();
+    drop(sub);
+    println!("DONE");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn drop_oldest_does_not_disconnect_a_subscriber_that_never_holds_more_than_max_held() {
+    // `pick` counts the samples alive on the CPU (`held`), but the publisher counts the slots
+    // whose HOLD > ACK in the subscriber's page, and a dropped sample's ACK is written by the
+    // subscriber's GPU after the work queued before it. A subscriber whose GPU lags holds
+    // more slots than max_held without ever holding more than max_held samples: with
+    // DropOldest the publisher waits for it (all older slots held) and, at the loan timeout,
+    // disconnects it as a hoarder; the frames its queued kernels still read are overwritten.
+    let dir = temp_dir("chan-lagging-acks");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 4,
+        max_held: 1,
+        policy: Policy::DropOldest,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 14, opts).unwrap();
+    let mut sub = RoleProcess::spawn(
+        &[],
+        &[
+            ("CUDA_IPC_TEST_ROLE", "lagging-acks".into()),
+            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+        ],
+    );
+    sub.expect_line("SUBSCRIBED", SECS);
+    p.wait_subscribers(1, SECS).unwrap();
+    publish(&mut p, &k, &stream, 4);
+    sub.expect_line("RECEIVED 3", SECS);
+    let loan = p.loan(Duration::from_millis(200)).map(|l| l.seq());
+    let stats = p.stats();
+    let (ok, lines) = sub.finish(Duration::from_secs(60));
+    assert!(ok, "{}", lines.join("\n"));
+    assert_eq!(
+        stats.left,
+        0,
+        "a subscriber that held one sample at a time (max_held 1) was disconnected as a \
+         hoarder (loan: {loan:?}):\n{}",
+        lines.join("\n")
     );
 }

@@ -8,7 +8,9 @@
 //! before it is announced — so that its GPU already waits for the frame when the publisher's
 //! GPU writes it. A subscriber receiving frame `t` finds the slot whose claim is `t`, writes
 //! `HOLD[slot] = t` in its own page and then checks that the claim is still `t`; the
-//! publisher writes the claim and then checks every live subscriber's `HOLD > ACK`. All of
+//! publisher writes the claim and then checks every live subscriber's `HOLD > ACK` (and, with
+//! `Block`, its `NEXT`: a frame given back with [`SubscriberState::unpick`] moves `NEXT` back
+//! before it drops the hold). All of
 //! these are sequentially consistent atomics, so at least one side sees the other (Dekker's
 //! handshake): either the subscriber sees the new claim and backs off, or the publisher sees
 //! the hold and leaves the slot alone. A slot is free again once the subscriber writes
@@ -61,19 +63,13 @@ pub struct PublisherState {
     claimed: Option<usize>,
 }
 
-fn blocker(
-    slot: usize,
-    frame: u64,
-    subs: &[SubWords<'_>],
-    policy: Policy,
-    check_behind: bool,
-) -> Option<Blocked> {
+fn blocker(slot: usize, frame: u64, subs: &[SubWords<'_>], policy: Policy) -> Option<Blocked> {
     for &(sub, w) in subs {
         let hold = w[SUB_HOLD + slot].load(SeqCst);
         if hold > w[SUB_ACK + slot].load(SeqCst) {
             return Some(Blocked::Held { sub, seq: hold });
         }
-        if check_behind && policy == Policy::Block && frame != 0 {
+        if policy == Policy::Block && frame != 0 {
             let next = w[SUB_NEXT].load(SeqCst);
             if next <= frame {
                 return Some(Blocked::Behind { sub, next });
@@ -135,7 +131,7 @@ impl PublisherState {
         let mut first = None;
         for slot in self.candidates(chan) {
             let old = chan[CLAIM + slot].load(SeqCst);
-            if let Some(b) = blocker(slot, old, subs, self.policy, true) {
+            if let Some(b) = blocker(slot, old, subs, self.policy) {
                 first.get_or_insert(b);
                 continue;
             }
@@ -143,8 +139,9 @@ impl PublisherState {
             // claim can still be withdrawn.
             chan[CLAIM + slot].store(seq | TENTATIVE, SeqCst);
             // A subscriber may have registered a hold on `old` before it could see the new
-            // claim: look again now that the claim is visible.
-            if let Some(b) = blocker(slot, old, subs, self.policy, false) {
+            // claim, or given back (`unpick`) a frame it had taken: look again, at `NEXT` too,
+            // now that the claim is visible.
+            if let Some(b) = blocker(slot, old, subs, self.policy) {
                 chan[CLAIM + slot].store(old, SeqCst);
                 first.get_or_insert(b);
                 continue;
@@ -319,10 +316,12 @@ impl SubscriberState {
     /// nothing is lost (with `Block` its slot stays protected by `NEXT`).
     pub fn unpick(&mut self, me: &[AtomicU64], picked: &Picked) {
         let slot = picked.slot.min(MAX_SLOTS - 1);
-        me[SUB_HOLD + slot].store(me[SUB_ACK + slot].load(SeqCst), SeqCst);
+        // `NEXT` back first, then the hold: the publisher reads `HOLD` before `NEXT`, so it
+        // always sees one of them protect the slot (`Block`).
         self.next = picked.seq;
         self.missed = self.missed.saturating_add(picked.missed);
         me[SUB_NEXT].store(self.next, SeqCst);
+        me[SUB_HOLD + slot].store(me[SUB_ACK + slot].load(SeqCst), SeqCst);
     }
 }
 

@@ -1787,3 +1787,60 @@ fn threads_drop_oldest_never_overwrite_a_held_frame() {
         assert!(cov.tentative.load(SeqCst) > 0, "{cov:?}");
     }
 }
+
+#[test]
+fn threads_block_a_given_back_frame_keeps_its_slot() {
+    // `unpick` (a receive that timed out waiting for the frame to be written) gives frame 1
+    // back: it must be the next frame again, and with `Block` nothing may overwrite it. The
+    // publisher reads `HOLD` and then `NEXT`; if `unpick` drops the hold before it moves
+    // `NEXT` back, a publisher looking in between sees the slot neither held nor behind, and
+    // claims it for frame 2: frame 1 is lost and the subscriber's next pick calls it a
+    // protocol violation. A publisher and a subscriber race for a second (or until then).
+    let pages = Pages::new(1);
+    let me = &pages.subs[0];
+    let mut p = PublisherState::new(1, Policy::Block);
+    publish(&mut p, &pages);
+    let stop = AtomicBool::new(false);
+    let (mut gave_back, mut looked) = (0u64, 0u64);
+    let failure: Option<String> = std::thread::scope(|scope| {
+        let sub = scope.spawn(|| {
+            let mut s = SubscriberState::new(1, Policy::Block, 1);
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until && !stop.load(SeqCst) {
+                match s.try_pick(&pages.chan, me) {
+                    Ok(Pick::Held(f)) => {
+                        assert_eq!((f.slot, f.seq), (0, 1));
+                        s.unpick(me, &f);
+                        gave_back += 1;
+                    }
+                    Ok(Pick::NotYet) => {} // a tentative claim, to be withdrawn
+                    Err(v) => {
+                        stop.store(true, SeqCst);
+                        return Some(format!("the subscriber's next pick failed: {}", v.0));
+                    }
+                }
+            }
+            stop.store(true, SeqCst);
+            None
+        });
+        let words = pages.words();
+        while !stop.load(SeqCst) {
+            looked += 1;
+            if let Ok((slot, seq)) = p.try_claim(&pages.chan, &words) {
+                stop.store(true, SeqCst);
+                let _ = sub.join();
+                return Some(format!(
+                    "claimed slot {slot} for frame {seq} while frame 1, never released, was \
+                     the subscriber's next"
+                ));
+            }
+        }
+        sub.join().unwrap()
+    });
+    assert!(
+        failure.is_none(),
+        "{} (after {gave_back} give-backs, {looked} looks)",
+        failure.unwrap_or_default()
+    );
+    assert!(gave_back > 1000, "the race ran ({gave_back} give-backs)");
+}

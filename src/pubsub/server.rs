@@ -140,7 +140,9 @@ impl Server {
         self.conns.swap_remove(pos);
         let mut roster = self.shared.lock();
         if let Some(i) = roster.live.iter().position(|m| m.id == id) {
-            let m = roster.live.swap_remove(i);
+            let mut m = roster.live.swap_remove(i);
+            // Its duplicate of the closed connection: nothing left to hang up on.
+            m.conn = None;
             // A page the driver never saw has nothing queued against it: freed now. A
             // registered one waits for the publisher's control writes (`reap_retired`).
             if m.page.is_registered() {

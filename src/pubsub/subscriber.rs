@@ -376,7 +376,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         }
     }
 
-    /// Holds the next frame (waiting on the CPU, up to `timeout`, until it is announced).
+    /// Holds the next frame (waiting on the CPU, up to `timeout`, until its slot is claimed).
     fn pick(&self, timeout: Duration, deadline: Instant) -> Result<Picked> {
         if self.held.get() >= self.welcome.max_held {
             return Err(Error::InvalidArgument(format!(
@@ -470,10 +470,11 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     }
 
     /// Receives the next frame for work on `stream` (the GPU path): waits on the CPU only
-    /// until the publisher has *published* it (up to `timeout`), then makes `stream` wait on
-    /// the GPU until the frame's data is complete — work queued on `stream` after this call
-    /// reads the finished frame, with no CPU synchronization. Dropping the sample releases it
-    /// on `stream`, after the work queued there.
+    /// until the publisher has *claimed* a slot for it (at its `loan`, up to `timeout`; the
+    /// frame may not be published yet), then makes `stream` wait on the GPU — with no timeout
+    /// — until the frame's data is complete: work queued on `stream` after this call reads
+    /// the finished frame, with no CPU synchronization. Dropping the sample releases it on
+    /// `stream`, after the work queued there.
     pub fn receive<'s>(
         &'s self,
         stream: &'s Stream<'s>,
