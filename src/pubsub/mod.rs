@@ -81,9 +81,13 @@
 //! # Policies
 //! [`Policy::Block`] loses no frame: `loan` waits (with a timeout naming the slow
 //! subscriber) until every subscriber has received and released the oldest frame.
-//! [`Policy::DropOldest`] never waits for a slow subscriber: it overwrites the oldest frame no
-//! one holds, and a subscriber that falls behind skips ahead ([`Sample::missed`]). Either way a
-//! late subscriber can start from the newest frame ([`Start::Latest`]).
+//! [`Policy::DropOldest`] does not wait for a subscriber that falls behind: it overwrites the
+//! oldest frame no one holds, and that subscriber skips ahead ([`Sample::missed`]). It waits
+//! only when every slot but the newest is *held* — give it `slots >= subscribers × max_held + 2`
+//! and that cannot happen with subscribers that keep to `max_held` (each receive waits for its
+//! own acknowledgements to land first); one that holds more for a whole loan timeout is
+//! disconnected. Either way a late subscriber can start from the newest frame
+//! ([`Start::Latest`]).
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -109,8 +113,10 @@ pub enum Policy {
     /// received and released the oldest frame.
     #[default]
     Block,
-    /// The publisher never waits for a slow subscriber: it overwrites the oldest frame that no
-    /// subscriber holds, and a subscriber that falls behind skips frames (it is told how many).
+    /// The publisher does not wait for a subscriber that falls behind: it overwrites the oldest
+    /// frame that no subscriber holds, and that subscriber skips frames (it is told how many).
+    /// It waits only while every slot but the newest is held: size `slots` to at least
+    /// `subscribers × max_held + 2`.
     DropOldest,
 }
 

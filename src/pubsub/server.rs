@@ -201,6 +201,13 @@ impl Server {
             );
             return;
         }
+        // A duplicate to hang up on it later (eviction): without one, refuse.
+        let Ok(conn) = stream.try_clone() else {
+            drop(roster);
+            self.refuse(&stream, "the publisher is out of file descriptors");
+            return;
+        };
+        let conn = Some(conn);
         let id = self.next_id;
         self.next_id += 1;
         let page = match Page::create(&format!("cuda-ipc {} sub {id}", self.name)) {
@@ -232,7 +239,6 @@ impl Server {
         if sent.is_err() {
             return;
         }
-        let conn = stream.try_clone().ok();
         roster.live.push(Member {
             id,
             page,

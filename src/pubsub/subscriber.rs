@@ -107,6 +107,8 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = crate::os::send_with_fds(self.stop.as_fd(), b"Q", &[]);
+        // Should the byte not go, the thread still sees the socket close.
+        let _ = self.stop.shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 crate::drop_log::record("channel watcher", "its thread panicked");
@@ -385,6 +387,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 self.held.get()
             )));
         }
+        self.wait_for_own_acks(timeout, deadline)?;
         let mut spins = 0u32;
         loop {
             let events = self.chan.words()[EVENTS].load(SeqCst) as u32;
@@ -440,6 +443,42 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             }
             waiting.store(0, SeqCst);
         }
+    }
+
+    /// Slots this subscriber holds as the publisher sees them: `HOLD > ACK` in its page. A
+    /// released sample's slot counts until its acknowledgement, written by this subscriber's
+    /// GPU after the work queued before it, lands.
+    fn slots_held(&self) -> usize {
+        let w = self.me.words();
+        (0..self.welcome.slots)
+            .filter(|&i| w[SUB_HOLD + i].load(SeqCst) > w[SUB_ACK + i].load(SeqCst))
+            .count()
+    }
+
+    /// Keeps this subscriber within `max_held` as the publisher counts (a DropOldest
+    /// publisher disconnects one above it): while released samples' acknowledgements are still
+    /// queued behind this subscriber's GPU work, waits for them (up to `timeout`).
+    fn wait_for_own_acks(&self, timeout: Duration, deadline: Instant) -> Result<()> {
+        let mut spins = 0u32;
+        while self.slots_held() >= self.welcome.max_held {
+            if self.publisher_gone().is_some() {
+                return Ok(()); // nothing to protect any more; `pick` reports the end
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "this subscriber's GPU to acknowledge the frames it released (it holds \
+                         {} slots of channel {}, max_held {}): its streams are behind",
+                        self.slots_held(),
+                        self.path.display(),
+                        self.welcome.max_held
+                    ),
+                    waited: timeout,
+                });
+            }
+            backoff(&mut spins, deadline);
+        }
+        Ok(())
     }
 
     /// Waits on the CPU until the frame is complete on the publisher's GPU.
@@ -500,12 +539,15 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 // Recorded on the pool: synchronous copies of the sample (which wait for the
                 // pool's uses) then wait for the frame to be written too, and the page
                 // outlives the wait even if the sample is leaked.
+                if queued.is_ok() {
+                    // Before anything else can fail: Drop releases the waits it knows of.
+                    let mut waits = self.waits.borrow_mut();
+                    waits[p.slot] = waits[p.slot].max(p.seq);
+                }
                 if let Err(e) = queued.and_then(|()| self.pool.view().record_use(stream)) {
                     self.unpick(&p);
                     return Err(e);
                 }
-                let mut waits = self.waits.borrow_mut();
-                waits[p.slot] = waits[p.slot].max(p.seq);
             }
         }
         self.held.set(self.held.get() + 1);
