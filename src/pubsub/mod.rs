@@ -84,8 +84,9 @@
 //! [`Policy::DropOldest`] does not wait for a subscriber that falls behind: it overwrites the
 //! oldest frame no one holds, and that subscriber skips ahead ([`Sample::missed`]). It waits
 //! only when every slot but the newest is *held* — give it `slots >= subscribers × max_held + 2`
-//! and that cannot happen with subscribers that keep to `max_held` (each receive waits for its
-//! own acknowledgements to land first); one that holds more for a whole loan timeout is
+//! and that cannot happen with subscribers that keep to `max_held` (with `DropOldest` each receive
+//! waits for its own acknowledgements to land first, so a subscriber queues work at most
+//! `max_held` frames ahead of its GPU); one that holds more for a whole loan timeout is
 //! disconnected. Either way a late subscriber can start from the newest frame
 //! ([`Start::Latest`]).
 use std::path::PathBuf;

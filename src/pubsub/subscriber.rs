@@ -455,10 +455,15 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             .count()
     }
 
-    /// Keeps this subscriber within `max_held` as the publisher counts (a DropOldest
-    /// publisher disconnects one above it): while released samples' acknowledgements are still
-    /// queued behind this subscriber's GPU work, waits for them (up to `timeout`).
+    /// With `DropOldest`, keeps this subscriber within `max_held` as the publisher counts (it
+    /// disconnects one above it): while released samples' acknowledgements are still queued
+    /// behind this subscriber's GPU work, waits for them (up to `timeout`).
     fn wait_for_own_acks(&self, timeout: Duration, deadline: Instant) -> Result<()> {
+        if self.welcome.policy != Policy::DropOldest {
+            // Block disconnects no one: a subscriber whose acknowledgements lag only holds the
+            // publisher back (that policy's meaning), and may queue work many frames ahead.
+            return Ok(());
+        }
         let mut spins = 0u32;
         while self.slots_held() >= self.welcome.max_held {
             if self.publisher_gone().is_some() {
