@@ -1042,3 +1042,101 @@ fn drop_oldest_does_not_disconnect_a_subscriber_that_never_holds_more_than_max_h
         lines.join("\n")
     );
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn block_delivers_every_frame_to_sixteen_subscribers() {
+    let dir = temp_dir("chan-sixteen");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 8,
+        max_subscribers: 16,
+        ..ChannelOptions::default()
+    };
+    let frames = 200;
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 14, opts).unwrap();
+    let subs: Vec<_> = (0..16)
+        .map(|i| {
+            let gpu = if gpus() > 1 { i % 2 } else { 0 };
+            RoleProcess::spawn(&[], &sub_env(&path, gpu, frames, "next", 0, false, ""))
+        })
+        .collect();
+    p.wait_subscribers(16, Duration::from_secs(60)).unwrap();
+    publish(&mut p, &k, &stream, frames);
+    for (i, s) in subs.into_iter().enumerate() {
+        let r = finish(s);
+        assert_eq!(
+            (r.received, r.missed, r.errors, r.first, r.last),
+            (frames, 0, 0, 1, frames),
+            "subscriber {i}: {r:?}"
+        );
+        assert!(r.consecutive, "subscriber {i}: {r:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_restarted_publisher_is_a_new_channel_never_confused_with_the_old() {
+    let dir = temp_dir("chan-restart");
+    let path = dir.join("frames");
+    let spawn = || {
+        let mut p = RoleProcess::spawn(
+            &[],
+            &[
+                ("CUDA_IPC_TEST_ROLE", "publisher".into()),
+                ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+            ],
+        );
+        p.expect_line("PUBLISHING", SECS);
+        p
+    };
+    let first = spawn();
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let old = subscribe_next(&ctx, &path);
+    let s = old.receive(&stream, SECS).unwrap();
+    let old_seq = s.seq();
+    drop(s);
+    first.kill();
+    // The old subscriber sees the end, whatever comes at the same path later.
+    let second = spawn();
+    let t = Instant::now();
+    let end = loop {
+        match old.receive(&stream, SECS) {
+            Ok(s) => {
+                assert!(
+                    s.seq() > old_seq,
+                    "a frame went backwards: the new instance?"
+                );
+                drop(s);
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            t.elapsed() < SECS,
+            "the old subscriber never saw its publisher go"
+        );
+    };
+    assert!(
+        matches!(end, Error::PublisherGone { closed: false, .. }),
+        "{end}"
+    );
+    // A new subscriber joins the new instance: its frames count from 1 again, intact.
+    let new = subscribe_next(&ctx, &path);
+    let k = ctx.kernels().unwrap();
+    let mut errors = DeviceBuffer::<u32>::zeroed(&ctx, 1).unwrap();
+    let mut last = 0;
+    for _ in 0..20 {
+        let s = new.receive(&stream, SECS).unwrap();
+        assert!(s.seq() > last);
+        last = s.seq();
+        k.verify_frame(&stream, &s, s.seq(), &mut errors).unwrap();
+    }
+    stream.synchronize().unwrap();
+    assert_eq!(errors.copy_to_vec().unwrap()[0], 0);
+    drop((old, new));
+    second.kill();
+}
