@@ -49,7 +49,11 @@
 //! # How it works
 //! - **Data**: one allocation of `slots × frame` (each slot 256-byte aligned), exported like
 //!   any [`SharedDeviceBuffer`](crate::ipc::SharedDeviceBuffer) under `<name>.pool` — fd
-//!   transport by default, legacy where asked — with the same uid checks and leases.
+//!   transport by default, legacy where asked — with the same uid checks and leases. One
+//!   allocation rather than one per slot: a subscriber maps the whole pool with one import (a
+//!   cold import costs 80 µs to 1 ms, docs/benchmarks.md, so one per slot would multiply the
+//!   join time by `slots`), and VMM rounds every allocation up to 2 MiB, which per-slot
+//!   allocations of small frames would waste once per slot.
 //! - **Control**: 64-bit words in host memory shared through sealed `memfd`s passed over the
 //!   channel's socket (`<name>.sock`) and registered with the driver in each process, so the
 //!   GPU waits on and writes them (`cuStreamWaitValue64` / `cuStreamWriteValue64`) and the CPU
