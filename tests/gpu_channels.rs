@@ -1140,3 +1140,17 @@ fn a_restarted_publisher_is_a_new_channel_never_confused_with_the_old() {
     drop((old, new));
     second.kill();
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn subscribing_to_a_shared_buffer_says_it_is_not_a_channel() {
+    let dir = temp_dir("chan-not-a-channel");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let buf = SharedDeviceBuffer::<u32>::zeroed(&ctx, 1024, Transport::Auto).unwrap();
+    let _exporter = Exporter::bind(&path, &buf).unwrap();
+    let t = Instant::now();
+    let err = Subscriber::<u32>::subscribe(&ctx, &path, SubscribeOptions::default()).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(err.to_string().contains("not a channel"), "{err}");
+}

@@ -174,6 +174,14 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 Err(e) => return Err(e),
             }
         };
+        if dir.stat_entry(&names.descriptor_name()).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a shared buffer (it has a descriptor, {}), not a channel: import it with \
+                 SharedDeviceBuffer::import, or subscribe to the channel's own name",
+                path.display(),
+                names.descriptor.display()
+            )));
+        }
         let conn = crate::ipc::importer::connect(&dir, &names, deadline, opts.timeout)?;
         let server = crate::os::peer_credentials(conn.as_fd())
             .map_err(|e| Error::io(format!("SO_PEERCRED of {peer}"), e))?;
