@@ -606,13 +606,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
 
     /// Releases `p` after the work queued on `stream` (and on other streams recorded on the
     /// pool): the GPU writes the acknowledgement.
-    fn release_on(
-        &self,
-        p: &Picked,
-        stream: &Stream<'_>,
-        received_on: Option<&Stream<'_>>,
-    ) -> Result<()> {
-        let _ = received_on; // its wait was recorded on the pool at `receive`
+    fn release_on(&self, p: &Picked, stream: &Stream<'_>) -> Result<()> {
         check_stream(self.ctx, stream)?;
         if let Some(uses) = self.pool.view().uses() {
             uses.order_before(self.ctx, stream.id(), stream.raw())?;
@@ -628,10 +622,9 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         self.pool.view().record_use(stream)
     }
 
-    /// Releases `p` from the CPU once every recorded use of the pool is done (`received_on`:
-    /// the stream that may still wait on this subscriber's page for it).
-    fn release_host(&self, p: &Picked, received_on: Option<&Stream<'_>>) {
-        let _ = received_on; // its wait was recorded on the pool at `receive`
+    /// Releases `p` from the CPU once every recorded use of the pool is done (the wait queued
+    /// by `receive`, if any, among them).
+    fn release_host(&self, p: &Picked) {
         if let Some(uses) = self.pool.view().uses() {
             if let Err(e) = uses.wait_host(self.ctx) {
                 crate::drop_log::record("channel sample (waiting for its readers)", e);
@@ -736,9 +729,9 @@ impl<T: Pod> Sample<'_, '_, T> {
     /// was received on).
     pub fn release(mut self, stream: &Stream<'_>) -> Result<()> {
         self.released = true;
-        let out = self.sub.release_on(&self.picked, stream, self.stream);
+        let out = self.sub.release_on(&self.picked, stream);
         if out.is_err() {
-            self.sub.release_host(&self.picked, self.stream);
+            self.sub.release_host(&self.picked);
         }
         self.sub.done();
         out
@@ -758,12 +751,12 @@ impl<T: Pod> Drop for Sample<'_, '_, T> {
         }
         match self.stream {
             Some(stream) => {
-                if let Err(e) = self.sub.release_on(&self.picked, stream, None) {
+                if let Err(e) = self.sub.release_on(&self.picked, stream) {
                     crate::drop_log::record("channel sample (release on its stream)", e);
-                    self.sub.release_host(&self.picked, self.stream);
+                    self.sub.release_host(&self.picked);
                 }
             }
-            None => self.sub.release_host(&self.picked, None),
+            None => self.sub.release_host(&self.picked),
         }
         self.sub.done();
     }
