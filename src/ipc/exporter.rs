@@ -379,26 +379,14 @@ impl Exporter {
         what: impl Fn(&ExportStats) -> String,
         done: impl Fn(&ExportStats) -> bool,
     ) -> Result<ExportStats> {
-        let deadline = deadline_after(timeout);
-        let mut stats = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if done(&stats) {
-                return Ok(*stats);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: what(&stats),
-                    waited: timeout,
-                });
-            }
-            stats = self
-                .shared
-                .changed
-                .wait_timeout(stats, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let stats = crate::deadline::wait_for(
+            &self.shared.stats,
+            &self.shared.changed,
+            timeout,
+            done,
+            what,
+        )?;
+        Ok(*stats)
     }
 
     /// Waits until at least `n` consumers have taken a lease.

@@ -283,30 +283,18 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
 
     /// Waits until at least `n` subscribers are connected; returns how many are.
     pub fn wait_subscribers(&self, n: usize, timeout: Duration) -> Result<usize> {
-        let deadline = deadline_after(timeout);
-        let mut r = self.shared.lock();
-        loop {
-            if r.live.len() >= n {
-                return Ok(r.live.len());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout {
-                    what: format!(
-                        "{n} subscriber(s) on channel {} ({} connected)",
-                        self.path.display(),
-                        r.live.len()
-                    ),
-                    waited: timeout,
-                });
-            }
-            r = self
-                .shared
-                .changed
-                .wait_timeout(r, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let r = self.shared.wait_for(
+            timeout,
+            |r| r.live.len() >= n,
+            |r| {
+                format!(
+                    "{n} subscriber(s) on channel {} ({} connected)",
+                    self.path.display(),
+                    r.live.len()
+                )
+            },
+        )?;
+        Ok(r.live.len())
     }
 
     fn describe(&self, roster: &Roster, b: Blocked) -> String {

@@ -59,6 +59,16 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Roster> {
         self.roster.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Waits until `done` holds for the roster, or times out saying `what`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&Roster) -> bool,
+        what: impl Fn(&Roster) -> String,
+    ) -> crate::error::Result<MutexGuard<'_, Roster>> {
+        crate::deadline::wait_for(&self.roster, &self.changed, timeout, done, what)
+    }
 }
 
 /// The server thread's state.
