@@ -604,7 +604,7 @@ fn subscribe_to_fake(dir: &Path) -> Error {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
-    use cuda_ipc::ipc::channel::{send, Kind};
+    use cuda_ipc::ipc::framing::{send, Kind};
     use std::os::fd::AsFd;
     // 1. Garbage instead of a welcome.
     let dir = temp_dir("chan-fake1");
@@ -656,7 +656,7 @@ fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn a_hostile_subscriber_only_hurts_itself() {
-    use cuda_ipc::ipc::channel::{FrameReader, Kind};
+    use cuda_ipc::ipc::framing::{FrameReader, Kind};
     use std::sync::atomic::Ordering::SeqCst;
     let dir = temp_dir("chan-hostile-sub");
     let path = dir.join("frames");

@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cuda_ipc::ipc::channel::{self, Kind};
+use cuda_ipc::ipc::framing::{self, Kind};
 use cuda_ipc::ipc::rendezvous::write_atomic;
 use cuda_ipc::ipc::{fetch, AllowedUsers, DescriptorError, ExportOptions, Exporter, ImportOptions};
 use cuda_ipc::{os, Error};
@@ -333,17 +333,17 @@ fn hostile_clients_do_not_stop_the_exporter_or_leak() {
     {
         let silent = UnixStream::connect(&sock).unwrap();
         let garbage = raw_client(&sock, b"GET / HTTP/1.1\r\n\r\n");
-        let mut huge = channel::frame(Kind::Hello, &[1, 0, 0, 0]).unwrap();
+        let mut huge = framing::frame(Kind::Hello, &[1, 0, 0, 0]).unwrap();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let huge = raw_client(&sock, &huge);
-        let half = channel::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap();
+        let half = framing::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap();
         drop(raw_client(&sock, &half[..7])); // hangs up mid-message
-        let wrong_kind = raw_client(&sock, &channel::frame(Kind::Offer, &[0; 8]).unwrap());
+        let wrong_kind = raw_client(&sock, &framing::frame(Kind::Offer, &[0; 8]).unwrap());
         let with_fd = UnixStream::connect(&sock).unwrap();
         let memfd = os::memfd("intruder").unwrap();
         os::send_with_fds(
             with_fd.as_fd(),
-            &channel::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap(),
+            &framing::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap(),
             &[memfd.as_fd()],
         )
         .unwrap();
@@ -403,7 +403,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             "zero-fds",
             {
                 let b = offer_bytes.clone();
-                Box::new(move |s: UnixStream| channel::send(&s, Kind::Offer, &b, None).unwrap())
+                Box::new(move |s: UnixStream| framing::send(&s, Kind::Offer, &b, None).unwrap())
             },
             "carried 0",
         ),
@@ -415,7 +415,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
                     let (a, c) = (os::memfd("a").unwrap(), os::memfd("b").unwrap());
                     os::send_with_fds(
                         s.as_fd(),
-                        &channel::frame(Kind::Offer, &b).unwrap(),
+                        &framing::frame(Kind::Offer, &b).unwrap(),
                         &[a.as_fd(), c.as_fd()],
                     )
                     .unwrap();
@@ -433,7 +433,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             {
                 let b = offer_bytes.clone();
                 Box::new(move |mut s: UnixStream| {
-                    s.write_all(&channel::frame(Kind::Offer, &b).unwrap()[..40])
+                    s.write_all(&framing::frame(Kind::Offer, &b).unwrap()[..40])
                         .unwrap()
                 })
             },
@@ -443,7 +443,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             "bad-descriptor",
             Box::new(|s: UnixStream| {
                 let m = os::memfd("m").unwrap();
-                channel::send(&s, Kind::Offer, &[1, 2, 3], Some(m.as_fd())).unwrap()
+                framing::send(&s, Kind::Offer, &[1, 2, 3], Some(m.as_fd())).unwrap()
             }),
             "truncated",
         ),

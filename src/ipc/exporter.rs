@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::os::{self, PollRequest};
 
 use super::allocation::ExportLeases;
-use super::channel::{self, FrameReader, Kind, ReadError};
+use super::framing::{self, FrameReader, Kind, ReadError};
 use super::descriptor::Descriptor;
 use super::rendezvous::{deadline_after, temp_name, Names, RendezvousDir, Trust};
 use super::shared_buffer::SharedDeviceBuffer;
@@ -368,7 +368,7 @@ impl Exporter {
         for (_, stream) in &notify.targets {
             // Non-blocking: a consumer that does not read its notifications loses them once
             // its socket buffer is full; its lease is not affected.
-            let _ = channel::send(stream, Kind::Ready, &msg, None);
+            let _ = framing::send(stream, Kind::Ready, &msg, None);
         }
         Ok(())
     }
@@ -764,7 +764,7 @@ impl Server {
                     "uid {} is not allowed to import {:?}; ask its producer to allow it",
                     cred.uid, self.name
                 );
-                let _ = channel::send(&stream, Kind::Refuse, clip(&reason), None);
+                let _ = framing::send(&stream, Kind::Refuse, clip(&reason), None);
                 self.shared.update(|s| s.refused_uid += 1);
                 continue;
             }
@@ -774,7 +774,7 @@ impl Server {
                     "the exporter of {:?} already has {} connections (max_connections); try                      again later, or ask its producer to raise ExportOptions::max_connections",
                     self.name, self.options.max_connections
                 );
-                let _ = channel::send(&stream, Kind::Busy, clip(&busy), None);
+                let _ = framing::send(&stream, Kind::Busy, clip(&busy), None);
                 self.shared.update(|s| s.dropped_full += 1);
                 continue;
             }
@@ -851,7 +851,7 @@ impl Server {
                     (ConnState::Handshake { .. }, Kind::Hello)
                         if m.payload.len() == 4
                             && u32::from_le_bytes(m.payload[..4].try_into().expect("4"))
-                                == channel::PROTOCOL_VERSION =>
+                                == framing::PROTOCOL_VERSION =>
                     {
                         // Count the lease before the memory leaves: once the owner has dropped
                         // the buffer, no new consumer gets it (its free may be under way).
@@ -876,7 +876,7 @@ impl Server {
                         };
                         let fd = self.fd.as_ref().map(|f| f.as_fd());
                         // The connection is non-blocking and empty: the small offer fits.
-                        if channel::send(&conn.stream, Kind::Offer, &self.offer, fd).is_err() {
+                        if framing::send(&conn.stream, Kind::Offer, &self.offer, fd).is_err() {
                             undo(&self.leases);
                             return false;
                         }
@@ -886,7 +886,7 @@ impl Server {
                             let mut notify =
                                 self.shared.notify.lock().unwrap_or_else(|p| p.into_inner());
                             if let Some(frame) = notify.last_ready {
-                                let _ = channel::send(
+                                let _ = framing::send(
                                     &conn.stream,
                                     Kind::Ready,
                                     &frame.to_le_bytes(),
@@ -906,7 +906,7 @@ impl Server {
                             i,
                             &format!(
                                 "expected a version-{} hello, got {kind:?}",
-                                channel::PROTOCOL_VERSION
+                                framing::PROTOCOL_VERSION
                             ),
                         );
                         return false;
@@ -925,7 +925,7 @@ impl Server {
     fn refuse(&mut self, i: usize, why: &str) {
         let conn = &self.conns[i];
         if matches!(conn.state, ConnState::Handshake { .. }) {
-            let _ = channel::send(&conn.stream, Kind::Refuse, clip(why), None);
+            let _ = framing::send(&conn.stream, Kind::Refuse, clip(why), None);
         }
         self.shared.update(|s| s.dropped_bad += 1);
     }
@@ -948,9 +948,9 @@ impl Server {
     }
 }
 
-/// `text` cut to at most [`channel::MAX_PAYLOAD`] bytes, at a character boundary.
+/// `text` cut to at most [`framing::MAX_PAYLOAD`] bytes, at a character boundary.
 fn clip(text: &str) -> &[u8] {
-    let mut end = text.len().min(channel::MAX_PAYLOAD);
+    let mut end = text.len().min(framing::MAX_PAYLOAD);
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::result;
 
 use super::allocation::{close_legacy, map_vmm_fd, measure_legacy};
-use super::channel::{self, FrameReader, Kind};
+use super::framing::{self, FrameReader, Kind};
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
 use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
@@ -418,10 +418,10 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
             .map_err(|e| Error::io("setting a socket timeout", e))?;
         // An exporter that refuses us may close before our hello arrives; its refusal is still
         // in our receive buffer, so read before reporting a failed send.
-        let hello = channel::send(
+        let hello = framing::send(
             &stream,
             Kind::Hello,
-            &channel::PROTOCOL_VERSION.to_le_bytes(),
+            &framing::PROTOCOL_VERSION.to_le_bytes(),
             None,
         );
         let mut reader = FrameReader::new();

@@ -28,7 +28,7 @@ use crate::result::CUdeviceptr;
 use crate::uses::StreamUses;
 
 use super::allocation::{close_legacy, unmap_vmm};
-use super::channel::{FrameReader, Kind};
+use super::framing::{FrameReader, Kind};
 use super::descriptor::SIGNAL_WORDS_LEN;
 
 /// What identifies one import.

@@ -49,7 +49,7 @@
 //! [`SharedDeviceBuffer::wait_signal`]).
 
 pub(crate) mod allocation;
-pub mod channel;
+pub mod framing;
 mod descriptor;
 pub(crate) mod exporter;
 pub mod identity;

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::ipc::channel::{self, Kind};
+use crate::ipc::framing::{self, Kind};
 use crate::ipc::AllowedUsers;
 use crate::os::{self, PeerCredentials, PollRequest};
 
@@ -165,7 +165,7 @@ impl Server {
     }
 
     fn refuse(&self, stream: &UnixStream, reason: &str) {
-        let _ = channel::send(stream, Kind::Refuse, reason.as_bytes(), None);
+        let _ = framing::send(stream, Kind::Refuse, reason.as_bytes(), None);
         self.shared.lock().refused += 1;
         self.shared.changed.notify_all();
     }
@@ -239,13 +239,13 @@ impl Server {
             announced,
             ..self.welcome.clone()
         };
-        let sent = channel::send(
+        let sent = framing::send(
             &stream,
             Kind::Welcome,
             &welcome.encode(),
             Some(self.chan.fd()),
         )
-        .and_then(|()| channel::send(&stream, Kind::Page, &[], Some(page.fd())));
+        .and_then(|()| framing::send(&stream, Kind::Page, &[], Some(page.fd())));
         if sent.is_err() {
             return;
         }

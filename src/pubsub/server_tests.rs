@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::ipc::channel::{FrameReader, Kind};
+use crate::ipc::framing::{FrameReader, Kind};
 use crate::ipc::DESCRIPTOR_LEN;
 use crate::pubsub::Policy;
 

@@ -12,7 +12,7 @@ use bytemuck::Pod;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ipc::channel::{FrameReader, Kind};
+use crate::ipc::framing::{FrameReader, Kind};
 use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
 use crate::ipc::{DescriptorError, ImportOptions, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceSlice};
