@@ -285,6 +285,49 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// The name is taken: a live exporter or channel publisher holds its lock, or something
+    /// that is not one of ours sits at its socket's path. Nothing was published.
+    #[error("{}: the name is in use: {detail}", .path.display())]
+    NameInUse {
+        /// The path that was to be published (`<dir>/<name>`).
+        path: PathBuf,
+        /// Who or what holds it, and what to do.
+        detail: String,
+    },
+
+    /// What the exporter offered over its socket is not the buffer the descriptor file names
+    /// (another buffer's id or generation): someone renamed another exporter's socket or files
+    /// into this name, or the exporter was republished more than once during the import.
+    /// Nothing was mapped.
+    #[error(
+        "{}: the exporter offered buffer {offered}, but the descriptor file names buffer \
+         {expected}: not importing a buffer other than the one asked for. {hint}",
+        .path.display()
+    )]
+    OfferMismatch {
+        /// The socket path.
+        path: PathBuf,
+        /// The buffer the descriptor file names (id prefix and generation).
+        expected: String,
+        /// The buffer the exporter offered (id prefix and generation).
+        offered: String,
+        /// What is likely wrong and what to do.
+        hint: String,
+    },
+
+    /// The channel was closed on the publisher's side: a publish failed half-way (its
+    /// subscribers were told and released), so no more frames can be loaned.
+    #[error(
+        "channel {}: closed ({reason}); create a new Publisher to go on",
+        .channel.display()
+    )]
+    ChannelClosed {
+        /// The channel's path.
+        channel: PathBuf,
+        /// Why it was closed.
+        reason: String,
+    },
+
     /// The channel's publisher is gone: it closed the channel or its process ended. Frames
     /// not yet received are lost; a restarted publisher is a new channel instance, which a new
     /// [`Subscriber`](crate::pubsub::Subscriber) joins.
@@ -340,6 +383,9 @@ impl Error {
             Error::UntrustedExporter { .. } => "UntrustedExporter",
             Error::Unsupported(_) => "Unsupported",
             Error::PublisherGone { .. } => "PublisherGone",
+            Error::NameInUse { .. } => "NameInUse",
+            Error::OfferMismatch { .. } => "OfferMismatch",
+            Error::ChannelClosed { .. } => "ChannelClosed",
         }
     }
 
