@@ -1,4 +1,6 @@
-//! Deadlines from caller-given timeouts, which may be absurdly large (`Duration::MAX`).
+//! Deadlines from caller-given timeouts (which may be absurdly large, `Duration::MAX`), and
+//! the crate's ways of waiting for one: a condition variable with a timeout ([`wait_for`]),
+//! and a growing pause between retries ([`Pause`]).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -47,6 +49,37 @@ pub(crate) fn wait_for<'a, T>(
     }
 }
 
+/// A pause between retries that grows (doubling from `first` up to `max`) and never sleeps past
+/// a deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pause {
+    next: Duration,
+    max: Duration,
+}
+
+impl Pause {
+    /// Starts at `first`, doubles up to `max`.
+    pub(crate) fn new(first: Duration, max: Duration) -> Pause {
+        Pause { next: first, max }
+    }
+
+    /// Polling for something another process makes (a file, a socket): 1 ms up to 50 ms.
+    pub(crate) fn polling() -> Pause {
+        Pause::new(Duration::from_millis(1), Duration::from_millis(50))
+    }
+
+    /// Sleeps the next pause, cut at `deadline`; false (without sleeping) once it has passed.
+    pub(crate) fn sleep(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(self.next.min(left));
+        self.next = (self.next * 2).min(self.max);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +90,19 @@ mod tests {
         assert!(d > Instant::now() + Duration::from_secs(365 * 24 * 3600));
         let small = after(Duration::from_millis(5));
         assert!(small <= Instant::now() + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_pause_grows_and_never_sleeps_past_the_deadline() {
+        let mut p = Pause::new(Duration::from_millis(1), Duration::from_millis(4));
+        let deadline = after(Duration::from_millis(30));
+        let start = Instant::now();
+        let mut rounds = 0;
+        while p.sleep(deadline) {
+            rounds += 1;
+        }
+        assert!(rounds >= 5, "{rounds} pauses of at most 4 ms in 30 ms");
+        assert!(start.elapsed() < Duration::from_millis(200));
+        assert!(!p.sleep(Instant::now()), "a passed deadline does not sleep");
     }
 }

@@ -78,6 +78,7 @@ pub mod module;
 pub mod os;
 pub mod pinned;
 pub mod pubsub;
+mod service;
 pub mod result;
 pub mod stream;
 pub mod sys;

@@ -547,7 +547,7 @@ try:
 except OSError as e:
     print("DENIED", errno.errorcode[e.errno], flush=True); sys.exit(0)
 try:
-    s.sendall(frame(1, struct.pack("<I", 1)))
+    s.sendall(hello(os.path.basename(sys.argv[1])))
 except OSError:
     pass  # refused before the hello arrived: the refusal is still readable
 kind, body, fds = read_frame(s)
@@ -630,13 +630,13 @@ fn group_sharing_allows_only_the_listed_uids_when_told_so() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// An exporter as uid 65534 in the group, in a directory 2770 root:GROUP.
+/// An exporter as uid 65534 in the group, in a directory 3770 root:GROUP.
 fn foreign_group_exporter(tag: &str) -> (PathBuf, common::py::Py) {
     use std::os::unix::fs::chown;
     let dir = temp_dir(tag);
     fs::create_dir(&dir).unwrap();
     chown(&dir, Some(0), Some(GROUP)).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o2770)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o3770)).unwrap();
     let path = dir.join("frames");
     let mut d = fd_descriptor();
     d.exporter_uid = NOBODY;

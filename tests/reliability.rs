@@ -39,7 +39,7 @@ fn a_consumer_killed_while_holding_a_lease_releases_it() {
     let consumer = r#"
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
-s.sendall(frame(1, struct.pack("<I", 1)))
+s.sendall(hello("frames"))
 kind, body, fds = read_frame(s)
 assert kind == 2 and len(fds) == 1, (kind, fds)
 print("LEASED", flush=True)

@@ -20,14 +20,12 @@ pub const FRAME_MAGIC: [u8; 4] = *b"CIPM";
 pub const HEADER_LEN: usize = 12;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: usize = 4096;
-/// The protocol version a consumer announces in its hello.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What a frame says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
-    /// Consumer → exporter: protocol version (u32).
+    /// Peer → service: protocol version (u32) and the name asked for (see `service::hello`).
     Hello = 1,
     /// Exporter → consumer: the descriptor, with the fd for the fd transport.
     Offer = 2,
@@ -35,7 +33,7 @@ pub enum Kind {
     Refuse = 3,
     /// Exporter → consumer: the buffer now holds this frame (u64).
     Ready = 4,
-    /// Exporter → consumer: every connection slot is taken; try again later (UTF-8 text).
+    /// Service → peer: it is full, or the peer's share is taken; try again later (UTF-8 text).
     Busy = 5,
     /// Channel publisher → subscriber: the channel's configuration, with the channel page's fd.
     Welcome = 6,

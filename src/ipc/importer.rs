@@ -1,7 +1,6 @@
 //! The consumer's side: find a published name, take a lease, map the memory.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +9,13 @@ use bytemuck::Pod;
 
 use crate::context::Context;
 use crate::device::{Device, GpuUuid};
+use crate::deadline::Pause;
 use crate::error::{Error, Result};
 use crate::result;
+use crate::service::client;
 
 use super::allocation::{close_legacy, map_vmm_fd, measure_legacy};
-use super::framing::{self, FrameReader, Kind};
+use super::framing::Kind;
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
 use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
@@ -79,67 +80,24 @@ fn check<T: Pod>(d: &Descriptor, opts: &ImportOptions) -> Result<()> {
     Ok(())
 }
 
-/// Connects to the exporter's socket through the opened directory, retrying while it is not
-/// (yet) listening or its backlog is full, until `deadline`.
-pub(crate) fn connect(
-    dir: &RendezvousDir,
+/// Checks that `uid` (of the process listening on the socket, the owner of the socket file, or
+/// the uid a descriptor names; `role` says which, e.g. "serves the socket") may serve this
+/// consumer: it is the descriptor's exporter and a trusted uid.
+fn check_exporter(
     names: &Names,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<UnixStream> {
-    let mut interval = Duration::from_millis(1);
-    let target = dir.proc_path(&names.socket_name());
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match crate::os::connect_unix(&target, left) {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::NotFound
-                        | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Timeout {
-                        what: format!(
-                            "the exporter to accept connections at {} (last error: {e}; has the \
-                             producer exited, or is it overloaded?)",
-                            names.socket.display()
-                        ),
-                        waited: timeout,
-                    });
-                }
-                std::thread::sleep(interval.min(left));
-                interval = (interval * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    format!(
-                        "connecting to {}{}",
-                        names.socket.display(),
-                        crate::os::fd_limit_hint(&e)
-                    ),
-                    e,
-                ))
-            }
-        }
-    }
-}
-
-/// Checks that `uid` (of the process listening on the socket, or named by a descriptor) may
-/// serve this consumer: it is the descriptor's exporter and a trusted uid.
-fn check_exporter(names: &Names, served_by: u32, claimed: u32, trust: &Trust) -> Result<()> {
+    served_by: u32,
+    claimed: u32,
+    role: &str,
+    trust: &Trust,
+) -> Result<()> {
     let refuse = |reason: String| Error::UntrustedExporter {
         path: names.socket.clone(),
         reason,
     };
     if served_by != claimed {
         return Err(refuse(format!(
-            "the socket is served by uid {served_by}, but the descriptor names uid {claimed} as \
-             its exporter: someone else is answering. Check who can write in {}",
+            "uid {served_by} {role}, but the descriptor names uid {claimed} as its exporter: \
+             someone else is answering. Check who can write in {}",
             names.dir.display()
         )));
     }
@@ -376,133 +334,125 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
     let names = Names::for_path(path)?;
     let deadline = deadline_after(opts.timeout);
     let trust = opts.trust();
-    let (dir, bytes) = wait_for_descriptor(&names, &trust, deadline, opts.timeout)?;
-    let file_desc = Descriptor::decode(&bytes)?;
-    check::<T>(&file_desc, opts)?;
     let own = ProcessIdentity::current();
     let what = format!("buffer {:?}", names.name);
-    diagnose(&file_desc, &own, &what)?;
-    if !trust.trusts_uid(file_desc.exporter_uid) {
-        check_exporter(
+    let mut republished = Pause::polling();
+    loop {
+        let (dir, bytes) = wait_for_descriptor(&names, &trust, deadline, opts.timeout)?;
+        let file_desc = Descriptor::decode(&bytes)?;
+        check::<T>(&file_desc, opts)?;
+        diagnose(&file_desc, &own, &what)?;
+        let claimed = file_desc.exporter_uid;
+        check_exporter(&names, claimed, claimed, "is named", &trust)?;
+        let check_uid =
+            |uid: u32, role: &str| check_exporter(&names, uid, claimed, role, &trust);
+        let answered = client::connect(
+            &dir,
             &names,
-            file_desc.exporter_uid,
-            file_desc.exporter_uid,
-            &trust,
+            &check_uid,
+            deadline,
+            opts.timeout,
+            "the offer",
         )?;
-    }
-
-    let peer = format!("exporter at {}", names.socket.display());
-    let mut busy_wait = Duration::from_millis(5);
-    // What the exporter said when it was last busy: once the time is up, that is the error.
-    let mut busy: Option<String> = None;
-    let busy_error = |detail: String| Error::Busy {
-        path: names.socket.clone(),
-        detail,
-    };
-    let (stream, reader, mut offer) = loop {
-        let stream = match connect(&dir, &names, deadline, opts.timeout) {
-            Ok(s) => s,
-            Err(Error::Timeout { .. }) if busy.is_some() => {
-                return Err(busy_error(busy.unwrap_or_default()))
-            }
-            Err(e) => return Err(e),
-        };
-        let server = crate::os::peer_credentials(stream.as_fd())
-            .map_err(|e| Error::io(format!("SO_PEERCRED of {peer}"), e))?;
-        check_exporter(&names, server.uid, file_desc.exporter_uid, &trust)?;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        stream
-            .set_write_timeout(Some(left))
-            .map_err(|e| Error::io("setting a socket timeout", e))?;
-        // An exporter that refuses us may close before our hello arrives; its refusal is still
-        // in our receive buffer, so read before reporting a failed send.
-        let hello = framing::send(
-            &stream,
-            Kind::Hello,
-            &framing::PROTOCOL_VERSION.to_le_bytes(),
-            None,
-        );
-        let mut reader = FrameReader::new();
-        let message = match reader.read_within(&stream, left, &peer) {
-            Ok(m) => m,
-            Err(e) => {
-                return Err(match (hello, e) {
-                    (_, Error::Timeout { .. }) if busy.is_some() => {
-                        busy_error(busy.unwrap_or_default())
-                    }
-                    (Err(he), _) => Error::io(format!("sending hello to {peer}"), he),
-                    (Ok(()), Error::Timeout { .. }) => Error::Timeout {
-                        what: format!("the offer of {peer}"),
-                        waited: opts.timeout,
-                    },
-                    (Ok(()), other) => other,
-                })
-            }
-        };
-        if message.kind != Kind::Busy {
-            break (stream, reader, message);
-        }
-        let detail = String::from_utf8_lossy(&message.payload).into_owned();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(busy_error(detail));
-        }
-        busy = Some(detail);
-        std::thread::sleep(busy_wait.min(left));
-        busy_wait = (busy_wait * 2).min(Duration::from_millis(100));
-    };
-    match offer.kind {
-        Kind::Offer => {}
-        Kind::Refuse => {
-            return Err(Error::Refused {
-                path: names.socket.clone(),
-                reason: String::from_utf8_lossy(&offer.payload).into_owned(),
-            })
-        }
-        other => {
+        let peer = format!("exporter at {}", names.socket.display());
+        let mut offer = answered.first;
+        if offer.kind != Kind::Offer {
             return Err(Error::Protocol {
                 peer,
-                detail: format!("expected an offer, got {other:?}"),
-            })
+                detail: format!("expected an offer, got {:?}", offer.kind),
+            });
         }
-    }
-    let d = Descriptor::decode(&offer.payload)?;
-    if d != file_desc {
-        // Republished between our read and our connection: check the new one too.
-        check::<T>(&d, opts)?;
-        diagnose(&d, &own, &what)?;
-        check_exporter(&names, file_desc.exporter_uid, d.exporter_uid, &trust)?;
-    }
-    let expected_fds = usize::from(d.transport == WireTransport::Fd);
-    if offer.fds.len() != expected_fds {
-        return Err(Error::Protocol {
-            peer,
-            detail: format!(
-                "a {} offer must carry {expected_fds} file descriptor(s), this one carried {}",
-                d.transport.name(),
-                offer.fds.len()
-            ),
+        let d = Descriptor::decode(&offer.payload)?;
+        if d != file_desc {
+            // The exporter restarted between our read and our connection (a newer generation
+            // of this name, by the same exporter uid): read the descriptor again. Anything
+            // else is not the buffer asked for.
+            let newer = d.generation > file_desc.generation && d.exporter_uid == claimed;
+            if newer && republished.sleep(deadline) {
+                continue;
+            }
+            return Err(offer_mismatch(&names, &file_desc, &d, newer));
+        }
+        let expected_fds = usize::from(d.transport == WireTransport::Fd);
+        if offer.fds.len() != expected_fds {
+            return Err(Error::Protocol {
+                peer,
+                detail: format!(
+                    "a {} offer must carry {expected_fds} file descriptor(s), this one carried {}",
+                    d.transport.name(),
+                    offer.fds.len()
+                ),
+            });
+        }
+        if let Some(fd) = offer.fds.first() {
+            check_memory_fd(fd.as_fd()).map_err(|detail| Error::Protocol {
+                peer: peer.clone(),
+                detail,
+            })?;
+        }
+        let stream = answered.stream;
+        return Ok(Offer {
+            descriptor: d.checked()?,
+            type_checked: TypeCheck::of::<T>(),
+            fd: offer.fds.pop(),
+            lease: Lease {
+                identity: crate::os::peer_socket_name(stream.as_fd())
+                    .ok()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| String::from_utf8_lossy(&n).into_owned())
+                    .unwrap_or_else(|| peer.clone()),
+                stream,
+                reader: answered.reader,
+                latest_ready: None,
+                peer,
+                announced: Arc::default(),
+            },
         });
     }
-    Ok(Offer {
-        descriptor: d.checked()?,
-        type_checked: TypeCheck::of::<T>(),
-        fd: offer.fds.pop(),
-        lease: Lease {
-            identity: crate::os::peer_socket_name(stream.as_fd())
-                .ok()
-                .filter(|n| !n.is_empty())
-                .map(|n| String::from_utf8_lossy(&n).into_owned())
-                .unwrap_or_else(|| peer.clone()),
-            stream,
-            reader,
-            latest_ready: None,
-            peer,
-            announced: Arc::default(),
-        },
-    })
+}
+
+/// The error for an offer that is not the buffer the descriptor file names.
+fn offer_mismatch(names: &Names, file: &Descriptor, offered: &Descriptor, newer: bool) -> Error {
+    let show = |d: &Descriptor| {
+        let id: String = d.buffer_id[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{id}… generation {} (uid {})", d.generation, d.exporter_uid)
+    };
+    let hint = if newer {
+        "The exporter kept republishing the name until the timeout: try again once it is \
+         stable"
+            .to_string()
+    } else {
+        format!(
+            "Someone who can write in {} renamed another exporter's socket or files into this \
+             name: make the directory sticky (chmod +t) or not group-writable",
+            names.dir.display()
+        )
+    };
+    Error::OfferMismatch {
+        path: names.socket.clone(),
+        expected: show(file),
+        offered: show(offered),
+        hint,
+    }
+}
+
+/// Checks what kind of file an exporter sent as the memory's fd: the driver's exports are
+/// character devices or anonymous inodes (a memory file stands in for one in tests); a
+/// directory, FIFO, socket, link or block device is refused before the driver sees it.
+fn check_memory_fd(fd: std::os::fd::BorrowedFd<'_>) -> std::result::Result<(), String> {
+    let st = crate::os::fstat(fd).map_err(|e| format!("fstat of the memory's fd: {e}"))?;
+    if st.is_dir()
+        || matches!(
+            st.mode & libc::S_IFMT,
+            libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFLNK | libc::S_IFBLK
+        )
+    {
+        return Err(format!(
+            "it sent {} as the memory's file descriptor, which no CUDA export is",
+            st.kind_name()
+        ));
+    }
+    Ok(())
 }
 
 /// Maps what `d` describes into `ctx`, through the process-wide cache, and places the view

@@ -36,11 +36,12 @@
 //! descriptor (`openat`, `renameat`, and the socket through `/proc/self/fd/<fd>/<name>.sock`),
 //! so swapping a path component afterwards changes nothing. With `fstat`:
 //! - every ancestor must be owned by root, this user or a trusted exporter uid, and must not be
-//!   writable by others (or by a group other than the sharing group) unless it has the sticky
-//!   bit (like `/tmp`): whoever can rename entries there could swap the directory;
+//!   writable by group or others unless it has the sticky bit (like `/tmp`): whoever can rename
+//!   entries there could swap the directory for another — the sharing group's members too;
 //! - the directory must be owned by root, this user or (consumer) a trusted exporter uid, not
-//!   writable by others, and group-writable only when it is setgid and owned by the sharing
-//!   group the caller names;
+//!   writable by others, and group-writable only when it is owned by the sharing group the
+//!   caller names, setgid and sticky (3770): without the sticky bit a member could rename one
+//!   exporter's socket and descriptor over another name;
 //! - the descriptor must be a regular file (opened `O_NONBLOCK`: a FIFO cannot hang anyone)
 //!   of at most [`DESCRIPTOR_LEN`](super::DESCRIPTOR_LEN) bytes, owned by a trusted uid, not
 //!   writable by group or others.
@@ -217,17 +218,23 @@ fn check_ancestor(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
     let mode = st.perm();
     let sticky = mode & 0o1000 != 0;
     let others_write = mode & 0o002 != 0;
-    let group_write = mode & 0o020 != 0 && trust.group != Some(st.gid);
+    // Any group, the sharing group included: a member could rename the rendezvous directory
+    // away and put another (another exporter's, of the same trusted uid) in its place.
+    let group_write = mode & 0o020 != 0;
     if !sticky && (others_write || group_write) {
-        let who = if others_write { "others" } else { "its group" };
+        let who = if others_write {
+            "others".to_string()
+        } else {
+            format!("its group ({})", st.gid)
+        };
         return Err(unsafe_dir(
             path,
             format!(
                 "this ancestor of the rendezvous directory has mode {mode:04o}: it is writable \
-                 by {who} without the sticky bit, so another user could swap the rendezvous \
-                 directory under it (writable by others). `chmod +t` or `chmod o-w,g-w` it, or \
-                 use a directory elsewhere (in Kubernetes: see deploy/k8s, which prepares the \
-                 volume)"
+                 by {who} without the sticky bit, so they could swap the rendezvous directory \
+                 under it for another (even another exporter's). `chmod +t` or `chmod go-w` \
+                 it, or use a directory elsewhere (in Kubernetes: see deploy/k8s, which \
+                 prepares the volume)"
             ),
         ));
     }
@@ -271,15 +278,17 @@ fn check_leaf(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
     }
     if mode & 0o020 != 0 {
         let setgid = mode & 0o2000 != 0;
+        let sticky = mode & 0o1000 != 0;
         match trust.group {
-            Some(g) if g == st.gid && setgid => {}
+            Some(g) if g == st.gid && setgid && sticky => {}
             Some(g) => {
                 return Err(unsafe_dir(
                     path,
                     format!(
                         "mode {mode:04o}, group {}: a group-writable rendezvous directory must be \
-                         setgid and owned by the sharing group {g} (`chgrp {g}` and `chmod 2770` \
-                         it)",
+                         owned by the sharing group {g}, setgid (so the files are the group's) \
+                         and sticky (so no member can rename or replace another's socket and \
+                         descriptor): `chgrp {g}` and `chmod 3770` it",
                         st.gid
                     ),
                 ))
@@ -291,7 +300,7 @@ fn check_leaf(path: &Path, st: &Stat, trust: &Trust) -> Result<()> {
                         "mode {mode:04o} lets group {} write in it, so its members could plant a \
                          descriptor or socket: `chmod go-w` it, or, to share through that \
                          group, set the group option (ExportOptions::group, \
-                         ImportOptions::group)",
+                         ImportOptions::group) and `chmod 3770` it",
                         st.gid
                     ),
                 ))

@@ -1,28 +1,27 @@
 //! The publishing side of a channel.
 use std::marker::PhantomData;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
+use crate::ipc::rendezvous::{deadline_after, Names};
 use crate::ipc::{Exporter, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
 use crate::os;
 use crate::result;
+use crate::service::{Claim, Service, Traffic};
 use crate::stream::Stream;
 use crate::uses::StreamUses;
 
 use super::layout::*;
 use super::page::Page;
 use super::protocol::{Blocked, PublisherState};
-use super::server::{Roster, Server, Shared};
+use super::server::{Admission, Roster, Shared};
 use super::wire::{Welcome, MAX_ELEM_SIZE, MAX_FRAME_LEN};
 use super::{pool_path, ChannelOptions, Policy};
 
@@ -64,12 +63,8 @@ pub struct Publisher<'ctx, T: Pod> {
     published: u64,
     /// A publish failed half-way: the channel is closed.
     broken: bool,
-    wake: UnixStream,
-    thread: Option<JoinHandle<()>>,
-    dir: RendezvousDir,
-    names: Names,
-    socket_inode: u64,
-    _lock: std::fs::File,
+    /// The channel's socket (`<name>.sock`), its thread and the name's lock.
+    service: Service,
 }
 
 impl<T: Pod> std::fmt::Debug for Publisher<'_, T> {
@@ -161,14 +156,10 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         export.max_connections = export.max_connections.max(2 * opts.max_subscribers);
         let pool_exporter = Exporter::bind_with(pool_path(&names), &pool, export)?;
 
-        let (dir, lock, _) = crate::ipc::exporter::claim_name(&names, opts.export.group)?;
-        let (listener, socket_inode) =
-            crate::ipc::exporter::bind_listener(&dir, &names, opts.export.group)?;
+        let claim = Claim::take(&names, opts.export.group)?;
         let instance = u64::from_le_bytes(
             os::random_bytes::<8>().map_err(|e| Error::io("reading random bytes", e))?,
         );
-        let (wake, wake_rx) =
-            UnixStream::pair().map_err(|e| Error::io("creating the channel's wake socket", e))?;
         // Sealed before it is registered: a kernel without F_SEAL_FUTURE_WRITE (before 5.1)
         // fails here, with nothing to undo.
         let mut chan = Page::create(&format!("cuda-ipc {} channel", names.name))?;
@@ -192,30 +183,28 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             pool: pool_exporter.descriptor().encode(),
         };
         let shared = Arc::new(Shared::default());
-        let server = Server {
-            listener,
-            wake_rx,
+        let admission = Admission {
             shared: Arc::clone(&shared),
             chan: Arc::clone(&chan),
             welcome,
-            allowed: opts.export.allowed.clone(),
-            own_uid: os::effective_uid(),
             name: names.name.clone(),
-            conns: Vec::new(),
-            next_id: 1,
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("cuda-ipc channel {}", names.name))
-            .spawn(move || server.run());
-        let thread = match spawned {
-            Ok(t) => t,
+        let started = Service::start(
+            claim,
+            opts.export.service(opts.max_subscribers, Traffic::HangUp),
+            admission,
+            &format!("cuda-ipc channel {}", names.name),
+        );
+        let service = match started {
+            Ok(s) => s,
             Err(e) => {
-                // The server (and its reference to the page) was dropped with the closure.
+                // The admission hook (and its reference to the page) was dropped with the
+                // failed start, which also removed whatever socket it bound.
                 if let Some(page) = Arc::get_mut(&mut chan) {
                     // SAFETY: registered above; nothing was ever queued against it.
                     let _ = unsafe { page.unregister(ctx) };
                 }
-                return Err(Error::io("spawning the channel's thread", e));
+                return Err(e);
             }
         };
         Ok(Publisher {
@@ -235,12 +224,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             control_uses: StreamUses::default(),
             published: 0,
             broken: false,
-            wake,
-            thread: Some(thread),
-            dir,
-            names,
-            socket_inode,
-            _lock: lock,
+            service,
         })
     }
 
@@ -266,13 +250,14 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
 
     /// Counters.
     pub fn stats(&self) -> PublisherStats {
+        let service = self.service.stats().get();
         let r = self.shared.lock();
         PublisherStats {
             published: self.published,
             subscribers: r.live.len(),
             joined: r.joined,
             left: r.left,
-            refused: r.refused,
+            refused: service.refused_uid + service.refused_by_hook + service.busy,
         }
     }
 
@@ -550,24 +535,9 @@ impl<T: Pod> Drop for Publisher<'_, T> {
         if let Err(e) = os::futex_wake(&self.chan.words()[EVENTS]) {
             crate::drop_log::record("Publisher (waking subscribers)", e);
         }
-        // Any byte (or EOF) stops the server thread, which closes every subscriber's
-        // connection: they see the end of the channel.
-        let _ = os::send_with_fds(std::os::fd::AsFd::as_fd(&self.wake), b"Q", &[]);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                crate::drop_log::record("Publisher", "its channel thread panicked");
-            }
-        }
-        let sock_name = self.names.socket_name();
-        if self
-            .dir
-            .stat_entry(&sock_name)
-            .is_ok_and(|st| st.ino == self.socket_inode)
-        {
-            if let Err(e) = self.dir.unlink(&sock_name) {
-                crate::drop_log::record("Publisher (removing the socket)", e);
-            }
-        }
+        // Stopping the service closes every subscriber's connection: they see the end of the
+        // channel. (Its socket is removed when the service drops, after this.)
+        self.service.stop();
         let mut r = self.shared.lock();
         let mut members: Vec<_> = r.live.drain(..).collect();
         members.append(&mut r.retired);
@@ -581,7 +551,7 @@ impl<T: Pod> Drop for Publisher<'_, T> {
         }
         match Arc::get_mut(&mut self.chan) {
             Some(chan) => {
-                // SAFETY: as above; the channel thread, the page's other user, has ended.
+                // SAFETY: as above; the service thread, the page's other user, has ended.
                 if let Err(e) = unsafe { chan.unregister(self.ctx) } {
                     crate::drop_log::record("Publisher (unregistering the channel page)", e);
                 }

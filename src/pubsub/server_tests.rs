@@ -1,27 +1,30 @@
 //! The channel's server thread without a GPU: a real listener, real control pages (memfds,
 //! never registered with the driver), and raw clients speaking the socket protocol the way a
 //! careless or hostile subscriber would.
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::ipc::framing::{FrameReader, Kind};
-use crate::ipc::DESCRIPTOR_LEN;
+use crate::ipc::rendezvous::Names;
+use crate::ipc::{ExportOptions, DESCRIPTOR_LEN};
+use crate::os;
+use crate::pubsub::page::Page;
+use crate::pubsub::wire::Welcome;
 use crate::pubsub::Policy;
+use crate::service::{Claim, Service, Traffic};
 
 const SECS: Duration = Duration::from_secs(10);
 
-/// A server thread serving `<dir>/frames.sock`, as `Publisher::create` starts it.
+/// A channel service serving `<dir>/frames.sock`, as `Publisher::create` starts it.
 struct Running {
     dir: PathBuf,
     sock: PathBuf,
     shared: Arc<Shared>,
-    wake: UnixStream,
-    thread: Option<JoinHandle<()>>,
+    service: Option<Service>,
 }
 
 impl Running {
@@ -29,11 +32,8 @@ impl Running {
         let r: [u8; 6] = os::random_bytes().unwrap();
         let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("cuda-ipc-server-test-{hex}"));
-        std::fs::create_dir(&dir).unwrap();
-        let sock = dir.join("frames.sock");
-        let listener = UnixListener::bind(&sock).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let (wake, wake_rx) = UnixStream::pair().unwrap();
+        let names = Names::for_path(dir.join("frames")).unwrap();
+        let claim = Claim::take(&names, None).unwrap();
         let shared = Arc::new(Shared::default());
         let chan = Page::create("cuda-ipc test channel").unwrap();
         chan.words()[MAGIC].store(MAGIC_VALUE, SeqCst);
@@ -52,26 +52,24 @@ impl Running {
             instance: 7,
             pool: [0; DESCRIPTOR_LEN],
         };
-        let server = Server {
-            listener,
-            wake_rx,
+        let admission = Admission {
             shared: Arc::clone(&shared),
             chan: Arc::new(chan),
             welcome,
-            allowed: AllowedUsers::SameUser,
-            own_uid: os::effective_uid(),
             name: "frames".into(),
-            conns: Vec::new(),
-            next_id: 1,
         };
-        let thread = std::thread::spawn(move || server.run());
+        let options = ExportOptions::default().service(max_subscribers, Traffic::HangUp);
+        let service = Service::start(claim, options, admission, "test channel").unwrap();
         Running {
+            sock: names.socket.clone(),
             dir,
-            sock,
             shared,
-            wake,
-            thread: Some(thread),
+            service: Some(service),
         }
+    }
+
+    fn stats(&self) -> crate::service::ServiceStats {
+        self.service.as_ref().unwrap().stats().get()
     }
 
     /// Waits until `pred` holds for the roster.
@@ -81,12 +79,12 @@ impl Running {
             let r = self.shared.lock();
             assert!(
                 t.elapsed() < SECS,
-                "{what}: live {}, retired {}, joined {}, left {}, refused {}",
+                "{what}: live {}, retired {}, joined {}, left {}, service {:?}",
                 r.live.len(),
                 r.retired.len(),
                 r.joined,
                 r.left,
-                r.refused
+                self.stats()
             );
             drop(r);
             std::thread::sleep(Duration::from_millis(1));
@@ -96,17 +94,16 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = os::send_with_fds(self.wake.as_fd(), b"Q", &[]);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.service.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Connects and reads the first message (a welcome, or a refusal).
+/// Connects, says hello and reads the first message (a welcome, a refusal, "busy").
 fn connect(sock: &std::path::Path) -> (UnixStream, FrameReader, Kind) {
     let s = UnixStream::connect(sock).unwrap();
+    // A full service may answer "busy" and close before the hello is sent: read anyway.
+    let _ = framing::send(&s, Kind::Hello, &crate::service::encode_hello("frames"), None);
     let mut r = FrameReader::new();
     let m = r.read_within(&s, SECS, "server").unwrap();
     (s, r, m.kind)
@@ -154,14 +151,15 @@ fn a_full_channel_refuses_and_a_subscriber_sending_bytes_is_dropped() {
     let a = join(&server.sock);
     let mut b = join(&server.sock);
     server.wait_for("two subscribers admitted", |r| r.live.len() == 2);
-    // The channel is full: a third is refused, with a reason, and gets no page.
+    // The channel is full: a third is told so ("busy": it may retry), and gets no page.
     let (c, mut reader, kind) = connect(&server.sock);
-    assert_eq!(kind, Kind::Refuse);
+    assert_eq!(kind, Kind::Busy);
+    // Then the connection ends (closed, or reset: the server never read its hello).
     assert!(matches!(
         reader.read_within(&c, Duration::from_millis(200), "server"),
-        Err(crate::Error::Protocol { .. })
+        Err(crate::Error::Protocol { .. } | crate::Error::Io { .. })
     ));
-    server.wait_for("the refusal counted", |r| r.refused == 1);
+    assert_eq!(server.stats().busy, 1);
     // A subscriber that sends anything is dropped at once; the stalled one stays.
     b.write_all(b"hello").unwrap();
     server.wait_for("the chatty subscriber dropped", |r| {

@@ -12,7 +12,7 @@ use bytemuck::Pod;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ipc::framing::{FrameReader, Kind};
+use crate::ipc::framing::Kind;
 use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
 use crate::ipc::{DescriptorError, ImportOptions, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceSlice};
@@ -182,30 +182,30 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 names.descriptor.display()
             )));
         }
-        let conn = crate::ipc::importer::connect(&dir, &names, deadline, opts.timeout)?;
-        let server = crate::os::peer_credentials(conn.as_fd())
-            .map_err(|e| Error::io(format!("SO_PEERCRED of {peer}"), e))?;
-        if !trust.trusts_uid(server.uid) {
-            return Err(Error::UntrustedExporter {
+        let check_uid = |uid: u32, role: &str| {
+            if trust.trusts_uid(uid) {
+                return Ok(());
+            }
+            Err(Error::UntrustedExporter {
                 path: names.socket.clone(),
                 reason: format!(
-                    "it runs as uid {}, which this subscriber does not trust (only its own uid \
+                    "uid {uid} {role}, which this subscriber does not trust (only its own uid \
                      {}, root, and ImportOptions::trusted_exporters {:?})",
-                    server.uid,
                     crate::os::effective_uid(),
                     trust.uids
                 ),
-            });
-        }
-        let mut reader = FrameReader::new();
+            })
+        };
+        let answered = crate::service::client::connect(
+            &dir,
+            &names,
+            &check_uid,
+            deadline,
+            opts.timeout,
+            "the welcome",
+        )?;
+        let (conn, mut reader, mut msg) = (answered.stream, answered.reader, answered.first);
         let left = || deadline.saturating_duration_since(Instant::now());
-        let mut msg = reader.read_within(&conn, left(), &peer)?;
-        if msg.kind == Kind::Refuse {
-            return Err(Error::Refused {
-                path: names.socket.clone(),
-                reason: String::from_utf8_lossy(&msg.payload).into_owned(),
-            });
-        }
         if msg.kind != Kind::Welcome || msg.fds.len() != 1 {
             return Err(protocol_error(
                 &path,
