@@ -337,8 +337,16 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
     let own = ProcessIdentity::current();
     let what = format!("buffer {:?}", names.name);
     let mut republished = Pause::polling();
+    // An offer of a newer generation than the file named: if the time runs out while the
+    // descriptor is read again, this is the error.
+    let mut mismatch: Option<Error> = None;
+    let timed_out = |e: Error, mismatch: &mut Option<Error>| match (e, mismatch.take()) {
+        (Error::Timeout { .. }, Some(m)) => m,
+        (e, _) => e,
+    };
     loop {
-        let (dir, bytes) = wait_for_descriptor(&names, &trust, deadline, opts.timeout)?;
+        let (dir, bytes) = wait_for_descriptor(&names, &trust, deadline, opts.timeout)
+            .map_err(|e| timed_out(e, &mut mismatch))?;
         let file_desc = Descriptor::decode(&bytes)?;
         check::<T>(&file_desc, opts)?;
         diagnose(&file_desc, &own, &what)?;
@@ -353,7 +361,8 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
             deadline,
             opts.timeout,
             "the offer",
-        )?;
+        )
+        .map_err(|e| timed_out(e, &mut mismatch))?;
         let peer = format!("exporter at {}", names.socket.display());
         let mut offer = answered.first;
         if offer.kind != Kind::Offer {
@@ -368,10 +377,12 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
             // of this name, by the same exporter uid): read the descriptor again. Anything
             // else is not the buffer asked for.
             let newer = d.generation > file_desc.generation && d.exporter_uid == claimed;
+            let error = offer_mismatch(&names, &file_desc, &d, newer);
             if newer && republished.sleep(deadline) {
+                mismatch = Some(error);
                 continue;
             }
-            return Err(offer_mismatch(&names, &file_desc, &d, newer));
+            return Err(error);
         }
         let expected_fds = usize::from(d.transport == WireTransport::Fd);
         if offer.fds.len() != expected_fds {
