@@ -217,10 +217,16 @@ fn another_buffers_socket_under_the_name_refuses_its_peers() {
         )
         .unwrap();
         fs::rename(dir.join("weights.sock"), dir.join("frames.sock")).unwrap();
-        match fetch::<u32>(dir.join("frames"), &ImportOptions::with_timeout(Duration::from_millis(500))) {
+        match fetch::<u32>(
+            dir.join("frames"),
+            &ImportOptions::with_timeout(Duration::from_millis(500)),
+        ) {
             Ok(offer) => panic!("imported {:?} under \"frames\"", text_of(&offer)),
             Err(Error::Refused { reason, .. }) => {
-                assert!(reason.contains("serves \"weights\", not \"frames\""), "{reason}");
+                assert!(
+                    reason.contains("serves \"weights\", not \"frames\""),
+                    "{reason}"
+                );
                 refused += 1;
             }
             Err(e) => panic!("unexpected error: {e:?}"),
@@ -271,7 +277,11 @@ fn an_offer_that_is_not_the_descriptor_read_is_refused() {
     for (tag, offered, hint) in [
         ("another buffer", other_id, "renamed another exporter's"),
         ("an older generation", older, "renamed another exporter's"),
-        ("a newer generation that never appears in the file", newer, "kept republishing"),
+        (
+            "a newer generation that never appears in the file",
+            newer,
+            "kept republishing",
+        ),
     ] {
         let desc = path.with_extension("desc");
         fs::write(&desc, file.encode()).unwrap();
@@ -281,8 +291,11 @@ fn an_offer_that_is_not_the_descriptor_read_is_refused() {
             &[path.to_str().unwrap(), &hex(&offered.encode())],
         );
         expect(&rx, "SERVING");
-        let err = fetch::<u32>(&path, &ImportOptions::with_timeout(Duration::from_millis(500)))
-            .unwrap_err();
+        let err = fetch::<u32>(
+            &path,
+            &ImportOptions::with_timeout(Duration::from_millis(500)),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, Error::OfferMismatch { hint: h, .. } if h.contains(hint)),
             "{tag}: {err:?}"
@@ -358,7 +371,10 @@ fn swapping_exporter_directories_under_a_group_writable_ancestor_is_refused() {
         fs::remove_dir_all(base.join("a")).unwrap();
         fs::remove_dir_all(base.join("b")).unwrap();
     }
-    assert_eq!(got_other, 0, "{got_other} of {ROUNDS} imports got b's buffer");
+    assert_eq!(
+        got_other, 0,
+        "{got_other} of {ROUNDS} imports got b's buffer"
+    );
     assert_eq!(refused, ROUNDS);
     fs::remove_dir_all(&base).unwrap();
 }
@@ -393,8 +409,11 @@ while True:
     let (py, rx) = python(script, &[path.to_str().unwrap(), &hex(&d.encode())]);
     expect(&rx, "SERVING");
     let before = fs::read_dir("/proc/self/fd").unwrap().count();
-    let err = fetch::<u32>(&path, &ImportOptions::with_timeout(Duration::from_millis(500)))
-        .unwrap_err();
+    let err = fetch::<u32>(
+        &path,
+        &ImportOptions::with_timeout(Duration::from_millis(500)),
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, Error::Protocol { detail, .. } if detail.contains("a directory")),
         "{err:?}"

@@ -397,11 +397,7 @@ impl Exporter {
     ) -> Result<ExportStats> {
         self.service
             .stats()
-            .wait_for(
-                timeout,
-                |s| done(&(*s).into()),
-                |s| what(&(*s).into()),
-            )
+            .wait_for(timeout, |s| done(&(*s).into()), |s| what(&(*s).into()))
             .map(ExportStats::from)
     }
 
@@ -477,8 +473,7 @@ impl Serve for Offerer {
         if let Some(leases) = &self.leases {
             if !leases.try_acquire() {
                 return Err(Refusal::Refuse(
-                    "the producer has dropped this buffer; wait for it to publish a new one"
-                        .into(),
+                    "the producer has dropped this buffer; wait for it to publish a new one".into(),
                 ));
             }
         }

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use crate::context::Context;
-use crate::device::{Device, GpuUuid};
 use crate::deadline::Pause;
+use crate::device::{Device, GpuUuid};
 use crate::error::{Error, Result};
 use crate::result;
 use crate::service::client;
 
 use super::allocation::{close_legacy, map_vmm_fd, measure_legacy};
-use super::framing::Kind;
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
+use super::framing::Kind;
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
 use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
 use super::rendezvous::{deadline_after, Names, RendezvousDir, Trust};
@@ -352,8 +352,7 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         diagnose(&file_desc, &own, &what)?;
         let claimed = file_desc.exporter_uid;
         check_exporter(&names, claimed, claimed, "is named", &trust)?;
-        let check_uid =
-            |uid: u32, role: &str| check_exporter(&names, uid, claimed, role, &trust);
+        let check_uid = |uid: u32, role: &str| check_exporter(&names, uid, claimed, role, &trust);
         let answered = client::connect(
             &dir,
             &names,
@@ -425,7 +424,10 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
 /// The error for an offer that is not the buffer the descriptor file names.
 fn offer_mismatch(names: &Names, file: &Descriptor, offered: &Descriptor, newer: bool) -> Error {
     let show = |d: &Descriptor| {
-        let id: String = d.buffer_id[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = d.buffer_id[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("{id}… generation {} (uid {})", d.generation, d.exporter_uid)
     };
     let hint = if newer {

@@ -94,9 +94,8 @@ impl Serve for Admission {
             ));
         };
         let id = peer.id;
-        let page = Page::create(&format!("cuda-ipc {} sub {id}", self.name)).map_err(|e| {
-            Refusal::Refuse(format!("the publisher could not admit you: {e}"))
-        })?;
+        let page = Page::create(&format!("cuda-ipc {} sub {id}", self.name))
+            .map_err(|e| Refusal::Refuse(format!("the publisher could not admit you: {e}")))?;
         // Under the roster lock, so that no slot is claimed between the join point and the
         // subscriber's first NEXT.
         let (next, announced) = join_point(self.chan.words(), self.welcome.slots, true);

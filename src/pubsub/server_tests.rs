@@ -103,7 +103,12 @@ impl Drop for Running {
 fn connect(sock: &std::path::Path) -> (UnixStream, FrameReader, Kind) {
     let s = UnixStream::connect(sock).unwrap();
     // A full service may answer "busy" and close before the hello is sent: read anyway.
-    let _ = framing::send(&s, Kind::Hello, &crate::service::encode_hello("frames"), None);
+    let _ = framing::send(
+        &s,
+        Kind::Hello,
+        &crate::service::encode_hello("frames"),
+        None,
+    );
     let mut r = FrameReader::new();
     let m = r.read_within(&s, SECS, "server").unwrap();
     (s, r, m.kind)

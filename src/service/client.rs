@@ -143,12 +143,7 @@ fn connect_once(
     let st = match dir.stat_entry(&sock_name) {
         Ok(st) => st,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::io(
-                format!("stat {}", names.socket.display()),
-                e,
-            ))
-        }
+        Err(e) => return Err(Error::io(format!("stat {}", names.socket.display()), e)),
     };
     if !st.is_socket() {
         return Err(untrusted(format!(

@@ -56,7 +56,10 @@ mod tests {
     fn a_hello_names_what_it_asks_for() {
         assert_eq!(decode_hello(&encode_hello("frames"), "frames"), Ok(()));
         let other = decode_hello(&encode_hello("weights"), "frames").unwrap_err();
-        assert!(other.contains("serves \"frames\", not \"weights\""), "{other}");
+        assert!(
+            other.contains("serves \"frames\", not \"weights\""),
+            "{other}"
+        );
         let old = decode_hello(&1u32.to_le_bytes(), "frames").unwrap_err();
         assert!(old.contains("protocol version 1"), "{old}");
         assert!(decode_hello(&[2, 0], "frames").is_err());

@@ -151,7 +151,8 @@ impl Server {
             .collect();
         let n = admitted.len();
         self.hook.stop(admitted);
-        self.stats.update(|s| s.admitted = s.admitted.saturating_sub(n));
+        self.stats
+            .update(|s| s.admitted = s.admitted.saturating_sub(n));
     }
 
     fn accept_batch(&mut self) {
@@ -337,8 +338,7 @@ impl Server {
         let conn = &mut self.conns[i];
         match conn.reader.fill(&conn.stream) {
             Ok(got) => {
-                if got && !conn.is_handshake() && self.options.after_admission == Traffic::HangUp
-                {
+                if got && !conn.is_handshake() && self.options.after_admission == Traffic::HangUp {
                     return false;
                 }
             }
@@ -407,7 +407,8 @@ impl Server {
         let conn = self.conns.swap_remove(i);
         if !conn.is_handshake() {
             self.hook.left(&conn.peer);
-            self.stats.update(|s| s.admitted = s.admitted.saturating_sub(1));
+            self.stats
+                .update(|s| s.admitted = s.admitted.saturating_sub(1));
         }
     }
 }

@@ -1,0 +1,301 @@
+//! Denial of service against a publisher's socket: one consumer process hoarding leases,
+//! another uid taking every connection, a slowloris trickling its hello a byte at a time, and
+//! things planted at the socket's path before a publisher starts. Each must leave room for
+//! everyone else (or say what is in the way). The peers are Python processes (their own PIDs;
+//! uid 65534 where another user is needed, so these tests run as root, as CI does).
+
+use std::fs;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cuda_ipc::ipc::{fetch, AllowedUsers, ExportOptions, Exporter, ImportOptions};
+use cuda_ipc::Error;
+use serial_test::serial;
+
+mod common;
+use common::py::{expect, python};
+use common::{fd_descriptor, temp_dir};
+
+const GROUP: u32 = 4242;
+
+fn need_root() {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests play another user with setuid: run them as root"
+    );
+}
+
+fn memfd() -> OwnedFd {
+    // SAFETY: a valid NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"cuda-ipc-fair".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn private_dir(tag: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+fn group_dir(tag: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(GROUP)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o3770)).unwrap();
+    dir
+}
+
+/// Fetches `n` times from this process (another PID than the hoarder's), each within
+/// `timeout`; returns the errors.
+fn fetches(path: &Path, n: usize, timeout: Duration, group: Option<u32>) -> Vec<String> {
+    let opts = ImportOptions {
+        group,
+        ..ImportOptions::with_timeout(timeout)
+    };
+    (0..n)
+        .filter_map(|_| fetch::<u32>(path, &opts).err().map(|e| e.to_string()))
+        .collect()
+}
+
+/// One process that connects `n` times, says hello on each and keeps every connection it is
+/// given (a lease); prints `HOARDING <leases> <busy>`.
+const HOARDER: &str = r#"
+sock, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if len(sys.argv) > 4:
+    become(65534, 65534, [int(sys.argv[4])])
+kept, busy = [], 0
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock)
+    try:
+        s.sendall(hello(name))
+        kind, body, fds = read_frame(s)
+    except BaseException:
+        busy += 1
+        continue
+    if kind == 2:
+        kept.append((s, fds))
+    else:
+        busy += 1
+print("HOARDING", len(kept), busy, flush=True)
+time.sleep(600)
+"#;
+
+fn hoarded(rx: &std::sync::mpsc::Receiver<String>) -> (usize, usize) {
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the hoarder said nothing");
+    let mut words = line.split_whitespace().skip(1);
+    let mut next = || words.next().unwrap().parse::<usize>().unwrap();
+    (next(), next())
+}
+
+#[test]
+#[serial]
+fn one_process_cannot_hoard_the_exporter() {
+    let dir = private_dir("hoard");
+    let path = dir.join("frames");
+    let exporter = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd()),
+        ExportOptions {
+            max_connections: 128,
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    let (py, rx) = python(
+        HOARDER,
+        &[exporter.socket_path().to_str().unwrap(), "frames", "128"],
+    );
+    let (leases, busy) = hoarded(&rx);
+    assert_eq!(
+        (leases, busy),
+        (8, 120),
+        "one process took {leases} leases (max_per_process 8)"
+    );
+    let errors = fetches(&path, 20, Duration::from_secs(2), None);
+    assert!(
+        errors.is_empty(),
+        "{} of 20 others locked out: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(2)]
+    );
+    drop((py, exporter));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[serial]
+fn another_uid_gets_at_most_its_share_of_connections() {
+    need_root();
+    let dir = group_dir("uid-share");
+    let path = dir.join("frames");
+    let exporter = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd()),
+        ExportOptions {
+            group: Some(GROUP),
+            allowed: AllowedUsers::Any,
+            max_connections: 16,
+            max_per_process: 64, // only the uid's share limits it here
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    let (py, rx) = python(
+        HOARDER,
+        &[
+            exporter.socket_path().to_str().unwrap(),
+            "frames",
+            "16",
+            &GROUP.to_string(),
+        ],
+    );
+    let (leases, busy) = hoarded(&rx);
+    assert_eq!(
+        (leases, busy),
+        (8, 8),
+        "uid 65534 took {leases} of 16 connections (its default share is half)"
+    );
+    let errors = fetches(&path, 8, Duration::from_secs(2), Some(GROUP));
+    assert!(errors.is_empty(), "{errors:?}");
+    drop((py, exporter));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Keeps `n` connections open, each trickling a hello one byte per `delay` seconds (and
+/// reconnecting whenever one is closed).
+const SLOWLORIS: &str = r#"
+sock, name, n, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+msg = hello(name)
+def trickle():
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock)
+            for b in msg:
+                s.sendall(bytes([b]))
+                time.sleep(delay)
+        except BaseException:
+            pass
+        s.close()
+for _ in range(n):
+    threading.Thread(target=trickle, daemon=True).start()
+time.sleep(0.5)
+print("TRICKLING", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+#[serial]
+fn a_slowloris_does_not_lock_out_consumers() {
+    let dir = private_dir("slowloris");
+    let path = dir.join("frames");
+    let exporter = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd()),
+        ExportOptions {
+            max_connections: 8,
+            max_per_process: 64,
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    let (py, rx) = python(
+        SLOWLORIS,
+        &[
+            exporter.socket_path().to_str().unwrap(),
+            "frames",
+            "32",
+            "1.0",
+        ],
+    );
+    expect(&rx, "TRICKLING");
+    let errors = fetches(&path, 39, Duration::from_secs(2), None);
+    assert!(
+        errors.is_empty(),
+        "{} of 39 consumers locked out by a 1-byte-per-second slowloris: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(2)]
+    );
+    assert!(exporter.stats().dropped_full > 0, "{:?}", exporter.stats());
+    drop((py, exporter));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+fn name_in_use(path: &Path) -> String {
+    let options = ExportOptions {
+        group: Some(GROUP),
+        ..ExportOptions::default()
+    };
+    match Exporter::bind_raw(path, &fd_descriptor(), Some(memfd()), options) {
+        Err(Error::NameInUse { detail, .. }) => detail,
+        other => panic!("expected NameInUse, got {other:?}"),
+    }
+}
+
+#[test]
+#[serial]
+fn what_is_planted_at_the_socket_path_is_named_for_what_it_is() {
+    need_root();
+    let dir = group_dir("planted");
+    let path = dir.join("frames");
+    // A regular file.
+    fs::write(path.with_extension("sock"), b"x").unwrap();
+    let detail = name_in_use(&path);
+    assert!(
+        detail.contains("a regular file") && detail.contains("not a socket"),
+        "{detail}"
+    );
+    fs::remove_file(path.with_extension("sock")).unwrap();
+
+    // A socket another user bound and never listens on.
+    let (py, rx) = python(
+        r#"
+become(65534, 65534, [4242])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+print("BOUND", flush=True)
+time.sleep(600)
+"#,
+        &[path.with_extension("sock").to_str().unwrap()],
+    );
+    expect(&rx, "BOUND");
+    let detail = name_in_use(&path);
+    assert!(detail.contains("a socket of uid 65534"), "{detail}");
+    drop(py);
+    fs::remove_file(path.with_extension("sock")).unwrap();
+
+    // A process of this user listening without the lock.
+    let listener = std::os::unix::net::UnixListener::bind(path.with_extension("sock")).unwrap();
+    let detail = name_in_use(&path);
+    assert!(
+        detail.contains("is listening") && detail.contains(&format!("pid {}", std::process::id())),
+        "{detail}"
+    );
+    drop(listener);
+
+    // A dead publisher's socket of this user (nothing listens): replaced, no error.
+    let options = ExportOptions {
+        group: Some(GROUP),
+        ..ExportOptions::default()
+    };
+    let exporter = Exporter::bind_raw(&path, &fd_descriptor(), Some(memfd()), options);
+    assert!(exporter.is_ok(), "{exporter:?}");
+    // And a live one holds the lock.
+    let detail = name_in_use(&path);
+    assert!(detail.contains("a live publisher holds"), "{detail}");
+    drop(exporter);
+    fs::remove_dir_all(&dir).unwrap();
+}
