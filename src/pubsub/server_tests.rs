@@ -198,3 +198,69 @@ fn a_subscriber_reconnecting_at_once_is_not_refused_as_over_the_limit() {
          after the previous subscriber had closed its connection"
     );
 }
+
+#[test]
+fn one_process_holds_at_most_its_share_of_the_channel() {
+    // Every connection here comes from this process: its share (max_per_process, 8 by
+    // default) is all it gets, however many places the channel has.
+    let server = Running::start(16);
+    let members: Vec<UnixStream> = (0..8).map(|_| join(&server.sock)).collect();
+    server.wait_for("eight admitted", |r| r.live.len() == 8);
+    let (_s, _r, kind) = connect(&server.sock);
+    assert_eq!(kind, Kind::Busy, "a ninth membership of one process");
+    drop(members);
+    server.wait_for("all gone", |r| r.live.is_empty());
+    let _again = join(&server.sock);
+}
+
+#[test]
+fn a_hello_trickled_a_byte_at_a_time_gives_way_to_a_newcomer() {
+    use std::io::Write;
+    // A full channel of connections that have sent part of their hello (a slowloris): a
+    // newcomer takes the place of the oldest, instead of waiting for the handshake timeout.
+    let server = Running::start(2);
+    let hello = framing::frame(Kind::Hello, &crate::service::encode_hello("frames")).unwrap();
+    let mut tricklers: Vec<UnixStream> = (0..2)
+        .map(|_| {
+            let mut s = UnixStream::connect(&server.sock).unwrap();
+            s.write_all(&hello[..3]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let newcomer = join(&server.sock);
+    server.wait_for("the newcomer admitted", |r| r.live.len() == 1);
+    assert_eq!(server.stats().evicted, 1);
+    // The evicted trickler was told so ("busy"), not left hanging.
+    let mut told = 0;
+    for s in &mut tricklers {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut r = FrameReader::new();
+        if let Ok(m) = r.read_within(s, Duration::from_millis(200), "server") {
+            assert_eq!(m.kind, Kind::Busy);
+            told += 1;
+        }
+    }
+    assert_eq!(told, 1);
+    drop(newcomer);
+}
+
+#[test]
+fn a_hello_for_another_name_or_version_is_refused() {
+    let server = Running::start(4);
+    for (payload, needle) in [
+        (
+            crate::service::encode_hello("weights"),
+            "serves \"frames\", not \"weights\"",
+        ),
+        (1u32.to_le_bytes().to_vec(), "protocol version 1"),
+    ] {
+        let s = UnixStream::connect(&server.sock).unwrap();
+        framing::send(&s, Kind::Hello, &payload, None).unwrap();
+        let m = FrameReader::new().read_within(&s, SECS, "server").unwrap();
+        assert_eq!(m.kind, Kind::Refuse);
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        assert!(text.contains(needle), "{text}");
+    }
+    assert_eq!(server.shared.lock().live.len(), 0);
+}
