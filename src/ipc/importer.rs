@@ -121,7 +121,7 @@ fn wait_for_descriptor(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(RendezvousDir, Vec<u8>)> {
-    let mut interval = Duration::from_millis(1);
+    let mut pause = Pause::polling();
     let not_found = |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
     loop {
         let attempt = RendezvousDir::open(&names.dir, trust).and_then(|dir| {
@@ -136,8 +136,7 @@ fn wait_for_descriptor(
             Err(e) if not_found(&e) => {}
             other => return other,
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if !pause.sleep(deadline) {
             return Err(Error::Timeout {
                 what: format!(
                     "buffer {:?} to appear at {} (is the producer running, and does it use the \
@@ -148,8 +147,6 @@ fn wait_for_descriptor(
                 waited: timeout,
             });
         }
-        std::thread::sleep(interval.min(left));
-        interval = (interval * 2).min(Duration::from_millis(50));
     }
 }
 

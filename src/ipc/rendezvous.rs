@@ -54,20 +54,44 @@
 //! [`AllowedUsers`](super::AllowedUsers).
 //!
 //! # Threat model
-//! A local user of **another uid** cannot make a consumer use memory of their choosing: they
-//! cannot write in the directory (or, in group mode, only as a group member, and the sticky
-//! bit keeps them from replacing the exporter's files), a directory or ancestor they could
-//! swap is refused, and a socket they serve fails the `SO_PEERCRED` check. What they can do:
-//! deny service where they can write (e.g. plant a file under the name before the exporter
-//! starts, or, as an allowed consumer, hold leases up to their fair share of
-//! [`max_connections`](super::ExportOptions::max_connections)); a refused peer learns only
-//! that it is not allowed. The checksum in the descriptor detects corruption, not forgery:
-//! authenticity comes from these checks.
+//! What holds depends on who can write where; the checks above refuse every setup where less
+//! would hold.
+//!
+//! - **Private** (the default: directory 0700, files 0600, one uid): no other uid can reach the
+//!   files or the socket. Nothing to defend against but processes of the same uid (below).
+//! - **Group** (pods of one claim as different uids sharing an `fsGroup`; directory 3770 —
+//!   owned by the group, setgid, sticky — descriptor 0640, socket 0660): a member can read the
+//!   descriptor and connect, and is served only if the exporter allows its uid or groups
+//!   (`SO_PEERCRED`, `SO_PEERGROUPS`). The sticky bit keeps it from renaming or replacing the
+//!   exporter's files; what it plants under a free name is its own (an untrusted owner, an
+//!   untrusted `SO_PEERCRED`) and refused. Even where it could rename, the substitution of
+//!   another buffer of the same exporter fails twice: the hello names the name asked for, and
+//!   a socket renamed into another name refuses its peers ([`Error::Refused`]); the offer must
+//!   be the buffer the descriptor file names, same id and generation
+//!   ([`Error::OfferMismatch`]). A directory without the sticky bit, or any group- or
+//!   other-writable ancestor without it, is refused outright ([`Error::UnsafeDirectory`]).
+//!   With the legacy transport the descriptor holds a bearer handle: every member who can read
+//!   it can map the memory (use the fd transport across uids).
+//! - **Cross-pod** (each pod its own PID namespace, a shared volume): the same as group or
+//!   private, whichever the volume's modes give; the fd transport needs nothing else (no
+//!   `hostPID`), and peers in PIDs this process cannot see count against the fair shares per
+//!   uid only.
+//!
+//! What another uid can still do: deny service where it can write (plant a file under a name
+//! before the exporter starts — the exporter then says what is in the way,
+//! [`Error::NameInUse`]), and, as an allowed consumer, hold connections up to its share: at
+//! most [`max_per_process`](super::ExportOptions::max_per_process) per process and
+//! [`max_per_uid`](super::ExportOptions::max_per_uid) per uid (half of
+//! [`max_connections`](super::ExportOptions::max_connections) by default); when the exporter is
+//! full, a newcomer takes the place of a handshake that has not completed (a silent or
+//! trickling connection) of whoever holds the most. A refused peer learns only that it is not
+//! allowed. The checksum in the descriptor detects corruption, not forgery: authenticity comes
+//! from these checks.
 //!
 //! A process of the **same uid** is not a boundary: it can ptrace either side, read the
-//! memory, replace the files or take every lease. The exporter still survives its protocol
-//! abuse (floods, garbage, silent connections): it never evicts a connection that has sent
-//! bytes, and a full exporter answers "busy" instead of resetting.
+//! memory, replace the files or hold connections up to the service's limits. The exporter
+//! still survives its protocol abuse (floods, garbage, silent or trickling connections), and a
+//! full exporter answers "busy" instead of resetting.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -604,15 +628,14 @@ pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
 /// `timeout`.
 pub fn wait_for(path: &Path, timeout: Duration, what: &str) -> Result<()> {
     let deadline = deadline_after(timeout);
-    let mut interval = Duration::from_millis(1);
+    let mut pause = crate::deadline::Pause::polling();
     loop {
         match std::fs::symlink_metadata(path) {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if !pause.sleep(deadline) {
             return Err(Error::Timeout {
                 what: format!(
                     "{what} to appear at {} (is the producer running, and does it use the same \
@@ -622,7 +645,5 @@ pub fn wait_for(path: &Path, timeout: Duration, what: &str) -> Result<()> {
                 waited: timeout,
             });
         }
-        std::thread::sleep(interval.min(left));
-        interval = (interval * 2).min(Duration::from_millis(50));
     }
 }
