@@ -271,3 +271,100 @@ pub(crate) fn clip(text: &str) -> &[u8] {
     }
     &text.as_bytes()[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::framing::{FrameReader, Kind};
+    use crate::ipc::rendezvous::Names;
+    use crate::ipc::ExportOptions;
+
+    /// A hook that admits everyone with an empty "offer" and counts who left.
+    struct Echo(Arc<Mutex<Vec<u64>>>);
+
+    impl Serve for Echo {
+        fn admit(&mut self, _: &Peer, s: &UnixStream) -> std::result::Result<(), Refusal> {
+            crate::ipc::framing::send(s, Kind::Offer, b"hi", None).map_err(|_| Refusal::Close)
+        }
+        fn left(&mut self, peer: &Peer) {
+            self.0.lock().unwrap().push(peer.id);
+        }
+        fn stop(&mut self, _: Vec<(Peer, UnixStream)>) {}
+    }
+
+    fn names(tag: &str) -> Names {
+        let r: [u8; 6] = os::random_bytes().unwrap();
+        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("cuda-ipc-service-{tag}-{hex}"));
+        Names::for_path(dir.join("svc")).unwrap()
+    }
+
+    fn start(names: &Names, options: ServiceOptions) -> Result<(Service, Arc<Mutex<Vec<u64>>>)> {
+        let left = Arc::new(Mutex::new(Vec::new()));
+        let claim = Claim::take(names, None)?;
+        let s = Service::start(claim, options, Echo(Arc::clone(&left)), "test service")?;
+        Ok((s, left))
+    }
+
+    fn hello(names: &Names) -> (UnixStream, Kind) {
+        let s = UnixStream::connect(&names.socket).unwrap();
+        let _ = crate::ipc::framing::send(&s, Kind::Hello, &encode_hello(&names.name), None);
+        let m = FrameReader::new()
+            .read_within(&s, Duration::from_secs(5), "service")
+            .unwrap();
+        (s, m.kind)
+    }
+
+    #[test]
+    fn a_service_owns_its_name_and_leaves_nothing_behind() {
+        let n = names("owns");
+        let options = ExportOptions::default().service(8, Traffic::Ignore);
+        let (service, left) = start(&n, options.clone()).unwrap();
+        assert!(n.socket.exists());
+        // A second one is refused while the first lives, and says who holds the name.
+        let err = start(&n, options.clone()).unwrap_err();
+        assert!(
+            matches!(&err, Error::NameInUse { detail, .. } if detail.contains("a live publisher holds")),
+            "{err:?}"
+        );
+        let (peer, kind) = hello(&n);
+        assert_eq!(kind, Kind::Offer);
+        drop(peer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while left.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the peer's leaving was never seen"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(service);
+        assert!(!n.socket.exists(), "the socket outlived its service");
+        // The name is free again; a claim dropped before its service starts binds nothing.
+        let claim = Claim::take(&n, None).unwrap();
+        drop(claim);
+        assert!(!n.socket.exists());
+        let (again, _) = start(&n, options).unwrap();
+        drop(again);
+        std::fs::remove_dir_all(&n.dir).unwrap();
+    }
+
+    #[test]
+    fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
+        let n = names("silent");
+        let options = ServiceOptions {
+            handshake_timeout: Duration::from_millis(100),
+            ..ExportOptions::default().service(8, Traffic::Ignore)
+        };
+        let (service, _) = start(&n, options).unwrap();
+        let silent = UnixStream::connect(&n.socket).unwrap();
+        let m = FrameReader::new()
+            .read_within(&silent, Duration::from_secs(5), "service")
+            .unwrap();
+        assert_eq!(m.kind, Kind::Refuse);
+        assert!(String::from_utf8_lossy(&m.payload).contains("no hello"));
+        assert_eq!(service.stats().get().dropped_bad, 1);
+        drop(service);
+        std::fs::remove_dir_all(&n.dir).unwrap();
+    }
+}
