@@ -1323,3 +1323,34 @@ mod loader_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod code_tests {
+    //! The code table against the real driver library (no GPU needed).
+    use super::*;
+
+    #[test]
+    fn every_known_code_has_the_drivers_own_name() {
+        let mut unknown_to_driver = Vec::new();
+        for &(code, name) in KNOWN_CODES {
+            assert_eq!(code_name(code), Some(name));
+            match driver_error_name(code) {
+                Some(driver_name) => assert_eq!(driver_name, name, "code {code}"),
+                None => unknown_to_driver.push(code),
+            }
+        }
+        // The 535 driver of CI knows every code this crate can return.
+        assert!(
+            unknown_to_driver.is_empty(),
+            "the driver does not name codes {unknown_to_driver:?}"
+        );
+    }
+
+    #[test]
+    fn known_codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for &(code, name) in KNOWN_CODES {
+            assert!(seen.insert(code), "duplicate code {code} ({name})");
+        }
+    }
+}

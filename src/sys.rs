@@ -532,4 +532,31 @@ mod tests {
         }
         assert!(ENTRY_POINTS.contains(&"cuGetErrorString"));
     }
+
+    #[test]
+    fn the_driver_is_loaded_or_says_what_was_searched() {
+        match driver() {
+            Ok(driver) => assert!(driver.library_name().starts_with("libcuda.so")),
+            Err(e) => assert!(e.searched().contains("libcuda.so.1")),
+        }
+    }
+
+    #[test]
+    fn the_driver_library_loads_with_every_entry_point() {
+        // CI's 535 driver (and any CUDA 12.0+ driver) exports every symbol this crate declares.
+        let driver = driver().expect("the driver library (LD_LIBRARY_PATH)");
+        assert!(driver.library_name().starts_with("libcuda.so"));
+        assert_eq!(driver.missing_entry_points(), &[] as &[&str]);
+    }
+
+    #[test]
+    fn ffi_layouts_match_cuda_h() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<CUipcMemHandle>(), 64);
+        assert_eq!(size_of::<CUipcEventHandle>(), 64);
+        assert_eq!(size_of::<CUuuid>(), 16);
+        assert_eq!(size_of::<CUmemAllocationProp>(), 32);
+        assert_eq!(size_of::<CUmemAccessDesc>(), 12);
+        assert_eq!(size_of::<CUresultCode>(), 4);
+    }
 }
