@@ -49,10 +49,10 @@
 //! [`SharedDeviceBuffer::wait_signal`]).
 
 pub(crate) mod allocation;
-pub mod framing;
 mod descriptor;
 pub(crate) mod exporter;
-pub mod identity;
+pub(crate) mod framing;
+pub(crate) mod identity;
 pub(crate) mod importer;
 pub(crate) mod mapping;
 pub mod rendezvous;
