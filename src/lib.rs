@@ -28,6 +28,9 @@
 //! For interop with other CUDA code, the safe types hand out their raw driver handles
 //! ([`Context::raw`], [`Stream::raw`], [`Event::raw`], [`Device::raw`],
 //! [`DeviceMemory::device_ptr`]) and take raw work into account ([`DeviceSlice::record_use`]).
+//! Diagnostics that have no caller to return to (a failed release in a `Drop`) go to the
+//! [`log`](https://docs.rs/log) facade under the target `cuda_ipc`, and are also kept for
+//! [`take_drop_errors`].
 //!
 //! ## Example
 //! A producer process shares a buffer; a consumer process (another pod, maybe another GPU)

@@ -164,6 +164,27 @@ pub fn parse(program: &str) -> Options {
     o
 }
 
+/// Prints warnings and errors logged through the `log` facade (cuda-ipc's diagnostics, e.g. a
+/// failed release in a drop) to standard error: `ERROR cuda_ipc: dropping ...`. A real
+/// program would install its own logger (env_logger, tracing, ...) instead.
+pub fn init_logger() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
 /// Waits until `path` exists, polling with a growing interval (1 ms to 50 ms), for at most
 /// `timeout`.
 pub fn wait_for_file(path: &Path, timeout: Duration, what: &str) -> Result<()> {
