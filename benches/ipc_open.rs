@@ -8,10 +8,10 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use common::driver;
 use criterion::{BenchmarkId, Criterion};
 use cuda_ipc::ipc::{fetch, Descriptor, ImportOptions, SharedDeviceBuffer, Transport};
 use cuda_ipc::prelude::*;
-use cuda_ipc::result;
 
 const SIZES: [usize; 3] = [2 << 20, 64 << 20, 1 << 30];
 
@@ -83,15 +83,15 @@ fn export_costs(c: &mut Criterion) {
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     let _bound = ctx.bind().unwrap();
     let mut g = c.benchmark_group("export");
-    let legacy = result::mem_alloc(2 << 20).unwrap();
+    let legacy = driver::mem_alloc(2 << 20).unwrap();
     g.bench_function("legacy/cuIpcGetMemHandle", |b| {
-        b.iter(|| result::ipc_get_mem_handle(legacy).unwrap())
+        b.iter(|| driver::ipc_get_mem_handle(legacy).unwrap())
     });
-    let handle = result::mem_create_posix_fd(ctx.device().raw(), 2 << 20).unwrap();
+    let handle = driver::mem_create_posix_fd(ctx.device().raw(), 2 << 20).unwrap();
     g.bench_function("fd/cuMemExportToShareableHandle+close", |b| {
         b.iter(|| {
             // SAFETY: a live handle of the POSIX fd type; the new fd is closed at once.
-            let fd = unsafe { result::mem_export_posix_fd(handle) }.unwrap();
+            let fd = unsafe { driver::mem_export_posix_fd(handle) }.unwrap();
             // SAFETY: the driver gave us this fd; we own it.
             drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         })
@@ -99,8 +99,8 @@ fn export_costs(c: &mut Criterion) {
     g.finish();
     // SAFETY: both allocations are ours and unused.
     unsafe {
-        result::mem_free(legacy).unwrap();
-        result::mem_release(handle).unwrap();
+        driver::mem_free(legacy).unwrap();
+        driver::mem_release(handle).unwrap();
     }
 }
 
@@ -182,21 +182,21 @@ fn raw_open_close(ctx: &Context, d: &Descriptor, fd: Option<i32>) {
         None => {
             // SAFETY: a valid handle of a live buffer; closed right away.
             unsafe {
-                let p = result::ipc_open_mem_handle(&d.handle).unwrap();
-                result::ipc_close_mem_handle(p).unwrap();
+                let p = driver::ipc_open_mem_handle(&d.handle).unwrap();
+                driver::ipc_close_mem_handle(p).unwrap();
             }
         }
         Some(fd) => {
             let size = d.alloc_size as usize;
-            let h = result::mem_import_posix_fd(fd).unwrap();
-            let p = result::mem_address_reserve(size, 0).unwrap();
+            let h = driver::mem_import_posix_fd(fd).unwrap();
+            let p = driver::mem_address_reserve(size, 0).unwrap();
             // SAFETY: reserved range of `size`, a handle of `size`; undone in reverse order.
             unsafe {
-                result::mem_map(p, size, h).unwrap();
-                result::mem_set_access_rw(p, size, ctx.device().raw()).unwrap();
-                result::mem_release(h).unwrap();
-                result::mem_unmap(p, size).unwrap();
-                result::mem_address_free(p, size).unwrap();
+                driver::mem_map(p, size, h).unwrap();
+                driver::mem_set_access_rw(p, size, ctx.device().raw()).unwrap();
+                driver::mem_release(h).unwrap();
+                driver::mem_unmap(p, size).unwrap();
+                driver::mem_address_free(p, size).unwrap();
             }
         }
     }

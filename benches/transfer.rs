@@ -8,10 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::driver;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use cuda_ipc::ipc::{SharedDeviceBuffer, Transport};
 use cuda_ipc::prelude::*;
-use cuda_ipc::result;
 
 const SIZES: [usize; 6] = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30];
 
@@ -191,13 +191,13 @@ fn cross_gpu(c: &mut Criterion, dir: &std::path::Path) {
                         let _bound = ctx1.bind().unwrap();
                         // SAFETY: both buffers hold `size` bytes and outlive the synchronized run.
                         unsafe {
-                            result::memcpy_peer_async(
+                            driver::memcpy_peer_async(
                                 dst1.device_ptr(),
-                                ctx1.raw(),
+                                ctx1.raw().cast(),
                                 src0.device_ptr(),
-                                ctx0.raw(),
+                                ctx0.raw().cast(),
                                 size,
-                                stream1.raw(),
+                                stream1.raw().cast(),
                             )
                         }
                         .unwrap()

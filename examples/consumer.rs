@@ -12,11 +12,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cuda_ipc::ipc::{rendezvous, ImportOptions, SharedDeviceBuffer};
+use cuda_ipc::ipc::{ImportOptions, SharedDeviceBuffer};
 use cuda_ipc::kernels::reference;
 use cuda_ipc::prelude::*;
 
 fn main() -> ExitCode {
+    common::init_logger();
     let opts = common::parse("consumer");
     match run(&opts) {
         Ok(true) => ExitCode::SUCCESS,
@@ -40,7 +41,7 @@ fn run(opts: &common::Options) -> Result<bool> {
         opts.timeout,
         marker.display()
     );
-    rendezvous::wait_for(&marker, opts.timeout, "the producer's ready marker")?;
+    common::wait_for_file(&marker, opts.timeout, "the producer's ready marker")?;
     let mut names: Vec<PathBuf> = std::fs::read_dir(&opts.dir)
         .map_err(|e| Error::io(format!("listing {}", opts.dir.display()), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -78,10 +79,7 @@ fn consume(
     contexts: &mut [Option<Context>],
 ) -> Result<String> {
     // Which GPU to map it on: --import-on, else the owner (found by UUID, not by ordinal).
-    let bytes =
-        rendezvous::read_limited(&path.with_extension("desc"), cuda_ipc::ipc::DESCRIPTOR_LEN)
-            .map_err(|e| Error::io("reading the descriptor", e))?;
-    let d = cuda_ipc::ipc::Descriptor::decode(&bytes)?;
+    let d = common::read_descriptor(&path.with_extension("desc"))?;
     let owner_uuid = GpuUuid(d.owner_uuid);
     let owner = Device::by_uuid(&owner_uuid)?;
     let on = match opts.import_on {

@@ -162,6 +162,7 @@ fn parse() -> Options {
 }
 
 fn main() -> ExitCode {
+    common::init_logger();
     let opts = parse();
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -116,6 +116,7 @@ fn parse() -> Options {
 }
 
 fn main() -> ExitCode {
+    common::init_logger();
     let opts = parse();
     match run(&opts) {
         Ok(true) => ExitCode::SUCCESS,

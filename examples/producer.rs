@@ -15,6 +15,7 @@ use cuda_ipc::kernels::reference;
 use cuda_ipc::prelude::*;
 
 fn main() -> ExitCode {
+    common::init_logger();
     let opts = common::parse("producer");
     match run(&opts) {
         Ok(true) => ExitCode::SUCCESS,

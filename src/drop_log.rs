@@ -2,8 +2,10 @@
 //!
 //! `Drop` cannot return an error and must never panic, yet a failed `cuMemFree` or
 //! `cuIpcCloseMemHandle` is worth knowing about (it may mean leaked GPU memory). Every such
-//! failure is written to standard error and recorded here; a service can poll
-//! [`take_drop_errors`] and put them in its own logs or metrics.
+//! failure is logged through the [`log`](https://docs.rs/log) facade (`log::error!`, target
+//! `cuda_ipc`: it reaches whatever logger the application installed, and nothing is printed
+//! without one), counted ([`drop_error_count`]) and kept (up to [`KEPT_DROP_ERRORS`], until
+//! [`take_drop_errors`] takes them), so that a service can also put them in its own metrics.
 //!
 //! ```
 //! let before = cuda_ipc::drop_error_count();
@@ -14,7 +16,6 @@
 //! }
 //! ```
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -39,16 +40,15 @@ impl std::fmt::Display for DropError {
     }
 }
 
-/// Records a failure during a drop: counts it, keeps it (up to [`KEPT_DROP_ERRORS`]) and writes
-/// it to standard error. Never panics.
+/// Records a failure during a drop: counts it, keeps it (up to [`KEPT_DROP_ERRORS`]) and logs
+/// it (`log::error!`, target `cuda_ipc`). Never panics.
 pub(crate) fn record(what: &'static str, error: impl std::fmt::Display) {
     let entry = DropError {
         what,
         message: error.to_string(),
     };
     COUNT.fetch_add(1, Ordering::Relaxed);
-    // A write error on stderr has nowhere else to go; the error is still counted and kept.
-    let _ = writeln!(std::io::stderr(), "cuda-ipc: {entry}");
+    log::error!(target: "cuda_ipc", "{entry}");
     let mut kept = KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if kept.len() < KEPT_DROP_ERRORS {
         kept.push(entry);
@@ -71,4 +71,45 @@ pub fn drop_error_count() -> u64 {
 pub fn take_drop_errors() -> Vec<DropError> {
     let mut kept = KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     std::mem::take(&mut *kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    /// Keeps what is logged at target `cuda_ipc`.
+    struct Capture(Mutex<Vec<(log::Level, String)>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.target() == "cuda_ipc"
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                seen.push((record.level(), record.args().to_string()));
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+    #[test]
+    fn a_drop_error_is_logged_counted_and_kept() {
+        // The only logger of this test binary; set once.
+        let _ = log::set_logger(&CAPTURE);
+        log::set_max_level(log::LevelFilter::Trace);
+        let before = super::drop_error_count();
+        super::record("TestBuffer (cuMemFree)", "CUDA_ERROR_ILLEGAL_ADDRESS");
+        assert!(super::drop_error_count() > before);
+        let text = "dropping TestBuffer (cuMemFree): CUDA_ERROR_ILLEGAL_ADDRESS";
+        let seen = CAPTURE.0.lock().unwrap().clone();
+        assert!(
+            seen.contains(&(log::Level::Error, text.to_string())),
+            "{seen:?}"
+        );
+        let kept = super::take_drop_errors();
+        assert!(kept.iter().any(|e| e.to_string() == text), "{kept:?}");
+    }
 }

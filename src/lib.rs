@@ -14,10 +14,23 @@
 //!   this crate diagnoses before the driver does.
 //!
 //! ## Layers
-//! - [`sys`]: raw FFI (`cuda-driver-sys`, plus what its CUDA 10.2 bindings lack).
-//! - [`result`]: the only module that calls the driver; every `CUresult` becomes a `Result`.
-//! - Safe types: [`Device`], [`Context`], [`Stream`], [`Event`], [`DeviceBuffer`],
-//!   [`kernels`], your own kernels ([`module`], [`launch`]), and [`ipc`].
+//! What this crate makes public is the product: [`Device`], [`Context`], [`Stream`], [`Event`],
+//! [`DeviceBuffer`], the built-in [`kernels`], your own kernels ([`module`], [`launch`]),
+//! sharing between processes ([`ipc`]) and channels of frames ([`pubsub`]). Under them, and
+//! private to the crate:
+//! - `sys`: the raw driver FFI (`cuda-driver-sys`'s types, plus what its CUDA 10.2 bindings
+//!   lack), resolved from `libcuda` at run time;
+//! - `result`: the only module that calls the driver; every `CUresult` becomes a `Result`,
+//!   with a [`DriverError`] (its codes and names are public in [`error`]);
+//! - `os`: the Linux calls (sockets with `SCM_RIGHTS`, `*at` file calls, `memfd`, futexes);
+//! - `ipc::framing`: the rendezvous socket's messages.
+//!
+//! For interop with other CUDA code, the safe types hand out their raw driver handles
+//! ([`Context::raw`], [`Stream::raw`], [`Event::raw`], [`Device::raw`],
+//! [`DeviceMemory::device_ptr`]) and take raw work into account ([`DeviceSlice::record_use`]).
+//! Diagnostics that have no caller to return to (a failed release in a `Drop`) go to the
+//! [`log`](https://docs.rs/log) facade under the target `cuda_ipc`, and are also kept for
+//! [`take_drop_errors`].
 //!
 //! ## Example
 //! A producer process shares a buffer; a consumer process (another pod, maybe another GPU)
@@ -75,13 +88,13 @@ pub mod launch;
 mod loader;
 pub mod memory;
 pub mod module;
-pub mod os;
+pub(crate) mod os;
 pub mod pinned;
 pub mod pubsub;
-pub mod result;
+pub(crate) mod result;
 mod service;
 pub mod stream;
-pub mod sys;
+pub(crate) mod sys;
 mod uses;
 
 pub use context::Context;

@@ -280,54 +280,6 @@ pub fn poll(requests: &mut [PollRequest], timeout: Duration) -> io::Result<usize
     Ok(n)
 }
 
-/// An anonymous memory file (`memfd_create`), e.g. to test descriptor passing without a GPU.
-pub fn memfd(name: &str) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))?;
-    // SAFETY: `cname` is a valid NUL-terminated string.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// How many descriptors this process has open (entries of `/proc/self/fd`, less the one the
-/// listing itself uses).
-pub fn open_fd_count() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/fd")?
-        .count()
-        .saturating_sub(1))
-}
-
-/// The soft and hard `RLIMIT_NOFILE`.
-pub fn nofile_limit() -> io::Result<(u64, u64)> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is valid for writes.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((r.rlim_cur, r.rlim_max))
-}
-
-/// Sets the soft `RLIMIT_NOFILE` (the hard limit stays).
-pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
-    let (_, hard) = nofile_limit()?;
-    let r = libc::rlimit {
-        rlim_cur: soft.min(hard),
-        rlim_max: hard,
-    };
-    // SAFETY: `r` is a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// A hint to append to an error that ran out of file descriptors (`EMFILE`, `ENFILE`), else "".
 pub fn fd_limit_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
@@ -589,23 +541,6 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// The effective group ids of this process: the primary one and the supplementary ones.
-pub fn own_groups() -> Vec<u32> {
-    // SAFETY: getegid cannot fail.
-    let mut out = vec![unsafe { libc::getegid() }];
-    // SAFETY: a count query with a null list writes nothing.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    if n > 0 {
-        let mut list = vec![0 as libc::gid_t; n as usize];
-        // SAFETY: `list` has room for `n` groups.
-        let got = unsafe { libc::getgroups(n, list.as_mut_ptr()) };
-        if got > 0 {
-            out.extend_from_slice(&list[..got as usize]);
-        }
-    }
-    out
-}
-
 /// `SO_PEERGROUPS` (Linux 4.13+; the value is the same on every architecture but sparc,
 /// mips, parisc and alpha, whose libc crate does not name it either).
 const SO_PEERGROUPS: libc::c_int = 59;
@@ -835,11 +770,13 @@ impl SharedMapping {
     }
 
     /// Bytes mapped.
+    #[allow(dead_code)] // the crate uses `words` and `as_ptr` only
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the mapping is empty (never: [`map`](Self::map) refuses that).
+    #[allow(dead_code)] // the crate uses `words` and `as_ptr` only
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -7,7 +7,7 @@
 //! touch [`crate::sys`] themselves.
 //!
 //! ```
-//! use cuda_ipc::result::DriverError;
+//! use cuda_ipc::error::DriverError;
 //! let e = DriverError::new("cuIpcOpenMemHandle", 201);
 //! assert_eq!(e.name(), "CUDA_ERROR_INVALID_CONTEXT");
 //! assert!(e.to_string().contains("cuIpcOpenMemHandle"));
@@ -19,8 +19,8 @@ use std::os::raw::{c_char, c_int};
 use crate::sys;
 pub use crate::sys::attribute;
 pub use crate::sys::{
-    CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUipcEventHandle, CUipcMemHandle,
-    CUmemGenericAllocationHandle, CUmodule, CUstream,
+    CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUmemGenericAllocationHandle, CUmodule,
+    CUstream,
 };
 
 /// A driver call that failed: which call, and the `CUresult` it returned.
@@ -308,11 +308,6 @@ pub fn code_name(code: u32) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
-/// The driver's own name for `code` (`cuGetErrorName`), if the driver knows it.
-pub fn driver_code_name(code: u32) -> Option<String> {
-    driver_error_name(code)
-}
-
 /// Result of a driver call.
 pub type DriverResult<T> = Result<T, DriverError>;
 
@@ -531,58 +526,11 @@ pub fn mem_get_address_range(ptr: CUdeviceptr) -> DriverResult<(CUdeviceptr, usi
     Ok((base, size))
 }
 
-/// `cuPointerGetAttribute(CU_POINTER_ATTRIBUTE_BUFFER_ID)`: a process-unique id of the
-/// allocation holding `ptr` (never reused within a process).
-pub fn pointer_buffer_id(ptr: CUdeviceptr) -> DriverResult<u64> {
-    let mut id: u64 = 0;
-    // SAFETY: the attribute writes one unsigned long long; the driver checks `ptr`.
-    check("cuPointerGetAttribute", unsafe {
-        sys::cuPointerGetAttribute(
-            (&mut id as *mut u64).cast(),
-            sys::POINTER_ATTRIBUTE_BUFFER_ID,
-            ptr,
-        )
-    })?;
-    Ok(id)
-}
-
-/// `cuMemcpyHtoD_v2`.
-///
-/// # Safety
-/// `dst` must be valid device memory of at least `bytes` bytes; `src` readable for `bytes`.
-pub unsafe fn memcpy_htod(dst: CUdeviceptr, src: *const c_void, bytes: usize) -> DriverResult<()> {
-    // SAFETY: forwarded to the caller.
-    check("cuMemcpyHtoD", unsafe {
-        sys::cuMemcpyHtoD_v2(dst, src, bytes)
-    })
-}
-
-/// `cuMemcpyDtoH_v2`.
-///
-/// # Safety
-/// `src` must be valid device memory of at least `bytes` bytes; `dst` writable for `bytes`.
-pub unsafe fn memcpy_dtoh(dst: *mut c_void, src: CUdeviceptr, bytes: usize) -> DriverResult<()> {
-    // SAFETY: forwarded to the caller.
-    check("cuMemcpyDtoH", unsafe {
-        sys::cuMemcpyDtoH_v2(dst, src, bytes)
-    })
-}
-
-/// `cuMemcpyDtoD_v2`.
-///
-/// # Safety
-/// Both ranges must be valid device memory of at least `bytes` bytes.
-pub unsafe fn memcpy_dtod(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize) -> DriverResult<()> {
-    // SAFETY: forwarded to the caller.
-    check("cuMemcpyDtoD", unsafe {
-        sys::cuMemcpyDtoD_v2(dst, src, bytes)
-    })
-}
-
 /// `cuMemcpyHtoDAsync_v2`.
 ///
 /// # Safety
-/// As [`memcpy_htod`], and `src` must stay valid and unchanged until the stream reaches the copy.
+/// `dst` must be valid device memory of at least `bytes` bytes, and `src` readable for `bytes`
+/// and unchanged until the stream reaches the copy.
 pub unsafe fn memcpy_htod_async(
     dst: CUdeviceptr,
     src: *const c_void,
@@ -598,7 +546,8 @@ pub unsafe fn memcpy_htod_async(
 /// `cuMemcpyDtoHAsync_v2`.
 ///
 /// # Safety
-/// As [`memcpy_dtoh`], and `dst` must stay valid and untouched until the stream reaches the copy.
+/// `src` must be valid device memory of at least `bytes` bytes, and `dst` writable for `bytes`
+/// and untouched until the stream reaches the copy.
 pub unsafe fn memcpy_dtoh_async(
     dst: *mut c_void,
     src: CUdeviceptr,
@@ -614,7 +563,8 @@ pub unsafe fn memcpy_dtoh_async(
 /// `cuMemcpyDtoDAsync_v2`.
 ///
 /// # Safety
-/// As [`memcpy_dtod`], and both ranges must stay valid until the stream reaches the copy.
+/// Both ranges must be valid device memory of at least `bytes` bytes until the stream reaches
+/// the copy.
 pub unsafe fn memcpy_dtod_async(
     dst: CUdeviceptr,
     src: CUdeviceptr,
@@ -643,17 +593,6 @@ pub unsafe fn memcpy_peer_async(
     // SAFETY: forwarded to the caller.
     check("cuMemcpyPeerAsync", unsafe {
         sys::cuMemcpyPeerAsync(dst, dst_ctx, src, src_ctx, bytes, stream)
-    })
-}
-
-/// `cuMemsetD8_v2`.
-///
-/// # Safety
-/// `dst` must be valid device memory of at least `count` bytes.
-pub unsafe fn memset_d8(dst: CUdeviceptr, value: u8, count: usize) -> DriverResult<()> {
-    // SAFETY: forwarded to the caller.
-    check("cuMemsetD8", unsafe {
-        sys::cuMemsetD8_v2(dst, value, count)
     })
 }
 
@@ -945,16 +884,6 @@ pub unsafe fn event_elapsed_ms(start: CUevent, end: CUevent) -> DriverResult<f32
 
 // ---- modules and launches -------------------------------------------------------------------
 
-/// `cuModuleLoadData` of a NUL-terminated PTX image, in the current context.
-pub fn module_load_data(image: &CStr) -> DriverResult<CUmodule> {
-    let mut m: CUmodule = std::ptr::null_mut();
-    // SAFETY: `image` is a NUL-terminated string, which is what a PTX image must be.
-    check("cuModuleLoadData", unsafe {
-        sys::cuModuleLoadData(&mut m, image.as_ptr().cast())
-    })?;
-    Ok(m)
-}
-
 /// `cuModuleUnload`.
 ///
 /// # Safety
@@ -975,37 +904,6 @@ pub unsafe fn module_get_function(module: CUmodule, name: &CStr) -> DriverResult
         sys::cuModuleGetFunction(&mut f, module, name.as_ptr())
     })?;
     Ok(f)
-}
-
-/// `cuLaunchKernel` with a 1-D grid and no dynamic shared memory.
-///
-/// # Safety
-/// `params` must point to one pointer per kernel parameter, each to a value of exactly the
-/// type the kernel declares; every device pointer among them must be valid for what the kernel
-/// does until the stream reaches the launch.
-pub unsafe fn launch_kernel(
-    f: CUfunction,
-    grid: u32,
-    block: u32,
-    stream: CUstream,
-    params: &mut [*mut c_void],
-) -> DriverResult<()> {
-    // SAFETY: forwarded to the caller.
-    check("cuLaunchKernel", unsafe {
-        sys::cuLaunchKernel(
-            f,
-            grid,
-            1,
-            1,
-            block,
-            1,
-            1,
-            0,
-            stream,
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-    })
 }
 
 // ---- legacy IPC -----------------------------------------------------------------------------
@@ -1047,32 +945,6 @@ pub unsafe fn ipc_close_mem_handle(ptr: CUdeviceptr) -> DriverResult<()> {
     check("cuIpcCloseMemHandle", unsafe {
         sys::cuIpcCloseMemHandle(ptr)
     })
-}
-
-/// `cuIpcGetEventHandle` of an interprocess event.
-///
-/// # Safety
-/// `event` must be live.
-pub unsafe fn ipc_get_event_handle(event: CUevent) -> DriverResult<[u8; 64]> {
-    let mut h = sys::CUipcEventHandle { reserved: [0; 64] };
-    // SAFETY: valid out-pointer; event forwarded to the caller.
-    check("cuIpcGetEventHandle", unsafe {
-        sys::cuIpcGetEventHandle(&mut h, event)
-    })?;
-    Ok(h.reserved.map(|b| b as u8))
-}
-
-/// `cuIpcOpenEventHandle` in the current context.
-pub fn ipc_open_event_handle(handle: &[u8; 64]) -> DriverResult<CUevent> {
-    let h = sys::CUipcEventHandle {
-        reserved: handle.map(|b| b as c_char),
-    };
-    let mut e: CUevent = std::ptr::null_mut();
-    // SAFETY: valid out-pointer; the handle is passed by value and validated by the driver.
-    check("cuIpcOpenEventHandle", unsafe {
-        sys::cuIpcOpenEventHandle(&mut e, h)
-    })?;
-    Ok(e)
 }
 
 // ---- virtual memory management (VMM) --------------------------------------------------------
@@ -1248,9 +1120,9 @@ pub unsafe fn module_load_image(image: &[u8]) -> DriverResult<CUmodule> {
 /// `cuLaunchKernel` with a 3-D grid and block and `shared_mem_bytes` of dynamic shared memory.
 ///
 /// # Safety
-/// As [`launch_kernel`]: `params` holds one pointer per kernel parameter, each to a value of
-/// exactly the type the kernel declares, and every device pointer among them must be valid for
-/// what the kernel does until the stream reaches the launch.
+/// `params` must hold one pointer per kernel parameter, each to a value of exactly the type the
+/// kernel declares, and every device pointer among them must be valid for what the kernel does
+/// until the stream reaches the launch.
 pub unsafe fn launch_kernel_3d(
     f: CUfunction,
     grid: [u32; 3],
@@ -1320,6 +1192,37 @@ mod loader_tests {
                 .starts_with("cuModuleGetFunction failed with CUDA_ERROR_NOT_FOUND (500)"));
         } else {
             assert!(e.is_driver_not_loaded());
+        }
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    //! The code table against the real driver library (no GPU needed).
+    use super::*;
+
+    #[test]
+    fn every_known_code_has_the_drivers_own_name() {
+        let mut unknown_to_driver = Vec::new();
+        for &(code, name) in KNOWN_CODES {
+            assert_eq!(code_name(code), Some(name));
+            match driver_error_name(code) {
+                Some(driver_name) => assert_eq!(driver_name, name, "code {code}"),
+                None => unknown_to_driver.push(code),
+            }
+        }
+        // The 535 driver of CI knows every code this crate can return.
+        assert!(
+            unknown_to_driver.is_empty(),
+            "the driver does not name codes {unknown_to_driver:?}"
+        );
+    }
+
+    #[test]
+    fn known_codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for &(code, name) in KNOWN_CODES {
+            assert!(seen.insert(code), "duplicate code {code} ({name})");
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cuda_ipc::result::{codes, DriverError};
+use cuda_ipc::error::{codes, DriverError};
 use cuda_ipc::{Device, Error};
 
 const CHILD: &str = "CUDA_IPC_TEST_DRIVER_NOT_FOUND_CHILD";

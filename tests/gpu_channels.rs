@@ -105,7 +105,7 @@ fn subscriber_role() {
     let ctx = Context::new(Device::by_ordinal(gpu).unwrap()).unwrap();
     let stream = Stream::new(&ctx).unwrap();
     let k = ctx.kernels().unwrap();
-    let fds_before = cuda_ipc::os::open_fd_count().unwrap();
+    let fds_before = common::os::open_fd_count().unwrap();
     let opts = SubscribeOptions {
         start: if get("START") == "next" {
             Start::Next
@@ -166,7 +166,7 @@ fn subscriber_role() {
     assert_eq!(stats.received, received);
     drop(sub);
     drop(errors);
-    let fds_after = cuda_ipc::os::open_fd_count().unwrap();
+    let fds_after = common::os::open_fd_count().unwrap();
     println!(
         "SUBRESULT received={received} missed={missed} errors={} first={first} last={last} \
          in_order={in_order} consecutive={consecutive} end={end} fds_before={fds_before} \
@@ -458,7 +458,7 @@ fn a_late_subscriber_starts_from_the_latest_frame() {
 #[ignore = "needs an NVIDIA GPU"]
 fn channels_work_across_pid_namespaces_as_a_non_root_uid() {
     assert_eq!(
-        cuda_ipc::os::effective_uid(),
+        common::os::effective_uid(),
         0,
         "this test needs root (unshare --pid, setpriv): run the GPU bundle as root"
     );
@@ -504,10 +504,10 @@ fn a_100k_frame_soak_and_subscriber_churn_return_fds_and_memory_to_baseline() {
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     let stream = Stream::new(&ctx).unwrap();
     let k = ctx.kernels().unwrap();
-    let fds0 = cuda_ipc::os::open_fd_count().unwrap();
+    let fds0 = common::os::open_fd_count().unwrap();
     let (free0, _) = {
         let _b = ctx.bind().unwrap();
-        cuda_ipc::result::mem_get_info().unwrap()
+        common::driver::mem_get_info().unwrap()
     };
     {
         let mut p = Publisher::<u32>::create(&ctx, &path, 1024, ChannelOptions::default()).unwrap();
@@ -533,10 +533,10 @@ fn a_100k_frame_soak_and_subscriber_churn_return_fds_and_memory_to_baseline() {
         assert_eq!((stats.joined, stats.left), (31, 31), "{stats:?}");
         stream.synchronize().unwrap();
     }
-    let fds1 = cuda_ipc::os::open_fd_count().unwrap();
+    let fds1 = common::os::open_fd_count().unwrap();
     let (free1, _) = {
         let _b = ctx.bind().unwrap();
-        cuda_ipc::result::mem_get_info().unwrap()
+        common::driver::mem_get_info().unwrap()
     };
     println!("fds {fds0} -> {fds1}; free device memory {free0} -> {free1}");
     assert_eq!(fds1, fds0, "fds leaked");
@@ -563,27 +563,6 @@ fn fake_publisher(
     })
 }
 
-fn welcome_bytes() -> Vec<u8> {
-    let words: [u64; 13] = [
-        1,
-        4,
-        16,
-        0,
-        16,
-        64,
-        4,
-        cuda_ipc::ipc::TypeTag::of::<u32>().0,
-        2,
-        1,
-        0,
-        0,
-        5,
-    ];
-    let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    b.extend_from_slice(&[0u8; cuda_ipc::ipc::DESCRIPTOR_LEN]);
-    b
-}
-
 fn subscribe_to_fake(dir: &Path) -> Error {
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     let opts = SubscribeOptions {
@@ -604,12 +583,12 @@ fn subscribe_to_fake(dir: &Path) -> Error {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
-    use cuda_ipc::ipc::framing::{send, Kind};
+    use common::wire::{send, welcome_payload, Kind};
     use std::os::fd::AsFd;
     // 1. Garbage instead of a welcome.
     let dir = temp_dir("chan-fake1");
     let t = fake_publisher(&dir, |s| {
-        let fd = cuda_ipc::os::shared_words_file("x", 4096).unwrap();
+        let fd = common::os::sealed_memfd("x", 4096).unwrap();
         send(s, Kind::Welcome, b"garbage", Some(fd.as_fd())).unwrap();
     });
     assert!(matches!(subscribe_to_fake(&dir), Error::Protocol { .. }));
@@ -617,11 +596,11 @@ fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
     // 2. A well-formed welcome with a page the publisher could shrink under us (SIGBUS).
     let dir = temp_dir("chan-fake2");
     let t = fake_publisher(&dir, |s| {
-        let fd = cuda_ipc::os::memfd("unsealed").unwrap();
+        let fd = common::os::memfd("unsealed").unwrap();
         let f = std::fs::File::from(fd);
         f.set_len(4096).unwrap();
-        send(s, Kind::Welcome, &welcome_bytes(), Some(f.as_fd())).unwrap();
-        let page = cuda_ipc::os::shared_words_file("p", 4096).unwrap();
+        send(s, Kind::Welcome, &welcome_payload(), Some(f.as_fd())).unwrap();
+        let page = common::os::sealed_memfd("p", 4096).unwrap();
         send(s, Kind::Page, &[], Some(page.as_fd())).unwrap();
     });
     let err = subscribe_to_fake(&dir);
@@ -630,9 +609,9 @@ fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
     // 3. Sealed pages, but no channel behind them.
     let dir = temp_dir("chan-fake3");
     let t = fake_publisher(&dir, |s| {
-        let chan = cuda_ipc::os::shared_words_file("c", 4096).unwrap();
-        send(s, Kind::Welcome, &welcome_bytes(), Some(chan.as_fd())).unwrap();
-        let page = cuda_ipc::os::shared_words_file("p", 4096).unwrap();
+        let chan = common::os::sealed_memfd("c", 4096).unwrap();
+        send(s, Kind::Welcome, &welcome_payload(), Some(chan.as_fd())).unwrap();
+        let page = common::os::sealed_memfd("p", 4096).unwrap();
         send(s, Kind::Page, &[], Some(page.as_fd())).unwrap();
     });
     let err = subscribe_to_fake(&dir);
@@ -656,7 +635,7 @@ fn a_hostile_publisher_gets_clear_errors_and_no_mapping() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn a_hostile_subscriber_only_hurts_itself() {
-    use cuda_ipc::ipc::framing::{FrameReader, Kind};
+    use common::wire::{read_frame, Kind};
     use std::sync::atomic::Ordering::SeqCst;
     let dir = temp_dir("chan-hostile-sub");
     let path = dir.join("frames");
@@ -671,18 +650,18 @@ fn a_hostile_subscriber_only_hurts_itself() {
     let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 12, opts).unwrap();
     // A raw client speaking the protocol: it takes its pages and writes garbage into its own.
     let s = std::os::unix::net::UnixStream::connect(dir.join("frames.sock")).unwrap();
-    let mut r = FrameReader::new();
-    let mut welcome = r.read_within(&s, SECS, "publisher").unwrap();
+    std::io::Write::write_all(&mut &s, &common::wire::hello("frames")).unwrap();
+    let mut welcome = read_frame(&s, SECS).unwrap();
     assert_eq!(welcome.kind, Kind::Welcome);
     let chan_fd = welcome.fds.remove(0);
-    let mut page = r.read_within(&s, SECS, "publisher").unwrap();
+    let mut page = read_frame(&s, SECS).unwrap();
     let page_fd = page.fds.remove(0);
     // The channel page cannot be mapped writable.
     assert!(
-        cuda_ipc::os::SharedMapping::map(std::os::fd::AsFd::as_fd(&chan_fd), 4096, true).is_err()
+        common::os::SharedMapping::map(std::os::fd::AsFd::as_fd(&chan_fd), 4096, true).is_err()
     );
     let mine =
-        cuda_ipc::os::SharedMapping::map(std::os::fd::AsFd::as_fd(&page_fd), 4096, true).unwrap();
+        common::os::SharedMapping::map(std::os::fd::AsFd::as_fd(&page_fd), 4096, true).unwrap();
     for w in mine.words() {
         w.store(u64::MAX, SeqCst); // holds every slot, acknowledges nothing...
     }

@@ -11,9 +11,9 @@ use cuda_ipc::ipc::{
 };
 use cuda_ipc::kernels::reference;
 use cuda_ipc::prelude::*;
-use cuda_ipc::result;
 
 mod common;
+use common::driver;
 use common::{temp_dir, RoleProcess};
 
 /// Bytes of the test buffers.
@@ -386,7 +386,7 @@ fn leases_last_as_long_as_the_mapping() {
 fn a_callers_current_context_survives_our_calls() {
     let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
     // SAFETY: unbinding (null) is always allowed.
-    unsafe { result::ctx_set_current(std::ptr::null_mut()) }.unwrap();
+    unsafe { driver::ctx_set_current(std::ptr::null_mut()) }.unwrap();
     let stream = Stream::new(&ctx).unwrap();
     let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, 1024).unwrap();
     ctx.kernels()
@@ -398,7 +398,7 @@ fn a_callers_current_context_survives_our_calls() {
     assert_eq!(v.len(), 1024);
     drop(buf);
     assert!(
-        result::ctx_get_current().unwrap().is_null(),
+        driver::ctx_get_current().unwrap().is_null(),
         "a cuda-ipc call left its context current"
     );
     if Device::count().unwrap() >= 2 {
@@ -408,7 +408,7 @@ fn a_callers_current_context_survives_our_calls() {
         let buf = DeviceBuffer::<u32>::from_slice(&ctx, &[1, 2, 3]).unwrap();
         assert_eq!(buf.copy_to_vec().unwrap(), vec![1, 2, 3]);
         drop(buf);
-        assert_eq!(result::ctx_get_current().unwrap(), other.raw());
+        assert_eq!(driver::ctx_get_current().unwrap(), other.raw().cast());
         // Finding 10: an event cannot record a stream of another context.
         let event = Event::new(&other).unwrap();
         let err = event.record(&stream).unwrap_err();

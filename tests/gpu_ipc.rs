@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use cuda_ipc::ipc::{Descriptor, ExportOptions, Exporter, SharedDeviceBuffer, Signal, Transport};
 use cuda_ipc::kernels::reference;
-use cuda_ipc::os;
 use cuda_ipc::prelude::*;
 
 mod common;
+use common::os;
 use common::{temp_dir, RoleProcess};
 
 const LEN: usize = (16 << 20) / 4; // 16 MiB of u32

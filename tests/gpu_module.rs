@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cuda_ipc::error::codes;
 use cuda_ipc::ipc::{Exporter, SharedDeviceBuffer, Transport};
 use cuda_ipc::prelude::*;
-use cuda_ipc::result::codes;
 
 mod common;
 use common::{temp_dir, RoleProcess};

@@ -5,16 +5,15 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cuda_ipc::ipc::identity::ProcessIdentity;
 use cuda_ipc::ipc::{
     Descriptor, ExportOptions, Exporter, ImportOptions, SharedDeviceBuffer, Transport,
     WireTransport,
 };
 use cuda_ipc::kernels::reference;
-use cuda_ipc::os;
 use cuda_ipc::prelude::*;
 
 mod common;
+use common::os;
 use common::{temp_dir, RoleProcess};
 
 const LEN: usize = (64 << 20) / 4;
@@ -126,7 +125,7 @@ fn non_cuda_fds_are_refused_with_a_typed_error_and_closed() {
     d.handle = [0; 64];
     d.owner_uuid = ctx.device().uuid().unwrap().0;
     d.exporter_pid = std::process::id() + 1_000_000;
-    d.boot_id = ProcessIdentity::current().boot_id;
+    d.boot_id = os::boot_id();
     d.alloc_size = 2 << 20;
     let before = os::open_fd_count().unwrap();
     let memfd = os::memfd("not-cuda").unwrap();

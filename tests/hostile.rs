@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use cuda_ipc::ipc::rendezvous::write_atomic;
 use cuda_ipc::ipc::{fetch, AllowedUsers, Descriptor, ExportOptions, Exporter, ImportOptions};
-use cuda_ipc::{os, Error};
+use cuda_ipc::Error;
 use serial_test::serial;
 
 mod common;
+use common::os::{self, write_private};
 use common::py::{expect, hex, python};
 use common::{fd_descriptor, temp_dir};
 
@@ -86,7 +86,7 @@ def serve():
         c, _ = l.accept()
         try:
             read_frame(c)
-            socket.send_fds(c, [frame(2, desc)], [m])
+            socket.send_fds(c, [offer(desc)], [m])
         except BaseException:
             pass
         c.close()
@@ -199,7 +199,7 @@ fn impostor(tag: &str, claimed_uid: u32) -> (PathBuf, common::py::Py) {
     let path = dir.join("frames");
     let mut d = fd_descriptor();
     d.exporter_uid = claimed_uid;
-    write_atomic(&path.with_extension("desc"), &d.encode()).unwrap();
+    write_private(&path.with_extension("desc"), &d.encode()).unwrap();
     let script = r#"
 l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 l.bind(sys.argv[1])
@@ -211,7 +211,7 @@ while True:
     c, _ = l.accept()
     try:
         read_frame(c)
-        socket.send_fds(c, [frame(2, bytes.fromhex(sys.argv[2]))], [m])
+        socket.send_fds(c, [offer(bytes.fromhex(sys.argv[2]))], [m])
     except BaseException:
         pass
 "#;
@@ -369,7 +369,7 @@ fn a_listener_with_a_full_backlog_does_not_block_connect_past_the_timeout() {
     let dir = temp_dir("backlog");
     dir_with_mode(&dir, 0o700);
     let path = dir.join("frames");
-    write_atomic(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
+    write_private(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
     // A listener that never accepts, its backlog filled by its own non-blocking connects.
     let script = r#"
 l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -551,7 +551,7 @@ try:
 except OSError:
     pass  # refused before the hello arrived: the refusal is still readable
 kind, body, fds = read_frame(s)
-if kind == 3:
+if kind == REFUSE:
     print("REFUSED", body.decode(), flush=True); sys.exit(0)
 os.lseek(fds[0], 0, 0)
 print("GOT", os.read(fds[0], 64).decode(), flush=True)
@@ -653,7 +653,7 @@ while True:
     c, _ = l.accept()
     try:
         read_frame(c)
-        socket.send_fds(c, [frame(2, desc)], [m])
+        socket.send_fds(c, [offer(desc)], [m])
     except BaseException:
         pass
 "#;

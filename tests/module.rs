@@ -2,13 +2,13 @@
 //! parameter lists, image checks (real nvcc output under tests/data, and truncated or forged
 //! headers), PTX parsing and the load-error explanations.
 
+use cuda_ipc::error::{codes, DriverError};
 use cuda_ipc::launch::{Args, LaunchConfig, Params, Ptr, PtrMut};
 use cuda_ipc::module::{
     explain_load_error, image_kind, max_ptx_isa_for_cuda, ptx_entry_points, ptx_target,
     ptx_version, ImageKind,
 };
 use cuda_ipc::prelude::*;
-use cuda_ipc::result::{codes, DriverError};
 
 const PTX: &str = include_str!("data/user_kernels.ptx");
 const CUBIN: &[u8] = include_bytes!("data/user_kernels.cubin");

@@ -7,12 +7,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use cuda_ipc::ipc::rendezvous::write_atomic;
 use cuda_ipc::ipc::{fetch, ExportOptions, Exporter, ImportOptions};
-use cuda_ipc::{os, Error};
+use cuda_ipc::Error;
 use serial_test::serial;
 
 mod common;
+use common::os::{self, write_private};
 use common::py::{expect, python};
 use common::{fd_descriptor, temp_dir};
 
@@ -41,7 +41,7 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
 s.sendall(hello("frames"))
 kind, body, fds = read_frame(s)
-assert kind == 2 and len(fds) == 1, (kind, fds)
+assert kind == OFFER and len(fds) == 1, (kind, fds)
 print("LEASED", flush=True)
 time.sleep(600)
 "#;
@@ -71,7 +71,7 @@ impl Drop for RestoreLimit {
 fn running_out_of_file_descriptors_gives_a_clear_error_and_recovers() {
     let dir = private_dir("rlimit");
     let path = dir.join("frames");
-    write_atomic(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
+    write_private(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
     // A foreign exporter, so that only the consumer (this process) runs short of descriptors.
     let exporter = r#"
 l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -82,7 +82,7 @@ keep = []
 while True:
     c, _ = l.accept()
     kind, body, fds = read_frame(c)
-    socket.send_fds(c, [frame(2, bytes.fromhex(sys.argv[2]))], [m])
+    socket.send_fds(c, [offer(bytes.fromhex(sys.argv[2]))], [m])
     keep.append(c)
 "#;
     let desc_hex: String = std::fs::read(path.with_extension("desc"))

@@ -9,13 +9,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cuda_ipc::ipc::framing::{self, Kind};
-use cuda_ipc::ipc::rendezvous::write_atomic;
 use cuda_ipc::ipc::{fetch, AllowedUsers, DescriptorError, ExportOptions, Exporter, ImportOptions};
-use cuda_ipc::{os, Error};
+use cuda_ipc::Error;
 use serial_test::serial;
 
 mod common;
+use common::os::{self, write_private};
+use common::wire::{self, Kind};
 use common::{fd_descriptor, temp_dir};
 
 fn memfd_with(text: &[u8]) -> std::os::fd::OwnedFd {
@@ -144,7 +144,7 @@ fn a_restarted_producer_publishes_the_next_generation_and_replaces_a_stale_socke
     // What a crashed producer leaves behind: its descriptor (generation 5) and a dead socket.
     let mut old = fd_descriptor();
     old.generation = 5;
-    write_atomic(&path.with_extension("desc"), &old.encode()).unwrap();
+    write_private(&path.with_extension("desc"), &old.encode()).unwrap();
     drop(UnixListener::bind(path.with_extension("sock")).unwrap());
 
     let exporter = Exporter::bind_raw(
@@ -166,7 +166,10 @@ fn a_restarted_producer_publishes_the_next_generation_and_replaces_a_stale_socke
         ExportOptions::default(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("live exporter"), "{err}");
+    assert!(
+        matches!(&err, Error::NameInUse { detail, .. } if detail.contains("a live publisher holds")),
+        "{err}"
+    );
     drop(offer);
     drop(exporter);
     fs::remove_dir_all(&dir).unwrap();
@@ -199,7 +202,7 @@ fn a_dead_exporter_gives_a_timeout_naming_the_socket() {
     let path = dir.join("frames");
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-    write_atomic(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
+    write_private(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
     drop(UnixListener::bind(path.with_extension("sock")).unwrap()); // nobody listens
     let err = fetch::<u32>(&path, &opts(300)).unwrap_err();
     assert!(err.to_string().contains("has the producer exited"), "{err}");
@@ -283,7 +286,7 @@ fn directories_others_can_write_are_refused() {
         "{reason}"
     );
     // A consumer refuses it too, even when a descriptor is there.
-    write_atomic(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
+    write_private(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
     assert!(matches!(
         fetch::<u32>(&path, &opts(500)),
         Err(Error::UnsafeDirectory { .. })
@@ -333,20 +336,15 @@ fn hostile_clients_do_not_stop_the_exporter_or_leak() {
     {
         let silent = UnixStream::connect(&sock).unwrap();
         let garbage = raw_client(&sock, b"GET / HTTP/1.1\r\n\r\n");
-        let mut huge = framing::frame(Kind::Hello, &[1, 0, 0, 0]).unwrap();
+        let mut huge = wire::hello("frames");
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let huge = raw_client(&sock, &huge);
-        let half = framing::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap();
+        let half = wire::hello("frames");
         drop(raw_client(&sock, &half[..7])); // hangs up mid-message
-        let wrong_kind = raw_client(&sock, &framing::frame(Kind::Offer, &[0; 8]).unwrap());
+        let wrong_kind = raw_client(&sock, &wire::frame(Kind::Offer, &[0; 8]));
         let with_fd = UnixStream::connect(&sock).unwrap();
         let memfd = os::memfd("intruder").unwrap();
-        os::send_with_fds(
-            with_fd.as_fd(),
-            &framing::frame(Kind::Hello, &1u32.to_le_bytes()).unwrap(),
-            &[memfd.as_fd()],
-        )
-        .unwrap();
+        os::send_with_fds(with_fd.as_fd(), &wire::hello("frames"), &[memfd.as_fd()]).unwrap();
         // Hundreds of connections: beyond max_connections they are closed at once.
         let flood: Vec<UnixStream> = (0..200)
             .filter_map(|_| UnixStream::connect(&sock).ok())
@@ -373,20 +371,21 @@ fn hostile_clients_do_not_stop_the_exporter_or_leak() {
 }
 
 /// A fake exporter that answers one hello with whatever `answer` sends.
+/// Its descriptor file holds `desc` (what an honest offer would repeat).
 fn fake_exporter(
     tag: &str,
+    desc: &[u8],
     answer: impl FnOnce(UnixStream) + Send + 'static,
 ) -> (PathBuf, std::thread::JoinHandle<()>) {
     let dir = temp_dir(tag);
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
     let path = dir.join("frames");
-    write_atomic(&path.with_extension("desc"), &fd_descriptor().encode()).unwrap();
+    write_private(&path.with_extension("desc"), desc).unwrap();
     let listener = UnixListener::bind(path.with_extension("sock")).unwrap();
     let t = std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();
-        let mut hello = [0u8; 16];
-        let _ = (&s).read_exact(&mut hello);
+        let _hello = wire::read_frame(&s, Duration::from_secs(5));
         answer(s);
     });
     (path, t)
@@ -403,7 +402,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             "zero-fds",
             {
                 let b = offer_bytes.clone();
-                Box::new(move |s: UnixStream| framing::send(&s, Kind::Offer, &b, None).unwrap())
+                Box::new(move |s: UnixStream| wire::send(&s, Kind::Offer, &b, None).unwrap())
             },
             "carried 0",
         ),
@@ -415,7 +414,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
                     let (a, c) = (os::memfd("a").unwrap(), os::memfd("b").unwrap());
                     os::send_with_fds(
                         s.as_fd(),
-                        &framing::frame(Kind::Offer, &b).unwrap(),
+                        &wire::frame(Kind::Offer, &b),
                         &[a.as_fd(), c.as_fd()],
                     )
                     .unwrap();
@@ -433,8 +432,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             {
                 let b = offer_bytes.clone();
                 Box::new(move |mut s: UnixStream| {
-                    s.write_all(&framing::frame(Kind::Offer, &b).unwrap()[..40])
-                        .unwrap()
+                    s.write_all(&wire::frame(Kind::Offer, &b)[..40]).unwrap()
                 })
             },
             "middle of a message",
@@ -443,7 +441,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
             "bad-descriptor",
             Box::new(|s: UnixStream| {
                 let m = os::memfd("m").unwrap();
-                framing::send(&s, Kind::Offer, &[1, 2, 3], Some(m.as_fd())).unwrap()
+                wire::send(&s, Kind::Offer, &[1, 2, 3], Some(m.as_fd())).unwrap()
             }),
             "truncated",
         ),
@@ -457,7 +455,7 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
         ),
     ];
     for (tag, answer, needle) in cases {
-        let (path, t) = fake_exporter(tag, answer);
+        let (path, t) = fake_exporter(tag, &offer_bytes, answer);
         let err = fetch::<u32>(&path, &opts(400)).unwrap_err();
         assert!(err.to_string().contains(needle), "{tag}: {err}");
         t.join().unwrap();

@@ -2,6 +2,7 @@
 //! and criterion settings that fit a whole run into a few minutes.
 #![allow(dead_code)]
 
+pub mod driver;
 pub mod shm;
 
 use std::io::Write;
@@ -50,7 +51,8 @@ pub fn criterion_with(measurement: Duration, samples: usize) -> Criterion {
 
 /// A fresh private rendezvous directory.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let r: [u8; 6] = cuda_ipc::os::random_bytes().unwrap();
+    let mut r = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut r).unwrap();
     let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
     std::env::temp_dir().join(format!("cuda-ipc-bench-{tag}-{hex}"))
 }

@@ -4,11 +4,12 @@
 
 pub mod frames;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use cuda_ipc::ipc::Transport;
-use cuda_ipc::GpuUuid;
+use cuda_ipc::ipc::{Descriptor, Transport, DESCRIPTOR_LEN};
+use cuda_ipc::{Error, GpuUuid, Result};
 
 /// The rendezvous directory when neither `--dir` nor `CUDA_IPC_DIR` is given.
 pub const DEFAULT_DIR: &str = "/tmp/cuda-ipc-demo";
@@ -161,4 +162,61 @@ pub fn parse(program: &str) -> Options {
         }
     }
     o
+}
+
+/// Prints warnings and errors logged through the `log` facade (cuda-ipc's diagnostics, e.g. a
+/// failed release in a drop) to standard error: `ERROR cuda_ipc: dropping ...`. A real
+/// program would install its own logger (env_logger, tracing, ...) instead.
+pub fn init_logger() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
+/// Waits until `path` exists, polling with a growing interval (1 ms to 50 ms), for at most
+/// `timeout`.
+pub fn wait_for_file(path: &Path, timeout: Duration, what: &str) -> Result<()> {
+    let start = Instant::now();
+    let mut interval = Duration::from_millis(1);
+    loop {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(Error::Timeout {
+                what: format!(
+                    "{what} to appear at {} (is the producer running?)",
+                    path.display()
+                ),
+                waited: timeout,
+            });
+        }
+        std::thread::sleep(interval.min(left));
+        interval = (interval * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Reads and decodes the descriptor file `path` (at most one descriptor's bytes are read, so
+/// a longer file fails to decode instead of being read whole).
+pub fn read_descriptor(path: &Path) -> Result<Descriptor> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(DESCRIPTOR_LEN as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(format!("reading the descriptor {}", path.display()), e))?;
+    Ok(Descriptor::decode(&bytes)?)
 }

@@ -156,11 +156,6 @@ impl FrameReader {
         Self::default()
     }
 
-    /// Whether part of a frame is buffered.
-    pub fn has_partial(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
     /// Reads what the socket has (one `recvmsg`). `Ok(false)` when it had nothing (would block).
     pub fn fill(&mut self, stream: &UnixStream) -> std::result::Result<bool, ReadError> {
         let mut chunk = [0u8; 2048];

@@ -51,8 +51,8 @@
 pub(crate) mod allocation;
 mod descriptor;
 pub(crate) mod exporter;
-pub mod framing;
-pub mod identity;
+pub(crate) mod framing;
+pub(crate) mod identity;
 pub(crate) mod importer;
 pub(crate) mod mapping;
 pub mod rendezvous;

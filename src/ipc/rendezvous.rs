@@ -18,15 +18,17 @@
 //! | `.sock` | 0600 | 0660 |
 //! | `.lock` | 0600 | 0600 |
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use cuda_ipc::ipc::rendezvous::{Names, RendezvousDir, Trust};
+//! Exporters and importers make these checks themselves; [`prepare_dir`] and [`check_dir`] let
+//! a deployment check a directory up front (at start-up, say, with a clear error instead of a
+//! failed export later):
 //!
-//! let names = Names::for_path("/shared/cuda-ipc/frames")?;
-//! // What a consumer does first: open the directory once, check it and its ancestors, then
-//! // read the descriptor through it.
-//! let dir = RendezvousDir::open(&names.dir, &Trust::default())?;
-//! let bytes = dir.read_file(&names.descriptor_name(), cuda_ipc::ipc::DESCRIPTOR_LEN)?;
+//! ```no_run
+//! use cuda_ipc::ipc::rendezvous;
+//!
+//! // The producer's side: create it 0700 if it is missing, then check it and its ancestors.
+//! rendezvous::prepare_dir("/shared/cuda-ipc".as_ref())?;
+//! // Any side: check an existing directory as an importer would.
+//! rendezvous::check_dir("/shared/cuda-ipc".as_ref())?;
 //! # Ok::<(), cuda_ipc::Error>(())
 //! ```
 //!
@@ -105,7 +107,7 @@ use crate::os::{self, OpenAt, Stat};
 
 /// The files of one published name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
+pub(crate) struct Names {
     /// The directory.
     pub dir: PathBuf,
     /// The name.
@@ -180,7 +182,7 @@ impl Names {
 
 /// Whom a side of the rendezvous trusts with the directory and its files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Trust {
+pub(crate) struct Trust {
     /// Uids trusted besides this process's own and root (a consumer's trusted exporters).
     pub uids: Vec<u32>,
     /// The sharing group: a group-writable directory is accepted when it is setgid and owned
@@ -205,17 +207,16 @@ impl Trust {
 
 /// A deadline `timeout` from now; a timeout too large to represent (e.g. `Duration::MAX`)
 /// gives a deadline decades away instead of overflowing.
-pub fn deadline_after(timeout: Duration) -> Instant {
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     crate::deadline::after(timeout)
 }
 
 /// An opened, checked rendezvous directory. Everything in it is reached through this
 /// descriptor, never by path again.
 #[derive(Debug)]
-pub struct RendezvousDir {
+pub(crate) struct RendezvousDir {
     fd: OwnedFd,
     path: PathBuf,
-    stat: Stat,
 }
 
 fn unsafe_dir(path: &Path, reason: String) -> Error {
@@ -389,7 +390,6 @@ impl RendezvousDir {
         Ok(RendezvousDir {
             fd,
             path: path.to_path_buf(),
-            stat,
         })
     }
 
@@ -430,16 +430,6 @@ impl RendezvousDir {
             Err(e) => return Err(io_at("rendezvous directory", path, e)),
         }
         Self::open(path, trust)
-    }
-
-    /// The path it was opened by (for messages).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// What `fstat` said when it was opened.
-    pub fn stat(&self) -> &Stat {
-        &self.stat
     }
 
     /// The directory's descriptor.
@@ -565,7 +555,7 @@ impl RendezvousDir {
 }
 
 /// `.<name>.tmp-<12 hex digits>`: a fresh name for a temporary entry.
-pub fn temp_name(name: &str) -> Result<String> {
+pub(crate) fn temp_name(name: &str) -> Result<String> {
     let suffix: [u8; 6] = os::random_bytes().map_err(|e| Error::io("getrandom", e))?;
     let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!(".{name}.tmp-{hex}"))
@@ -587,63 +577,4 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
 /// Checks that `dir` and its ancestors are safe (see the [module docs](self)) for this user.
 pub fn check_dir(dir: &Path) -> Result<()> {
     RendezvousDir::open(dir, &Trust::default()).map(drop)
-}
-
-/// Writes `bytes` to `target` atomically with mode 0600 (see
-/// [`RendezvousDir::write_atomic`]); `target`'s directory is opened without checks.
-pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: no file name", target.display())))?;
-    let fd = os::open_at(None, dir, OpenAt::Dir).map_err(|e| io_at("opening", dir, e))?;
-    let stat = os::fstat(fd.as_fd()).map_err(|e| io_at("fstat", dir, e))?;
-    RendezvousDir {
-        fd,
-        path: dir.to_path_buf(),
-        stat,
-    }
-    .write_atomic(name, bytes, 0o600, None)
-}
-
-/// Reads at most `limit` bytes of the regular file `path` (a FIFO or device is refused
-/// without blocking, a final symbolic link is not followed); a longer file gives `limit + 1`
-/// bytes so the caller can tell it is too long.
-pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
-    let fd = os::open_at(None, path, OpenAt::Read)?;
-    if !os::fstat(fd.as_fd())?.is_regular() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    read_fd_limited(fd, limit)
-}
-
-/// Waits until `path` exists, polling with a growing interval (1 ms to 50 ms), for at most
-/// `timeout`.
-pub fn wait_for(path: &Path, timeout: Duration, what: &str) -> Result<()> {
-    let deadline = deadline_after(timeout);
-    let mut pause = crate::deadline::Pause::polling();
-    loop {
-        match std::fs::symlink_metadata(path) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
-        }
-        if !pause.sleep(deadline) {
-            return Err(Error::Timeout {
-                what: format!(
-                    "{what} to appear at {} (is the producer running, and does it use the same \
-                     directory and name?)",
-                    path.display()
-                ),
-                waited: timeout,
-            });
-        }
-    }
 }

@@ -63,8 +63,8 @@ pub(crate) fn connect(
                     }
                     return Err(Error::Timeout {
                         what: format!(
-                            "a publisher to accept connections at {} (has it exited, or is it \
-                             overloaded?)",
+                            "a publisher to accept connections at {} (has the producer exited, \
+                             or is it overloaded?)",
                             names.socket.display()
                         ),
                         waited: timeout,

@@ -363,7 +363,15 @@ mod tests {
             .unwrap();
         assert_eq!(m.kind, Kind::Refuse);
         assert!(String::from_utf8_lossy(&m.payload).contains("no hello"));
-        assert_eq!(service.stats().get().dropped_bad, 1);
+        // Counted right after the refusal is sent.
+        service
+            .stats()
+            .wait_for(
+                Duration::from_secs(5),
+                |s| s.dropped_bad == 1,
+                |s| format!("the silent peer counted ({s:?})"),
+            )
+            .unwrap();
         drop(service);
         std::fs::remove_dir_all(&n.dir).unwrap();
     }

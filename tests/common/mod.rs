@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: private temporary directories, and child
-//! processes of the test binary itself in a role (the re-exec pattern of the GPU tests).
+//! processes of the test binary itself in a role (the re-exec pattern of the GPU tests); the
+//! Linux calls ([`os`]), the raw socket protocol ([`wire`]) and the few raw driver calls
+//! ([`driver`]) the tests make without the crate.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -7,10 +9,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod driver;
+pub mod os;
 pub mod py;
+pub mod wire;
 
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let r: [u8; 6] = cuda_ipc::os::random_bytes().unwrap();
+    let r: [u8; 6] = os::random_bytes().unwrap();
     let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
     std::env::temp_dir().join(format!("cuda-ipc-test-{tag}-{hex}"))
 }
@@ -136,8 +141,8 @@ pub fn fd_descriptor() -> cuda_ipc::ipc::Descriptor {
     d.transport = cuda_ipc::ipc::WireTransport::Fd;
     d.handle = [0; 64];
     d.exporter_pid = std::process::id().wrapping_add(1_000_000);
-    d.boot_id = cuda_ipc::ipc::identity::ProcessIdentity::current().boot_id;
-    d.exporter_uid = cuda_ipc::os::effective_uid();
-    d.buffer_id = cuda_ipc::os::random_bytes().unwrap();
+    d.boot_id = os::boot_id();
+    d.exporter_uid = os::effective_uid();
+    d.buffer_id = os::random_bytes().unwrap();
     d
 }

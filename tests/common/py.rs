@@ -7,30 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-/// Frames like src/ipc/channel.rs: b"CIPM", kind, 3 zero bytes, u32 LE length, payload; and a
-/// helper that becomes another user (uid and gid, supplementary groups as given).
+/// What every script starts with (after the imports, the framing of
+/// [`PY_WIRE`](super::wire::PY_WIRE)): a helper that becomes another user (uid and gid,
+/// supplementary groups as given).
 pub const PY_PRELUDE: &str = r#"
-import os, socket, struct, sys, time, threading
-def frame(kind, payload):
-    return b"CIPM" + bytes([kind, 0, 0, 0]) + struct.pack("<I", len(payload)) + payload
-def read_frame(s):
-    hdr = b""
-    fds = []
-    while len(hdr) < 12:
-        data, f, _, _ = socket.recv_fds(s, 12 - len(hdr), 4)
-        if not data:
-            sys.exit("closed")
-        hdr += data; fds += f
-    n = struct.unpack("<I", hdr[8:12])[0]
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return hdr[4], body, fds
-def hello(name):
-    return frame(1, struct.pack("<I", 2) + name.encode())
 def become(uid, gid, groups=()):
     os.setgroups(list(groups)); os.setgid(gid); os.setuid(uid)
 "#;
+
+/// The modules the scripts use.
+const PY_IMPORTS: &str = "import os, socket, struct, sys, time, threading";
 
 /// A Python peer, killed when dropped (also when a test panics).
 pub struct Py(pub Child);
@@ -42,11 +28,15 @@ impl Drop for Py {
     }
 }
 
-/// Starts `script` (after [`PY_PRELUDE`]) with `args`; its stdout lines arrive on the receiver.
+/// Starts `script` (after the imports, the framing and [`PY_PRELUDE`]) with `args`; its stdout
+/// lines arrive on the receiver.
 pub fn python(script: &str, args: &[&str]) -> (Py, Receiver<String>) {
     let mut child = Command::new("python3")
         .arg("-c")
-        .arg(format!("{PY_PRELUDE}\n{script}"))
+        .arg(format!(
+            "{PY_IMPORTS}\n{}\n{PY_PRELUDE}\n{script}",
+            super::wire::PY_WIRE
+        ))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
