@@ -5,7 +5,7 @@
 //! uid 65534 where another user is needed, so these tests run as root, as CI does).
 
 use std::fs;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,25 +16,20 @@ use serial_test::serial;
 
 mod common;
 use common::py::{expect, python};
-use common::{fd_descriptor, temp_dir};
+use common::{fd_descriptor, os, temp_dir};
 
 const GROUP: u32 = 4242;
 
 fn need_root() {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        euid, 0,
-        "these tests play another user with setuid: run them as root"
+        os::effective_uid(),
+        0,
+        "these tests play another user with setuid: run them as root (CI does)"
     );
 }
 
 fn memfd() -> OwnedFd {
-    // SAFETY: a valid NUL-terminated name; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"cuda-ipc-fair".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: a new descriptor nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    os::memfd("cuda-ipc-fair").unwrap()
 }
 
 fn private_dir(tag: &str) -> PathBuf {

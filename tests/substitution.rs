@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,16 +18,15 @@ use serial_test::serial;
 
 mod common;
 use common::py::{expect, hex, python};
-use common::{fd_descriptor, temp_dir};
+use common::{fd_descriptor, os, temp_dir};
 
 const GROUP: u32 = 4242;
 const ROUNDS: usize = 20;
 
 fn need_root() {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        euid, 0,
+        os::effective_uid(),
+        0,
         "these tests play a group member with setuid: run them as root (CI does)"
     );
 }
@@ -35,11 +34,7 @@ fn need_root() {
 /// A memory file holding `text` (stands in for a CUDA export; the rendezvous never looks
 /// inside).
 fn memfd_with(text: &str) -> OwnedFd {
-    // SAFETY: a valid NUL-terminated name; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"cuda-ipc-substitution".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: a new descriptor nothing else owns.
-    let mut f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut f = fs::File::from(os::memfd("cuda-ipc-substitution").unwrap());
     f.write_all(text.as_bytes()).unwrap();
     OwnedFd::from(f)
 }
@@ -408,7 +403,7 @@ while True:
 "#;
     let (py, rx) = python(script, &[path.to_str().unwrap(), &hex(&d.encode())]);
     expect(&rx, "SERVING");
-    let before = fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = os::open_fd_count().unwrap();
     let err = fetch::<u32>(
         &path,
         &ImportOptions::with_timeout(Duration::from_millis(500)),
@@ -419,7 +414,7 @@ while True:
         "{err:?}"
     );
     assert_eq!(
-        fs::read_dir("/proc/self/fd").unwrap().count(),
+        os::open_fd_count().unwrap(),
         before,
         "the refused fd leaked"
     );
