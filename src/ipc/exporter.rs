@@ -43,8 +43,8 @@ use crate::error::{Error, Result};
 use crate::os::{self, PollRequest};
 
 use super::allocation::ExportLeases;
-use super::framing::{self, FrameReader, Kind, ReadError};
 use super::descriptor::Descriptor;
+use super::framing::{self, FrameReader, Kind, ReadError};
 use super::rendezvous::{deadline_after, temp_name, Names, RendezvousDir, Trust};
 use super::shared_buffer::SharedDeviceBuffer;
 

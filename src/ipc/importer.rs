@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::result;
 
 use super::allocation::{close_legacy, map_vmm_fd, measure_legacy};
-use super::framing::{self, FrameReader, Kind};
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
+use super::framing::{self, FrameReader, Kind};
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
 use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
 use super::rendezvous::{deadline_after, Names, RendezvousDir, Trust};

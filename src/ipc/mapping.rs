@@ -28,8 +28,8 @@ use crate::result::CUdeviceptr;
 use crate::uses::StreamUses;
 
 use super::allocation::{close_legacy, unmap_vmm};
-use super::framing::{FrameReader, Kind};
 use super::descriptor::SIGNAL_WORDS_LEN;
+use super::framing::{FrameReader, Kind};
 
 /// What identifies one import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -49,9 +49,9 @@
 //! [`SharedDeviceBuffer::wait_signal`]).
 
 pub(crate) mod allocation;
-pub mod framing;
 mod descriptor;
 pub(crate) mod exporter;
+pub mod framing;
 pub mod identity;
 pub(crate) mod importer;
 pub(crate) mod mapping;
