@@ -440,15 +440,15 @@ fn check_claim(slot: usize, claim: u64) -> Result<(), Violation> {
     let frame = claim & !TENTATIVE;
     let tentative = claim & TENTATIVE != 0;
     if frame > MAX_SEQ || (tentative && frame == 0) {
+        let what = if frame == 0 {
+            "no frame (0)".to_string()
+        } else {
+            format!("frame {frame}")
+        };
         return Err(Violation(format!(
-            "slot {slot}'s claim word is {claim:#x}: a {} claim of frame {frame}, which is \
-             {} (frames are numbered 1..={MAX_SEQ})",
+            "slot {slot}'s claim word is {claim:#x}: a {} claim of {what}, but frames are \
+             numbered 1 up to the largest frame number a channel reaches ({MAX_SEQ})",
             if tentative { "tentative" } else { "final" },
-            if frame == 0 {
-                "no frame"
-            } else {
-                "past the largest frame number"
-            },
         )));
     }
     Ok(())
