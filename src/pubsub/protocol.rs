@@ -423,15 +423,17 @@ pub fn ready_releases(word: u64, seq: u64) -> bool {
 /// word is only ever raised — a later frame the publisher wrote stays — and junk a hostile
 /// publisher wrote (`u64::MAX`, `2^63`) is replaced. `seq` 0 (nothing waited for) stores
 /// nothing.
-pub fn release_ready(word: &AtomicU64, seq: u64) {
+/// Returns whether it stored (the word did not release the waits).
+pub fn release_ready(word: &AtomicU64, seq: u64) -> bool {
     if seq == 0 {
-        return;
+        return false;
     }
     // A CAS loop: the publisher's GPU may write the word at any moment; it keeps its value
     // whenever that value releases the waits.
-    let _ = word.fetch_update(SeqCst, SeqCst, |now| {
+    word.fetch_update(SeqCst, SeqCst, |now| {
         (!ready_releases(now, seq)).then_some(seq)
-    });
+    })
+    .is_ok()
 }
 
 /// Checks a claim word read from the channel page: 0 (never used), a frame number up to

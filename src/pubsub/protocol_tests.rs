@@ -687,8 +687,9 @@ fn release_ready_lets_the_recorded_wait_through_and_never_lowers_a_word_that_doe
     for seq in seqs {
         for before in words {
             let w = AtomicU64::new(before);
-            release_ready(&w, seq);
+            let stored = release_ready(&w, seq);
             let after = w.load(SeqCst);
+            assert_eq!(stored, !ready_releases(before, seq), "{before:#x}, {seq}");
             // Every wait for a frame of the slot up to `seq` drains.
             for frame in [1, (seq / 2).max(1), seq - 1, seq]
                 .into_iter()
@@ -712,7 +713,7 @@ fn release_ready_lets_the_recorded_wait_through_and_never_lowers_a_word_that_doe
     }
     // Nothing waited for: nothing stored.
     let w = AtomicU64::new(u64::MAX);
-    release_ready(&w, 0);
+    assert!(!release_ready(&w, 0));
     assert_eq!(w.load(SeqCst), u64::MAX);
 }
 

@@ -100,23 +100,26 @@ impl Waits {
     /// waits were released in between (the watcher may have missed the record).
     fn check_released(&self, slot: usize) {
         if self.released.load(SeqCst) {
-            self.release_slot(slot);
+            let _ = self.release_slot(slot);
         }
     }
 
     /// From now on every wait is released: sets the flag, then releases what is recorded.
-    fn release_all(&self) {
+    /// Returns whether some `READY` word had to be raised.
+    fn release_all(&self) -> bool {
         self.released.store(true, SeqCst);
+        let mut raised = false;
         for slot in 0..self.seqs.len() {
-            self.release_slot(slot);
+            raised |= self.release_slot(slot);
         }
+        raised
     }
 
-    fn release_slot(&self, slot: usize) {
+    fn release_slot(&self, slot: usize) -> bool {
         let (Some(seq), Some(word)) = (self.seqs.get(slot), self.ready(slot)) else {
-            return;
+            return false;
         };
-        protocol::release_ready(word, seq.load(SeqCst));
+        protocol::release_ready(word, seq.load(SeqCst))
     }
 
     fn ready(&self, slot: usize) -> Option<&AtomicU64> {
@@ -179,7 +182,7 @@ impl Watcher {
                         // Readable: EOF, or bytes a publisher never sends. Either way it is
                         // gone for this subscriber (the subscriber's own read will say which).
                         hung_up = true;
-                        waits.release_all();
+                        let _ = waits.release_all();
                     }
                 }
             })
@@ -461,7 +464,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             Err(e) => format!("its connection failed: {e}"),
         };
         // Release whatever our streams wait for: no one else will write those words.
-        self.waits.release_all();
+        let _ = self.waits.release_all();
         *self.gone.borrow_mut() = Some(why.clone());
         Some(why)
     }
@@ -716,12 +719,57 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     }
 
     /// Releases `p` from the CPU once every use recorded by this subscriber is done (the wait
-    /// queued by `receive`, if any, among them).
+    /// queued by `receive`, if any, among them; see [`wait_own_streams`](Self::wait_own_streams)
+    /// for when it gives up).
     fn release_host(&self, p: &Picked) {
-        if let Err(e) = self.uses.wait_host(self.ctx) {
-            crate::drop_log::record("channel sample (waiting for its readers)", e);
+        if !self.wait_own_streams() {
+            crate::drop_log::record(
+                "channel sample (waiting for its readers)",
+                "a publisher that hung up kept holding this subscriber's streams back: \
+                 released without waiting for them",
+            );
         }
         protocol::release(self.me.words(), p);
+    }
+
+    /// Waits until every operation recorded on this subscriber's uses is done; returns
+    /// whether they are. Bounded against the publisher, not against the program's own work:
+    /// while the waits are released (the publisher hung up or is gone) it releases them again
+    /// between polls, and gives up after [`WAIT_WHILE_LOWERED`] once it has had to (a peer
+    /// still writing this subscriber's `READY` words lowered one); otherwise it waits as long
+    /// as the work queued on its streams takes. With uses it could not record (a failed
+    /// record, a forgotten foreign view) it waits for the whole context instead.
+    fn wait_own_streams(&self) -> bool {
+        if self.uses.is_untracked() {
+            return match self.uses.wait_host(self.ctx) {
+                Ok(()) => true,
+                Err(e) => {
+                    crate::drop_log::record("channel subscriber (waiting for its streams)", e);
+                    false
+                }
+            };
+        }
+        let mut lowered: Option<Instant> = None;
+        let mut spins = 0u32;
+        loop {
+            if self.uses.is_idle(self.ctx) {
+                return true;
+            }
+            if self.waits.released.load(SeqCst) && self.waits.release_all() {
+                lowered.get_or_insert_with(Instant::now);
+            }
+            if lowered.is_some_and(|t| t.elapsed() >= WAIT_WHILE_LOWERED) {
+                return false;
+            }
+            spins = spins.saturating_add(1);
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else if spins < 128 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
     }
 
     fn done(&self) {
@@ -732,9 +780,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
 /// How long `Subscriber::drop` waits for the publisher to write the frames its streams wait
 /// for, before it releases them itself.
 const DROP_WAIT_FOR_FRAMES: Duration = Duration::from_secs(10);
-/// How long `Subscriber::drop` then waits for its streams' queued operations on its page and
-/// pool, before it leaves both mapped for the process's life instead.
-const DROP_WAIT_FOR_STREAMS: Duration = Duration::from_secs(5);
+/// How long a subscriber waits for its streams once a peer is seen lowering the `READY` words
+/// it released (see `wait_own_streams`); `Subscriber::drop` then leaves its page and pool
+/// mapped for the process's life rather than unmap them under queued work.
+const WAIT_WHILE_LOWERED: Duration = Duration::from_secs(5);
 
 impl<T: Pod> Drop for Subscriber<'_, T> {
     fn drop(&mut self) {
@@ -754,32 +803,19 @@ impl<T: Pod> Drop for Subscriber<'_, T> {
         }
         // Each slot's READY word is raised to the highest frame waited for there: every wait
         // of ours passes, whatever the publisher does with frame numbers (see `Waits`).
-        self.waits.release_all();
+        let _ = self.waits.release_all();
         // The publisher's connection is watched no longer.
         drop(self.watcher.take());
         // Every wait and acknowledgement queued on our page, and the work recorded on our
         // samples' views (also of samples leaked with `mem::forget`), is on `self.uses`: wait
-        // for it, bounded. A publisher still writing our READY words (its queued writes landing
-        // late, or a hostile one) could hold a wait back: release again while waiting.
-        let deadline = deadline_after(DROP_WAIT_FOR_STREAMS);
-        let mut spins = 0u32;
-        let idle = loop {
-            if self.uses.is_idle(self.ctx) {
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            self.waits.release_all();
-            backoff(&mut spins, deadline);
-        };
-        if !idle {
+        // for it, bounded against a publisher that keeps lowering our READY words.
+        if !self.wait_own_streams() {
             // The page stays registered and mapped (Page's drop logs it) and the pool mapped:
             // safer than unmapping memory that queued work may still touch.
             crate::drop_log::record(
                 "Subscriber",
-                "its streams' operations on the channel did not finish within 5 s after their \
-                 waits were released: its control page and the pool stay mapped",
+                "a peer kept its streams' waits from passing (it lowered their READY words \
+                 after they were released): its control page and the pool stay mapped",
             );
             return;
         }
