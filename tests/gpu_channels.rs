@@ -1638,6 +1638,15 @@ fn two_streams(policy: Policy) {
         ..ChannelOptions::default()
     };
     let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 12, opts).unwrap();
+    // Opens the gate however this test ends (dropped before the publisher, whose drop waits
+    // for stream A's control writes behind it).
+    struct OpenOnDrop<'a>(&'a SharedDeviceBuffer<'a, u32>, &'a Stream<'a>);
+    impl Drop for OpenOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.write_signal(self.1, Signal::Ready, 1);
+        }
+    }
+    let _open = OpenOnDrop(&gate, &c);
     let role_env = |frames: u64| {
         vec![
             ("CUDA_IPC_TEST_PATH", path.display().to_string()),
@@ -1971,6 +1980,8 @@ fn two_subscribers_in_one_process_never_wait_for_each_others_gpu_waits() {
     let (tx_b, rx_b) = std::sync::mpsc::channel();
     let b_path = path.clone();
     std::thread::scope(|scope| {
+        // Owned here: should this closure panic, B's thread sees the channel close.
+        let tx_go = tx_go;
         let ctx = &ctx;
         // Subscriber B, in the same process (the pool's imported mapping is shared with A).
         scope.spawn(move || {
