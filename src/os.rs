@@ -722,8 +722,71 @@ pub fn check_shared_words_file(fd: BorrowedFd<'_>, len: usize) -> io::Result<()>
     Ok(())
 }
 
-/// A shared mapping of a whole file (`mmap(MAP_SHARED)`), unmapped on drop. The memory may be
-/// written by other processes at any time: access it only through atomics.
+/// Checks that `len` bytes of `fd` can be mapped and stay mappable: a regular file of at least
+/// `len` bytes, sealed against shrinking (`F_SEAL_SHRINK`), so that no load or store through
+/// the mapping can ever land past the file's end (`SIGBUS`), whatever the file's other holders
+/// do later.
+fn check_mappable(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+    }
+    let st = fstat(fd)?;
+    if !st.is_regular() || st.size < len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "cannot map {len} bytes of {} of {} bytes",
+                st.kind_name(),
+                st.size
+            ),
+        ));
+    }
+    // SAFETY: plain syscall on a borrowed fd.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the file is not sealed against shrinking (F_SEAL_SHRINK): another holder could \
+             truncate it under the mapping",
+        ));
+    }
+    Ok(())
+}
+
+/// `mmap(MAP_SHARED)` of `len` bytes of `fd` from offset 0, after [`check_mappable`].
+fn map_shared(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int) -> io::Result<*mut libc::c_void> {
+    check_mappable(fd, len)?;
+    // SAFETY: a new mapping chosen by the kernel; nothing else is affected.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr)
+}
+
+fn unmap(ptr: *mut libc::c_void, len: usize, what: &'static str) {
+    // SAFETY: the caller's own mapping of `len` bytes at `ptr`, unmapped once, with no
+    // reference into it left.
+    if unsafe { libc::munmap(ptr, len) } != 0 {
+        crate::drop_log::record(what, io::Error::last_os_error());
+    }
+}
+
+/// A writable shared mapping of a file of 64-bit words (`mmap(MAP_SHARED)`, read-write),
+/// unmapped on drop. Other processes may write the words at any time: they are accessed only
+/// as atomics ([`words`](Self::words)).
+///
+/// [`map`](Self::map) checks that the file is long enough and sealed against shrinking, so no
+/// access through the mapping can fault (`SIGBUS`), whatever the file's other holders do.
 #[derive(Debug)]
 pub struct SharedMapping {
     ptr: *mut libc::c_void,
@@ -737,30 +800,11 @@ unsafe impl Send for SharedMapping {}
 unsafe impl Sync for SharedMapping {}
 
 impl SharedMapping {
-    /// Maps `len` bytes of `fd`, read-write or read-only.
-    pub fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<SharedMapping> {
-        if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
-        }
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a new mapping chosen by the kernel; nothing else is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+    /// Maps the first `len` bytes of `fd` read-write. Refused unless `fd` is a regular file of
+    /// at least `len` bytes sealed against shrinking (`F_SEAL_SHRINK`), and by the kernel for
+    /// a file sealed against writes (`F_SEAL_WRITE` / `F_SEAL_FUTURE_WRITE`, `EPERM`).
+    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+        let ptr = map_shared(fd, len, libc::PROT_READ | libc::PROT_WRITE)?;
         Ok(SharedMapping { ptr, len })
     }
 
@@ -783,7 +827,8 @@ impl SharedMapping {
 
     /// The 64-bit words of the mapping.
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
-        // SAFETY: the mapping is page-aligned, `len` bytes long and lives as long as `self`;
+        // SAFETY: the mapping is page-aligned, readable and writable, `len` bytes of a file
+        // sealed against shrinking (so every byte stays backed) and lives as long as `self`;
         // AtomicU64 has the size and alignment of u64, and every access through it is atomic,
         // which is what memory shared with other processes needs.
         unsafe {
@@ -797,10 +842,97 @@ impl SharedMapping {
 
 impl Drop for SharedMapping {
     fn drop(&mut self) {
-        // SAFETY: mapped in `map`, unmapped once here; no reference from `words` outlives self.
-        if unsafe { libc::munmap(self.ptr, self.len) } != 0 {
-            crate::drop_log::record("munmap of shared words", io::Error::last_os_error());
-        }
+        // No reference from `words` outlives self.
+        unmap(self.ptr, self.len, "munmap of shared words");
+    }
+}
+
+/// A read-only shared mapping of a file of 64-bit words (`mmap(MAP_SHARED, PROT_READ)`),
+/// unmapped on drop: what a process may do with a page another process writes (a channel's
+/// control page, sealed with `F_SEAL_FUTURE_WRITE`).
+///
+/// It offers loads only. Rust allows no store, no read-modify-write and no atomic access but a
+/// small `Relaxed` load on read-only memory, so the words are never handed out as
+/// `&AtomicU64` (whose `store` would compile, and crash with `SIGSEGV`):
+///
+/// ```compile_fail
+/// # fn f(page: &cuda_ipc::os::ReadOnlyMapping) {
+/// page.words()[0].store(1, std::sync::atomic::Ordering::SeqCst); // no `words` here
+/// # }
+/// ```
+///
+/// Each [`load`](Self::load) is a `Relaxed` load between two `SeqCst` fences, which orders it
+/// in the single total order of `SeqCst` operations as a `SeqCst` load would be: a store this
+/// thread made before it and a store another thread makes before loading a word this thread
+/// stored (Dekker's handshake, which the channel protocol relies on) cannot both miss the other.
+#[derive(Debug)]
+pub struct ReadOnlyMapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, only ever loaded from atomically; the pointer is
+// owned by this value and unmapped once.
+unsafe impl Send for ReadOnlyMapping {}
+// SAFETY: as above.
+unsafe impl Sync for ReadOnlyMapping {}
+
+impl ReadOnlyMapping {
+    /// Maps the first `len` bytes of `fd` read-only. Refused unless `fd` is a regular file of
+    /// at least `len` bytes sealed against shrinking (`F_SEAL_SHRINK`).
+    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<ReadOnlyMapping> {
+        let ptr = map_shared(fd, len, libc::PROT_READ)?;
+        Ok(ReadOnlyMapping { ptr, len })
+    }
+
+    /// Words mapped.
+    pub fn word_count(&self) -> usize {
+        self.len / 8
+    }
+
+    /// Word `index`, loaded with the ordering of a `SeqCst` load (see the type's docs).
+    ///
+    /// # Panics
+    /// If `index` is not below [`word_count`](Self::word_count), as a slice index would.
+    pub fn load(&self, index: usize) -> u64 {
+        use std::sync::atomic::{fence, AtomicU64, Ordering};
+        let word: &AtomicU64 = self.word(index);
+        fence(Ordering::SeqCst);
+        let value = word.load(Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        value
+    }
+
+    /// Sleeps while the low 32 bits of word `index` equal `expected`, until [`futex_wake`] on
+    /// it in any process, `timeout`, or a signal (the kernel only reads the word).
+    ///
+    /// # Panics
+    /// If `index` is not below [`word_count`](Self::word_count).
+    pub fn futex_wait(&self, index: usize, expected: u32, timeout: Duration) -> io::Result<()> {
+        futex_wait_at(low_half(self.word(index)), expected, timeout)
+    }
+
+    /// A reference to word `index`, for `Relaxed` loads and the kernel's futex only (private:
+    /// its `store` would fault).
+    fn word(&self, index: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(
+            index < self.word_count(),
+            "word {index} is outside a mapping of {} words",
+            self.word_count()
+        );
+        // SAFETY: in bounds (checked above) of a page-aligned, readable mapping of a file
+        // sealed against shrinking that lives as long as `self`; AtomicU64 has the size and
+        // alignment of u64. The reference is used only for Relaxed loads of 8 bytes, which Rust
+        // allows on read-only memory ("sufficiently small" Relaxed loads, see
+        // `std::sync::atomic`), and as an address for the futex syscall.
+        unsafe { &*self.ptr.cast::<std::sync::atomic::AtomicU64>().add(index) }
+    }
+}
+
+impl Drop for ReadOnlyMapping {
+    fn drop(&mut self) {
+        // No reference from `word` outlives self.
+        unmap(self.ptr, self.len, "munmap of read-only shared words");
     }
 }
 
@@ -814,24 +946,21 @@ fn low_half(word: &std::sync::atomic::AtomicU64) -> *const u32 {
     }
 }
 
-/// Sleeps while the low 32 bits of `word` (in memory shared between processes) equal
-/// `expected`, until [`futex_wake`] on the same word in any process, or `timeout`, or a signal.
-/// Returns at once if the word already differs.
-pub fn futex_wait(
-    word: &std::sync::atomic::AtomicU64,
-    expected: u32,
-    timeout: Duration,
-) -> io::Result<()> {
+/// Sleeps while the 32-bit word at `addr` (in memory shared between processes) equals
+/// `expected`, until [`futex_wake`] on the same word in any process, or `timeout`, or a signal;
+/// returns at once if the word already differs. `addr` must be the low half of a live
+/// `AtomicU64` (as [`low_half`] gives): the kernel only reads it.
+fn futex_wait_at(addr: *const u32, expected: u32, timeout: Duration) -> io::Result<()> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: the word is valid, 4-byte aligned memory for the duration of the call (it is
-    // borrowed); FUTEX_WAIT only reads it; `ts` is a valid relative timeout.
+    // SAFETY: `addr` is valid, 4-byte aligned memory for the duration of the call (the caller
+    // borrows the word); FUTEX_WAIT only reads it; `ts` is a valid relative timeout.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            low_half(word),
+            addr,
             libc::FUTEX_WAIT,
             expected,
             &ts as *const libc::timespec,
@@ -847,7 +976,7 @@ pub fn futex_wait(
     }
 }
 
-/// Wakes every process sleeping in [`futex_wait`] on `word`.
+/// Wakes every process sleeping on `word` ([`ReadOnlyMapping::futex_wait`]).
 pub fn futex_wake(word: &std::sync::atomic::AtomicU64) -> io::Result<()> {
     // SAFETY: FUTEX_WAKE only uses the word's address as a key; it is valid memory.
     let rc = unsafe { libc::syscall(libc::SYS_futex, low_half(word), libc::FUTEX_WAKE, i32::MAX) };
@@ -855,4 +984,212 @@ pub fn futex_wake(word: &std::sync::atomic::AtomicU64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod shared_mapping_tests {
+    //! The shared control pages of channels, without a GPU: what a peer that receives one can
+    //! and cannot do with it, and what this process refuses to map (moved here from
+    //! `tests/channel_pages.rs` when this module became crate-private).
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Instant;
+
+    const PAGE: usize = 4096;
+
+    /// A plain memory file (no seals).
+    fn memfd(name: &str) -> io::Result<OwnedFd> {
+        let cname = std::ffi::CString::new(name).expect("no NUL");
+        // SAFETY: `cname` is a valid NUL-terminated string.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    #[test]
+    fn a_shared_words_file_cannot_be_resized_by_a_peer() {
+        let fd = shared_words_file("test", PAGE).unwrap();
+        check_shared_words_file(fd.as_fd(), PAGE).unwrap();
+        // SAFETY: plain syscalls on our own fd.
+        let shrink = unsafe { libc::ftruncate(fd.as_raw_fd(), 0) };
+        assert_eq!(
+            shrink, -1,
+            "a sealed page must not shrink (a peer would make us SIGBUS)"
+        );
+        // SAFETY: as above.
+        let grow = unsafe { libc::ftruncate(fd.as_raw_fd(), (2 * PAGE) as libc::off_t) };
+        assert_eq!(grow, -1, "a sealed page must not grow");
+    }
+
+    #[test]
+    fn after_sealing_a_peer_maps_the_channel_page_read_only() {
+        let fd = shared_words_file("chan", PAGE).unwrap();
+        let mine = SharedMapping::map(fd.as_fd(), PAGE).unwrap();
+        seal_future_writes(fd.as_fd()).unwrap();
+        // What a hostile subscriber would try: a writable mapping of the channel page.
+        let err = SharedMapping::map(fd.as_fd(), PAGE).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+        let theirs = ReadOnlyMapping::map(fd.as_fd(), PAGE).unwrap();
+        // Nor can it make its read-only mapping writable.
+        // SAFETY: changes the protection of a mapping we own; nothing reads through it
+        // meanwhile.
+        let rc = unsafe { libc::mprotect(theirs.ptr, PAGE, libc::PROT_READ | libc::PROT_WRITE) };
+        assert_eq!(rc, -1, "mprotect(PROT_WRITE) of a sealed page must fail");
+        // The publisher's mapping made before the seal still writes, and the reader sees it.
+        mine.words()[3].store(42, SeqCst);
+        assert_eq!(theirs.load(3), 42);
+        // And write(2) through the fd is refused too.
+        // SAFETY: a valid buffer and our own fd.
+        let n = unsafe { libc::pwrite(fd.as_raw_fd(), b"x".as_ptr().cast(), 1, 0) };
+        assert_eq!(n, -1);
+    }
+
+    #[test]
+    fn pages_that_a_peer_could_resize_or_of_the_wrong_size_are_refused() {
+        // An unsealed memfd (what a hostile publisher might send).
+        let plain = memfd("plain").unwrap();
+        std::fs::File::from(plain.try_clone().unwrap())
+            .set_len(PAGE as u64)
+            .unwrap();
+        let err = check_shared_words_file(plain.as_fd(), PAGE).unwrap_err();
+        assert!(err.to_string().contains("sealed"), "{err}");
+        // Sealed, but not a page.
+        let small = shared_words_file("small", 64).unwrap();
+        let err = check_shared_words_file(small.as_fd(), PAGE).unwrap_err();
+        assert!(err.to_string().contains("4096"), "{err}");
+        // Not a regular file at all.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(check_shared_words_file(a.as_fd(), PAGE).is_err());
+    }
+
+    #[test]
+    fn an_empty_mapping_is_refused() {
+        let fd = shared_words_file("empty", PAGE).unwrap();
+        assert!(ReadOnlyMapping::map(fd.as_fd(), 0).is_err());
+        assert!(SharedMapping::map(fd.as_fd(), 0).is_err());
+    }
+
+    #[test]
+    fn map_refuses_a_file_shorter_than_the_mapping_or_unsealed() {
+        // Too short: a load past the file's end would raise SIGBUS.
+        let small = shared_words_file("small", 64).unwrap();
+        let err = ReadOnlyMapping::map(small.as_fd(), PAGE).unwrap_err();
+        assert!(err.to_string().contains("64 bytes"), "{err}");
+        assert!(SharedMapping::map(small.as_fd(), PAGE).is_err());
+        // Long enough today, but another holder could shrink it tomorrow (SIGBUS then).
+        let plain = memfd("plain").unwrap();
+        std::fs::File::from(plain.try_clone().unwrap())
+            .set_len(PAGE as u64)
+            .unwrap();
+        let err = ReadOnlyMapping::map(plain.as_fd(), PAGE).unwrap_err();
+        assert!(err.to_string().contains("F_SEAL_SHRINK"), "{err}");
+        assert!(SharedMapping::map(plain.as_fd(), PAGE).is_err());
+        // Not a file at all (its size is 0, it has no seals).
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(ReadOnlyMapping::map(a.as_fd(), PAGE).is_err());
+        // A sealed file longer than the mapping: fine (only a prefix is mapped).
+        let long = shared_words_file("long", 2 * PAGE).unwrap();
+        assert!(ReadOnlyMapping::map(long.as_fd(), PAGE).is_ok());
+        assert!(SharedMapping::map(long.as_fd(), 64).is_ok());
+    }
+
+    /// `ReadOnlyMapping::words`, were the type ever given an inherent method of that name
+    /// (one handing out `&[AtomicU64]`, whose `store` compiles and crashes on read-only
+    /// memory), would win over this trait's method and the test below would stop compiling.
+    trait NoInherentWords {
+        fn words(&self) -> &'static str {
+            "loads only"
+        }
+    }
+    impl NoInherentWords for ReadOnlyMapping {}
+
+    #[test]
+    fn a_read_only_mapping_offers_loads_only() {
+        let fd = shared_words_file("ro", PAGE).unwrap();
+        let writer = SharedMapping::map(fd.as_fd(), PAGE).unwrap();
+        let reader = ReadOnlyMapping::map(fd.as_fd(), PAGE).unwrap();
+        assert_eq!(ReadOnlyMapping::words(&reader), "loads only");
+        assert_eq!(reader.word_count(), PAGE / 8);
+        writer.words()[511].store(u64::MAX, SeqCst);
+        assert_eq!(reader.load(511), u64::MAX);
+        // Past the end: a panic, as a slice index, never a load outside the mapping.
+        let past = std::panic::catch_unwind(|| reader.load(512));
+        assert!(past.is_err());
+    }
+
+    #[test]
+    fn a_read_only_load_takes_part_in_dekkers_handshake() {
+        // Thread A stores x (its own writable page), then loads y through a read-only mapping;
+        // thread B stores y, then loads x: at least one of them sees the other's store.
+        let fx = shared_words_file("x", PAGE).unwrap();
+        let fy = shared_words_file("y", PAGE).unwrap();
+        let (x, y) = (
+            SharedMapping::map(fx.as_fd(), PAGE).unwrap(),
+            SharedMapping::map(fy.as_fd(), PAGE).unwrap(),
+        );
+        let y_ro = ReadOnlyMapping::map(fy.as_fd(), PAGE).unwrap();
+        const ROUNDS: u64 = 50_000;
+        let barrier = std::sync::Barrier::new(2);
+        let (seen_by_a, seen_by_b) = std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                (1..=ROUNDS)
+                    .map(|round| {
+                        barrier.wait();
+                        x.words()[0].store(round, SeqCst);
+                        y_ro.load(0)
+                    })
+                    .collect::<Vec<u64>>()
+            });
+            let b = s.spawn(|| {
+                (1..=ROUNDS)
+                    .map(|round| {
+                        barrier.wait();
+                        y.words()[0].store(round, SeqCst);
+                        x.words()[0].load(SeqCst)
+                    })
+                    .collect::<Vec<u64>>()
+            });
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        for (i, (a, b)) in seen_by_a.iter().zip(&seen_by_b).enumerate() {
+            let round = i as u64 + 1;
+            assert!(
+                *a >= round || *b >= round,
+                "round {round}: both missed the other's store ({a}, {b})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sleeper_on_a_read_only_mapping_is_woken_across_mappings() {
+        let fd = shared_words_file("futex", PAGE).unwrap();
+        let writer = SharedMapping::map(fd.as_fd(), PAGE).unwrap();
+        seal_future_writes(fd.as_fd()).unwrap();
+        let reader = ReadOnlyMapping::map(fd.as_fd(), PAGE).unwrap();
+        // A value that differs: no sleep at all.
+        writer.words()[4].store(7, SeqCst);
+        let t = Instant::now();
+        reader.futex_wait(4, 6, Duration::from_secs(5)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // Nobody wakes it: the timeout.
+        let t = Instant::now();
+        reader.futex_wait(4, 7, Duration::from_millis(50)).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(40));
+        // Woken through the other mapping (another "process"'s address for the same page).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                writer.words()[4].fetch_add(1, SeqCst);
+                futex_wake(&writer.words()[4]).unwrap();
+            });
+            let t = Instant::now();
+            while reader.load(4) == 7 {
+                reader.futex_wait(4, 7, Duration::from_secs(10)).unwrap();
+                assert!(t.elapsed() < Duration::from_secs(5), "never woken");
+            }
+        });
+    }
 }

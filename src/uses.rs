@@ -110,6 +110,12 @@ impl StreamUses {
         })
     }
 
+    /// Whether some use could not be recorded (or a foreign view lives or was forgotten):
+    /// waiting for the memory then means waiting for its whole context.
+    pub fn is_untracked(&self) -> bool {
+        self.lock().needs_context_wait()
+    }
+
     /// Makes the stream `(id, raw)` of `ctx` wait, on the GPU, for the recorded uses on every
     /// other stream: work queued on it next runs after all of them.
     pub fn order_before(&self, ctx: &Context, id: u64, raw: CUstream) -> Result<()> {

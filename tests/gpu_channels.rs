@@ -1133,3 +1133,893 @@ fn subscribing_to_a_shared_buffer_says_it_is_not_a_channel() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(err.to_string().contains("not a channel"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile review, channel soundness (branch `pubsub-sound`). These tests use the public API,
+// std and libc only: a fake publisher speaks the socket protocol with raw bytes (a frame is
+// "CIPM", a kind byte, 3 zero bytes, a u32 LE payload length, the payload; fds go with
+// SCM_RIGHTS) and raw sealed memfds. Their roles run through `zz_soundness_role_entry`.
+// ---------------------------------------------------------------------------------------------
+
+mod soundness {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use cuda_ipc::prelude::*;
+
+    /// A child process of this test binary in a role of `zz_soundness_role_entry`; killed when
+    /// dropped.
+    pub struct Role {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+        pub seen: Vec<String>,
+    }
+
+    impl Role {
+        pub fn spawn(role: &str, env: &[(&str, String)]) -> Role {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args([
+                "--exact",
+                "zz_soundness_role_entry",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CUDA_IPC_TEST_ROLE", role);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawning a role process");
+            let (tx, rx) = mpsc::channel();
+            for pipe in [
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                Box::new(child.stderr.take().unwrap()),
+            ] {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        let _ = tx.send(line);
+                    }
+                });
+            }
+            Role {
+                child,
+                lines: rx,
+                seen: Vec::new(),
+            }
+        }
+
+        /// Waits for a line containing `needle`; panics with everything seen after `timeout`.
+        pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+                    return l.clone();
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(left) {
+                    Ok(l) => self.seen.push(l),
+                    Err(_) => panic!(
+                        "no line with {needle:?} within {timeout:?}; seen:\n{}",
+                        self.seen.join("\n")
+                    ),
+                }
+            }
+        }
+
+        /// Waits up to `timeout` for the process to exit; returns whether it exited with 0 and
+        /// every line it printed (killed, and `false`, past the timeout).
+        pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
+            let deadline = Instant::now() + timeout;
+            let ok = loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    break status.success();
+                }
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let _ = self.child.wait();
+            // The reader threads end at EOF.
+            let end = Instant::now() + Duration::from_secs(2);
+            while let Ok(l) = self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
+                self.seen.push(l);
+            }
+            (ok, std::mem::take(&mut self.seen))
+        }
+
+        /// SIGKILL, as a crash.
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Role {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Runs `f` on its own thread and returns its result, or panics if it takes longer than
+    /// `limit` (the thread is left behind: a hang fails the test instead of hanging it).
+    pub fn within<R: Send + 'static>(
+        limit: Duration,
+        what: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{what} did not return within {limit:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked (see above)"),
+        }
+    }
+
+    /// Whether the work queued on `stream` so far finishes within `limit` (polled: never hangs).
+    pub fn drains(stream: &Stream<'_>, limit: Duration) -> bool {
+        let done = Event::new_untimed(stream.context()).unwrap();
+        done.record(stream).unwrap();
+        let t = Instant::now();
+        loop {
+            if done.is_complete().unwrap() {
+                return true;
+            }
+            if t.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn flag(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), b"").unwrap();
+    }
+
+    pub fn wait_flag(dir: &Path, name: &str, limit: Duration) -> bool {
+        let t = Instant::now();
+        while !dir.join(name).exists() {
+            if t.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    pub fn env(k: &str) -> String {
+        std::env::var(format!("CUDA_IPC_TEST_{k}")).unwrap_or_default()
+    }
+
+    // --- The channel's wire format and page layout, written out independently of the crate.
+
+    /// Frame kinds of the rendezvous socket.
+    pub const KIND_WELCOME: u8 = 6;
+    pub const KIND_PAGE: u8 = 7;
+    /// Channel page words.
+    pub const MAGIC: usize = 0;
+    pub const ANNOUNCED: usize = 8;
+    pub const CLAIM: usize = 64;
+    /// Subscriber page words.
+    pub const SUB_READY: usize = 0;
+    pub const SLOTS: u64 = 4;
+    pub const FRAME_LEN: u64 = 16;
+    pub const STRIDE: u64 = 64;
+
+    /// A 4 KiB sealed memfd (`F_SEAL_SHRINK | F_SEAL_GROW`, as the crate requires of a peer's
+    /// page), mapped read-write here: the fake publisher's view of a control page.
+    pub struct FakePage {
+        pub fd: OwnedFd,
+        ptr: *mut libc::c_void,
+    }
+
+    impl FakePage {
+        pub fn new(name: &str) -> FakePage {
+            let cname = std::ffi::CString::new(name).unwrap();
+            // SAFETY: a valid NUL-terminated name.
+            let raw = unsafe {
+                libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+            };
+            assert!(
+                raw >= 0,
+                "memfd_create: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: a new descriptor nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: plain syscalls on our own descriptor.
+            unsafe {
+                assert_eq!(libc::ftruncate(fd.as_raw_fd(), 4096), 0);
+                let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+                assert_eq!(libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals), 0);
+            }
+            // SAFETY: a new shared mapping of our own 4096-byte file; unmapped in Drop.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            FakePage { fd, ptr }
+        }
+
+        pub fn word(&self, index: usize) -> &AtomicU64 {
+            assert!(index < 512);
+            // SAFETY: inside the 4096-byte read-write mapping that lives as long as `self`,
+            // 8-byte aligned; other processes access it only atomically too.
+            unsafe { &*self.ptr.cast::<AtomicU64>().add(index) }
+        }
+    }
+
+    impl Drop for FakePage {
+        fn drop(&mut self) {
+            // SAFETY: our own mapping; no reference from `word` outlives `self`.
+            unsafe { libc::munmap(self.ptr, 4096) };
+        }
+    }
+
+    /// Sends one protocol frame with `fd` attached (SCM_RIGHTS), in one `sendmsg`.
+    pub fn send_frame(sock: &UnixStream, kind: u8, payload: &[u8], fd: RawFd) {
+        let mut bytes = b"CIPM".to_vec();
+        bytes.push(kind);
+        bytes.extend_from_slice(&[0, 0, 0]);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_mut_ptr().cast(),
+            iov_len: bytes.len(),
+        };
+        let fd_len = std::mem::size_of::<RawFd>() as u32;
+        // SAFETY: pure arithmetic.
+        let space = unsafe { libc::CMSG_SPACE(fd_len) } as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        // SAFETY: an all-zero msghdr is valid; its pointers are set just below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer holds one cmsg with room for one fd (CMSG_SPACE), 8-byte
+        // aligned; CMSG_FIRSTHDR points into it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_len) as _;
+            std::ptr::copy_nonoverlapping(
+                (&fd as *const RawFd).cast::<u8>(),
+                libc::CMSG_DATA(c),
+                fd_len as usize,
+            );
+        }
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+        assert_eq!(
+            n,
+            bytes.len() as isize,
+            "sendmsg: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// A welcome for a Block channel of 4 slots of 16 u32 (stride 64).
+    pub fn welcome(newest: u64, announced: u64, pool: &[u8]) -> Vec<u8> {
+        let words: [u64; 13] = [
+            1,
+            SLOTS,
+            16,
+            0,
+            FRAME_LEN,
+            STRIDE,
+            4,
+            cuda_ipc::ipc::TypeTag::of::<u32>().0,
+            2,
+            1,
+            newest,
+            announced,
+            0x5eed,
+        ];
+        let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        b.extend_from_slice(pool);
+        b
+    }
+
+    /// The fake publisher (role `fake-publisher`, SCENARIO as below): a real pool exported as
+    /// `<dir>/frames.pool`, and a raw socket at `<dir>/frames.sock` that welcomes one
+    /// subscriber with pages it keeps writable.
+    /// - `huge-welcome`: announces frame 2^63 - 1 in the welcome (and claims 2^63 in slot 0).
+    /// - `huge-announce`: ANNOUNCED = 2^63 in the channel page (frame 1 claimed in slot 0).
+    /// - `huge-claim`: slot 1's claim word is 2^63 (frame 1 claimed in slot 0).
+    /// - `claim-then-die`: frame 1 claimed in slot 0, never written; waits to be killed.
+    /// - `lowering`: as `claim-then-die`; on the flag `hangup` it shuts the connection down
+    ///   and keeps storing 0 into the subscriber's READY word of slot 0 until the flag
+    ///   `stop`, then stores 1 there (releasing the wait for frame 1) and prints RELEASED.
+    pub fn fake_publisher_role() {
+        let dir = PathBuf::from(env("DIR"));
+        let scenario = env("SCENARIO");
+        let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+        let pool = SharedDeviceBuffer::<u32>::zeroed(
+            &ctx,
+            (SLOTS * STRIDE) as usize,
+            cuda_ipc::ipc::Transport::Auto,
+        )
+        .unwrap();
+        let exporter = Exporter::bind(dir.join("frames.pool"), &pool).unwrap();
+        let listener = UnixListener::bind(dir.join("frames.sock")).unwrap();
+        let chan = FakePage::new("fake channel");
+        let page = FakePage::new("fake subscriber page");
+        chan.word(MAGIC)
+            .store(u64::from_le_bytes(*b"cudaipcC"), SeqCst);
+        let (newest, announced) = match scenario.as_str() {
+            "huge-welcome" => (0, i64::MAX as u64),
+            _ => (0, 0),
+        };
+        match scenario.as_str() {
+            "huge-welcome" => chan.word(CLAIM).store(1 << 63, SeqCst),
+            "huge-announce" => {
+                chan.word(CLAIM).store(1, SeqCst);
+                chan.word(ANNOUNCED).store(1 << 63, SeqCst);
+            }
+            "huge-claim" => {
+                chan.word(CLAIM).store(1, SeqCst);
+                chan.word(CLAIM + 1).store(1 << 63, SeqCst);
+            }
+            _ => chan.word(CLAIM).store(1, SeqCst),
+        }
+        println!("FAKE LISTENING");
+        let (conn, _) = listener.accept().unwrap();
+        let w = welcome(newest, announced, &exporter.descriptor().encode());
+        send_frame(&conn, KIND_WELCOME, &w, chan.fd.as_raw_fd());
+        send_frame(&conn, KIND_PAGE, &[], page.fd.as_raw_fd());
+        println!("FAKE WELCOMED");
+        if scenario == "lowering" {
+            assert!(wait_flag(&dir, "hangup", Duration::from_secs(60)));
+            conn.shutdown(std::net::Shutdown::Both).unwrap();
+            let ready = page.word(SUB_READY);
+            let mut stores = 0u64;
+            while !dir.join("stop").exists() {
+                for _ in 0..1000 {
+                    ready.store(0, SeqCst);
+                }
+                stores += 1000;
+            }
+            ready.store(1, SeqCst);
+            println!("RELEASED after {stores} stores of 0");
+        }
+        std::thread::sleep(Duration::from_secs(120));
+        drop((conn, exporter, pool));
+    }
+
+    /// Spawns the fake publisher in `dir` (created 0700) and waits until it listens.
+    pub fn spawn_fake(dir: &Path, scenario: &str) -> Role {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut fake = Role::spawn(
+            "fake-publisher",
+            &[
+                ("CUDA_IPC_TEST_DIR", dir.display().to_string()),
+                ("CUDA_IPC_TEST_SCENARIO", scenario.into()),
+            ],
+        );
+        fake.expect("FAKE LISTENING", super::SECS);
+        fake
+    }
+}
+
+/// The role dispatcher of the soundness tests: returns at once unless CUDA_IPC_TEST_ROLE is
+/// one of theirs.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn zz_soundness_role_entry() {
+    match std::env::var("CUDA_IPC_TEST_ROLE").as_deref() {
+        Ok("fake-publisher") => soundness::fake_publisher_role(),
+        Ok("order-sub-block") => order_subscriber_role(Policy::Block),
+        Ok("order-sub-drop-oldest") => order_subscriber_role(Policy::DropOldest),
+        Ok("stepped-publisher") => stepped_publisher_role(),
+        _ => {}
+    }
+}
+
+// --- Finding 1: READY words going backwards across streams.
+
+/// The subscriber of `two_streams`: Block joins now at the latest frame and receives FRAMES
+/// frames on the CPU path; DropOldest joined before frame 1, waits for the flag `go`, then
+/// receives FRAMES frames on the GPU path. Each frame is checked against its number; a frame
+/// whose GPU wait does not drain within 10 s prints STUCK.
+fn order_subscriber_role(policy: Policy) {
+    use soundness::{drains, env, wait_flag};
+    let path = PathBuf::from(env("PATH"));
+    let frames: usize = env("FRAMES").parse().unwrap();
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let opts = SubscribeOptions {
+        start: if policy == Policy::Block {
+            Start::Latest
+        } else {
+            Start::Next
+        },
+        ..SubscribeOptions::default()
+    };
+    let sub = Subscriber::<u32>::subscribe(&ctx, &path, opts).unwrap();
+    println!("SUBSCRIBED");
+    if policy == Policy::DropOldest {
+        assert!(wait_flag(path.parent().unwrap(), "go", SECS));
+    }
+    for _ in 0..frames {
+        let got = if policy == Policy::Block {
+            sub.receive_host(Duration::from_secs(5))
+        } else {
+            sub.receive(&stream, Duration::from_secs(5))
+        };
+        let sample = match got {
+            Ok(s) => s,
+            Err(e) => {
+                println!("END error {e}");
+                return;
+            }
+        };
+        let seq = sample.seq();
+        if !drains(&stream, Duration::from_secs(10)) {
+            println!("STUCK {seq}: the stream's wait for frame {seq} never passed");
+            std::process::exit(0);
+        }
+        let words = sample.copy_to_vec().unwrap();
+        let errors = reference::frame_errors(&words, seq);
+        println!("GOT {seq} missed={} errors={errors}", sample.missed());
+    }
+    println!("END ok");
+}
+
+/// Frame 1 of slot 0 is published on stream A behind a GPU wait released only later; frames
+/// 2 and 3 (slot 1, then slot 0 again) on stream B. Without ordering, B's control writes land
+/// first and A's then set slot 0's READY words back to frame 1: frame 3 is never ready.
+fn two_streams(policy: Policy) {
+    use cuda_ipc::ipc::Signal;
+    use soundness::{drains, flag, Role};
+    let dir = temp_dir("chan-two-streams");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let (a, b, c) = (
+        Stream::new(&ctx).unwrap(),
+        Stream::new(&ctx).unwrap(),
+        Stream::new(&ctx).unwrap(),
+    );
+    let k = ctx.kernels().unwrap();
+    let gate = SharedDeviceBuffer::<u32>::zeroed(&ctx, 1, Transport::Auto).unwrap();
+    let opts = ChannelOptions {
+        slots: 2,
+        policy,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 12, opts).unwrap();
+    // Opens the gate however this test ends (dropped before the publisher, whose drop waits
+    // for stream A's control writes behind it).
+    struct OpenOnDrop<'a>(&'a SharedDeviceBuffer<'a, u32>, &'a Stream<'a>);
+    impl Drop for OpenOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.write_signal(self.1, Signal::Ready, 1);
+        }
+    }
+    let _open = OpenOnDrop(&gate, &c);
+    let role_env = |frames: u64| {
+        vec![
+            ("CUDA_IPC_TEST_PATH", path.display().to_string()),
+            ("CUDA_IPC_TEST_FRAMES", frames.to_string()),
+        ]
+    };
+    // DropOldest: a live subscriber that has not received anything yet (frame 1's READY
+    // words are written into its page too). Block: it joins after frame 3.
+    let mut early =
+        (policy == Policy::DropOldest).then(|| Role::spawn("order-sub-drop-oldest", &role_env(2)));
+    if let Some(s) = early.as_mut() {
+        s.expect("SUBSCRIBED", SECS);
+        p.wait_subscribers(1, SECS).unwrap();
+    }
+    let mut loan = p.loan(SECS).unwrap();
+    k.fill_frame(&a, &mut loan, 1).unwrap();
+    gate.wait_signal(&a, Signal::Ready, 1).unwrap();
+    loan.publish(&a).unwrap();
+    for seq in 2..=3 {
+        let mut loan = p.loan(SECS).unwrap();
+        assert_eq!((loan.seq(), loan.slot()), (seq, (seq as usize - 1) % 2));
+        k.fill_frame(&b, &mut loan, seq).unwrap();
+        loan.publish(&b).unwrap();
+    }
+    // B runs ahead (with the fix it waits, on the GPU, for A's control writes).
+    let b_ahead = drains(&b, Duration::from_millis(300));
+    gate.write_signal(&c, Signal::Ready, 1).unwrap();
+    let drained = [&a, &b, &c].map(|s| drains(s, Duration::from_secs(10)));
+    assert_eq!(
+        drained, [true; 3],
+        "the streams did not finish once the gate opened"
+    );
+    println!("stream B finished before A's frame: {b_ahead}");
+    let (frames, sub) = match early {
+        Some(s) => {
+            flag(&dir, "go");
+            (2, s)
+        }
+        None => {
+            let mut s = Role::spawn("order-sub-block", &role_env(3));
+            s.expect("SUBSCRIBED", SECS);
+            p.wait_subscribers(1, SECS).unwrap();
+            // Frames 4 (slot 1) and 5 (slot 0, once the subscriber has frame 3 released).
+            for seq in 4..=5 {
+                let loan = p.loan(Duration::from_secs(10));
+                let Ok(mut loan) = loan else {
+                    println!("loan of frame {seq}: {:?}", loan.map(|l| l.seq()));
+                    break;
+                };
+                k.fill_frame(&b, &mut loan, seq).unwrap();
+                loan.publish(if seq % 2 == 0 { &a } else { &b }).unwrap();
+            }
+            (3, s)
+        }
+    };
+    let (ok, lines) = sub.finish(Duration::from_secs(60));
+    let report = lines.join("\n");
+    assert!(ok, "{report}");
+    let got: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("GOT"))
+        .map(|l| &l[..])
+        .collect();
+    let want: Vec<String> = match policy {
+        Policy::Block => (3..=5)
+            .map(|s| format!("GOT {s} missed=0 errors=0"))
+            .collect(),
+        Policy::DropOldest => vec![
+            "GOT 2 missed=1 errors=0".into(),
+            "GOT 3 missed=0 errors=0".into(),
+        ],
+    };
+    assert_eq!(
+        got,
+        want,
+        "frames {}: slot 0's READY words went back to frame 1 (frame 3 never ready):\n{report}",
+        if frames == 2 { "2, 3" } else { "3, 4, 5" }
+    );
+    assert!(lines.iter().any(|l| l == "END ok"), "{report}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn frames_of_one_slot_published_on_two_streams_keep_its_ready_words_in_order_block() {
+    // A subscriber joining after frame 3 waits (CPU path) for SLOT_READY[0] >= 3: without the
+    // ordering it holds 1 for good, the subscriber times out, and the publisher's Block loan
+    // of frame 5 waits for it.
+    two_streams(Policy::Block);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn frames_of_one_slot_published_on_two_streams_keep_its_ready_words_in_order_drop_oldest() {
+    // A live subscriber that has received nothing: DropOldest overwrites frame 1's slot with
+    // frame 3, and without the ordering the subscriber's own READY word of slot 0 ends at 1:
+    // its stream's GPU wait for frame 3 never passes.
+    two_streams(Policy::DropOldest);
+}
+
+// --- Findings 2 and 3: frame numbers from a fake publisher, and relative releases.
+
+/// Subscribes to the fake publisher at `dir` from a fresh context (on its own thread, see
+/// `within`).
+fn subscribe_fake<'c>(ctx: &'c Context, dir: &Path) -> Result<Subscriber<'c, u32>> {
+    let opts = SubscribeOptions {
+        timeout: Duration::from_secs(10),
+        start: Start::Next,
+        ..SubscribeOptions::default()
+    };
+    Subscriber::<u32>::subscribe(ctx, dir.join("frames"), opts)
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_fake_publisher_announcing_huge_frame_numbers_gets_typed_errors_and_drop_returns() {
+    use soundness::{spawn_fake, within};
+    // 1. The welcome announces 2^63 - 1 (and slot 0 claims 2^63). Before the fix the
+    //    subscriber took frame 2^63 and queued a GPU wait no stored value released (the
+    //    comparison is cyclic): its drop then blocked for ever.
+    let dir = temp_dir("chan-huge-welcome");
+    let _fake = spawn_fake(&dir, "huge-welcome");
+    let err = within(
+        Duration::from_secs(30),
+        "subscribe + receive + drop",
+        move || {
+            let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+            let stream = Stream::new(&ctx).unwrap();
+            let subscribed = subscribe_fake(&ctx, &dir);
+            let report = match subscribed {
+                Err(e) => e.to_string() + " [at subscribe]",
+                Ok(sub) => {
+                    let got = sub
+                        .receive(&stream, Duration::from_secs(2))
+                        .map(|s| s.seq());
+                    let t = Instant::now();
+                    drop(sub);
+                    format!("receive gave {got:?}; drop took {:?}", t.elapsed())
+                }
+            };
+            report
+        },
+    );
+    assert!(
+        err.contains("protocol error")
+            && err.contains("announced frame 9223372036854775807")
+            && err.ends_with("[at subscribe]"),
+        "{err}"
+    );
+    // 2 and 3. ANNOUNCED of 2^63 in the channel page; a claim word of 2^63.
+    for (scenario, expect) in [
+        ("huge-announce", "announces frame 9223372036854775808"),
+        ("huge-claim", "slot 1's claim word is 0x8000000000000000"),
+    ] {
+        let dir = temp_dir("chan-huge-page");
+        let _fake = spawn_fake(&dir, scenario);
+        let report = within(Duration::from_secs(30), scenario, move || {
+            let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+            let stream = Stream::new(&ctx).unwrap();
+            let sub = subscribe_fake(&ctx, &dir).unwrap();
+            let gpu = sub
+                .receive(&stream, Duration::from_secs(2))
+                .map(|s| s.seq());
+            let cpu = sub.receive_host(Duration::from_secs(2)).map(|s| s.seq());
+            let synced = soundness::drains(&stream, Duration::from_secs(5));
+            let t = Instant::now();
+            drop(sub);
+            (gpu, cpu, synced, t.elapsed())
+        });
+        let (gpu, cpu, synced, dropped) = report;
+        for got in [&gpu, &cpu] {
+            match got {
+                Err(e @ Error::Protocol { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(expect), "{scenario}: {text}");
+                    assert!(text.contains("largest frame number"), "{scenario}: {text}");
+                }
+                other => panic!("{scenario}: expected a protocol error, got {other:?}"),
+            }
+        }
+        assert!(synced, "{scenario}: the stream was left waiting");
+        assert!(
+            dropped < Duration::from_secs(3),
+            "{scenario}: drop took {dropped:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_stream_waiting_on_an_unpublished_frame_drains_when_a_fake_publisher_dies() {
+    use soundness::{drains, spawn_fake, within};
+    let dir = temp_dir("chan-fake-dies");
+    let mut fake = spawn_fake(&dir, "claim-then-die");
+    let (tx_received, rx_received) = std::sync::mpsc::channel::<()>();
+    let (tx_killed, rx_killed) = std::sync::mpsc::channel::<()>();
+    let subscriber = std::thread::spawn(move || {
+        let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+        let stream = Stream::new(&ctx).unwrap();
+        let sub = subscribe_fake(&ctx, &dir).unwrap();
+        // Frame 1 is claimed, never written: the stream waits for it on the GPU.
+        let sample = sub.receive(&stream, SECS).unwrap();
+        assert_eq!(sample.seq(), 1);
+        let waited = !drains(&stream, Duration::from_millis(300));
+        tx_received.send(()).unwrap();
+        rx_killed.recv().unwrap();
+        // The watcher thread releases the wait: no other call into the channel.
+        let drained = drains(&stream, Duration::from_secs(5));
+        drop(sample);
+        let end = sub
+            .receive(&stream, Duration::from_secs(2))
+            .map(|s| s.seq());
+        let t = Instant::now();
+        drop(sub);
+        (waited, drained, end, t.elapsed())
+    });
+    rx_received
+        .recv_timeout(SECS)
+        .expect("the subscriber received frame 1");
+    fake.kill();
+    tx_killed.send(()).unwrap();
+    let (waited, drained, end, dropped) =
+        within(Duration::from_secs(30), "the subscriber", move || {
+            subscriber.join().unwrap()
+        });
+    assert!(waited, "the stream did not wait for the unwritten frame");
+    assert!(
+        drained,
+        "the stream's wait for frame 1 was not released after the publisher died"
+    );
+    assert!(
+        matches!(end, Err(Error::PublisherGone { closed: false, .. })),
+        "{end:?}"
+    );
+    assert!(dropped < Duration::from_secs(3), "drop took {dropped:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn subscriber_drop_stays_bounded_while_a_hostile_publisher_keeps_lowering_its_ready_words() {
+    use soundness::{drains, flag, spawn_fake, within};
+    let dir = temp_dir("chan-fake-lowering");
+    let mut fake = spawn_fake(&dir, "lowering");
+    let d = dir.clone();
+    let (dropped, drained) = within(Duration::from_secs(60), "the subscriber", move || {
+        let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+        let stream = Stream::new(&ctx).unwrap();
+        let sub = subscribe_fake(&ctx, &d).unwrap();
+        let sample = sub.receive(&stream, SECS).unwrap();
+        drop(sample);
+        // The publisher hangs up, then keeps storing 0 over every release of ours.
+        flag(&d, "hangup");
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        drop(sub);
+        let dropped = t.elapsed();
+        // Our stream is the fake's hostage until it stops.
+        flag(&d, "stop");
+        (dropped, drains(&stream, Duration::from_secs(10)))
+    });
+    fake.expect("RELEASED", SECS);
+    assert!(
+        dropped < Duration::from_secs(8),
+        "Subscriber::drop took {dropped:?} (it must stay bounded)"
+    );
+    assert!(
+        drained,
+        "the stream never drained, even once the fake released it"
+    );
+    println!(
+        "drop took {dropped:?}; drop log: {:?}",
+        cuda_ipc::take_drop_errors()
+    );
+}
+
+// --- Finding 4: waits per subscriber.
+
+/// Block, 4 slots: waits for 2 subscribers, publishes frame 1, then loans frame 2 (claimed,
+/// so subscribers take it and their GPU waits for it) and publishes it only on the flag
+/// `publish`.
+fn stepped_publisher_role() {
+    let path = PathBuf::from(soundness::env("PATH"));
+    let dir = path.parent().unwrap().to_path_buf();
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let opts = ChannelOptions {
+        slots: 4,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1 << 12, opts).unwrap();
+    println!("PUBLISHING");
+    p.wait_subscribers(2, SECS).unwrap();
+    let mut loan = p.loan(SECS).unwrap();
+    k.fill_frame(&stream, &mut loan, 1).unwrap();
+    loan.publish(&stream).unwrap();
+    let mut loan = p.loan(SECS).unwrap();
+    println!("CLAIMED {}", loan.seq());
+    assert!(soundness::wait_flag(
+        &dir,
+        "publish",
+        Duration::from_secs(120)
+    ));
+    k.fill_frame(&stream, &mut loan, 2).unwrap();
+    loan.publish(&stream).unwrap();
+    stream.synchronize().unwrap();
+    println!("PUBLISHED 2");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn two_subscribers_in_one_process_never_wait_for_each_others_gpu_waits() {
+    use soundness::{drains, flag, Role};
+    let dir = temp_dir("chan-two-subs");
+    std::fs::create_dir(&dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let path = dir.join("frames");
+    let mut publisher = Role::spawn(
+        "stepped-publisher",
+        &[("CUDA_IPC_TEST_PATH", path.display().to_string())],
+    );
+    publisher.expect("PUBLISHING", SECS);
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream_a = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let a = subscribe_next(&ctx, &path);
+    let (tx_go, rx_go) = std::sync::mpsc::channel::<()>();
+    let (tx_b, rx_b) = std::sync::mpsc::channel();
+    let b_path = path.clone();
+    std::thread::scope(|scope| {
+        // Owned here: should this closure panic, B's thread sees the channel close.
+        let tx_go = tx_go;
+        let ctx = &ctx;
+        // Subscriber B, in the same process (the pool's imported mapping is shared with A).
+        scope.spawn(move || {
+            let b = subscribe_next(ctx, &b_path);
+            rx_go.recv().unwrap();
+            let t = Instant::now();
+            let sample = b.receive_host(SECS).unwrap();
+            let words = sample.copy_to_vec().unwrap();
+            let errors = reference::frame_errors(&words, sample.seq());
+            let seq = sample.seq();
+            drop(sample); // a host release: waits for B's own uses only
+            let released = t.elapsed();
+            let t = Instant::now();
+            drop(b);
+            let _ = tx_b.send((seq, errors, released, t.elapsed()));
+        });
+        // A takes frame 1, then frame 2, claimed but not published: A's stream waits for it.
+        let s = a.receive(&stream_a, SECS).unwrap();
+        assert_eq!(s.seq(), 1);
+        drop(s);
+        publisher.expect("CLAIMED 2", SECS);
+        let s2 = a.receive(&stream_a, SECS).unwrap();
+        assert_eq!(s2.seq(), 2);
+        let mut errors = DeviceBuffer::<u32>::zeroed(ctx, 1).unwrap();
+        k.verify_frame(&stream_a, &s2, 2, &mut errors).unwrap();
+        assert!(
+            !drains(&stream_a, Duration::from_millis(300)),
+            "A's stream did not wait for frame 2"
+        );
+        tx_go.send(()).unwrap();
+        // B's receive_host, sample drop and drop must not wait for A's wait on frame 2.
+        let b_result = rx_b.recv_timeout(Duration::from_secs(8));
+        // Whatever happened, let the publisher write frame 2 (this also unblocks B if it
+        // waits for A's stream), then check A.
+        flag(&dir, "publish");
+        publisher.expect("PUBLISHED 2", SECS);
+        let a_drained = drains(&stream_a, Duration::from_secs(10));
+        drop(s2);
+        let a_errors = errors.copy_to_vec().unwrap()[0];
+        let (seq, b_errors, released, dropped) = b_result.unwrap_or_else(|_| {
+            panic!("subscriber B waited for subscriber A's GPU wait on an unpublished frame")
+        });
+        assert_eq!((seq, b_errors), (1, 0), "B's frame 1");
+        assert!(
+            released < Duration::from_secs(3),
+            "B's sample drop took {released:?}"
+        );
+        assert!(
+            dropped < Duration::from_secs(3),
+            "B's drop took {dropped:?}"
+        );
+        assert!(
+            a_drained,
+            "A's stream did not complete once frame 2 was published"
+        );
+        assert_eq!(a_errors, 0, "A's frame 2 was read before it was written");
+    });
+    drop(a);
+}

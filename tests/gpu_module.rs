@@ -231,7 +231,9 @@ fn memory_or_a_stream_of_another_context_is_refused_before_the_launch() {
     let n = LEN as u64;
     let config = LaunchConfig::for_num_elems(n);
 
-    // SAFETY (all launches below): AddMixed is add_mixed's parameter list, n is the length.
+    // Each launch below is refused before the driver; were one not, it would still be sound:
+    // AddMixed is add_mixed's parameter list and n the buffers' length.
+    // SAFETY: as above.
     let e = unsafe { f.launch(&stream0, config, (&mut on1, 1u8, 0u16, n, 0u32)) }.unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
@@ -239,11 +241,14 @@ fn memory_or_a_stream_of_another_context_is_refused_before_the_launch() {
         text.contains("kernel argument 0") && text.contains("GPU 1"),
         "{text}"
     );
+    // SAFETY: as above.
     let e = unsafe { f.launch(&stream0, config, (&mut shared1, 1u8, 0u16, n, 0u32)) }.unwrap_err();
     assert!(e.to_string().contains("kernel argument 0"), "{e}");
+    // SAFETY: as above.
     let e = unsafe { f.launch(&stream1, config, (&mut on0, 1u8, 0u16, n, 0u32)) }.unwrap_err();
     assert!(e.to_string().contains("the stream belongs to"), "{e}");
     // A module loaded in one context is not used with another's stream, even with no memory.
+    // SAFETY: as above (no elements).
     let e =
         unsafe { f.launch(&stream1, config, (on0.view_mut(), 1u8, 0u16, 0u64, 0u32)) }.unwrap_err();
     assert!(e.to_string().contains("stream"), "{e}");

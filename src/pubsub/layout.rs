@@ -56,12 +56,15 @@ pub const SUB_NEXT: usize = 384;
 /// so that the publisher makes the wake-up system call only when someone sleeps.
 pub const SUB_WAITING: usize = 392;
 
-/// What a subscriber stores into its own `SUB_READY` words to release the GPU waits of its
-/// streams itself (its publisher is gone, or never wrote them): a value that satisfies
-/// `cuStreamWaitValue64(GEQ)` for every frame it can wait for. The GPU's comparison is
-/// *cyclic* (`(int64_t)(*addr - value) >= 0`): `u64::MAX` would keep every wait blocked;
-/// `i64::MAX` passes for every frame number below 2^63.
-pub const READY_RELEASED: u64 = i64::MAX as u64;
+/// The largest frame number a channel reaches (2^62). The publisher stops there (its `loan`
+/// says the channel is closed), and a subscriber takes a larger number from a peer as a
+/// protocol violation. Far from any real channel's life (2^62 frames at a million a second is
+/// 146,000 years), it keeps every number a GPU waits for well inside the range where
+/// `cuStreamWaitValue64`'s *cyclic* comparison (`(int64_t)(*addr - value) >= 0`) agrees with
+/// `>=`: a subscriber releases the waits of its own streams by storing, per slot, the highest
+/// frame they wait for there (never a fixed "released" value, which a frame number of 2^63 or
+/// more would never pass).
+pub const MAX_SEQ: u64 = 1 << 62;
 
 const _: () = assert!(SLOT_READY + MAX_SLOTS <= PAGE_BYTES / 8);
 const _: () = assert!(CLAIM + MAX_SLOTS <= SLOT_READY);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::os::{self, SharedMapping};
+use crate::os::{self, ReadOnlyMapping, SharedMapping};
 use crate::result::{self, CUdeviceptr};
 
 use super::layout::PAGE_BYTES;
@@ -33,7 +33,7 @@ impl Page {
     pub fn create(name: &str) -> Result<Page> {
         let fd = os::shared_words_file(name, PAGE_BYTES)
             .map_err(|e| Error::io(format!("creating the shared page {name:?} (memfd)"), e))?;
-        let map = SharedMapping::map(fd.as_fd(), PAGE_BYTES, true)
+        let map = SharedMapping::map(fd.as_fd(), PAGE_BYTES)
             .map_err(|e| Error::io(format!("mapping the shared page {name:?}"), e))?;
         Ok(Page {
             fd,
@@ -42,14 +42,11 @@ impl Page {
         })
     }
 
-    /// A page a peer sent: checked (a sealed memory file of the page's size, so the peer can
-    /// never make this process's mapping fault), then mapped.
-    pub fn from_peer(fd: OwnedFd, writable: bool, what: &str) -> Result<Page> {
-        os::check_shared_words_file(fd.as_fd(), PAGE_BYTES).map_err(|e| Error::Protocol {
-            peer: what.to_string(),
-            detail: format!("the control page it sent is unusable: {e}"),
-        })?;
-        let map = SharedMapping::map(fd.as_fd(), PAGE_BYTES, writable)
+    /// A page a peer sent, mapped read-write: checked (a sealed memory file of the page's size,
+    /// so the peer can never make this process's mapping fault), then mapped.
+    pub fn from_peer(fd: OwnedFd, what: &str) -> Result<Page> {
+        check_from_peer(fd.as_fd(), what)?;
+        let map = SharedMapping::map(fd.as_fd(), PAGE_BYTES)
             .map_err(|e| Error::io(format!("mapping {what}'s control page"), e))?;
         Ok(Page {
             fd,
@@ -139,6 +136,28 @@ impl Page {
         unsafe { result::mem_host_unregister(map.as_ptr().cast()) }?;
         self.device = None;
         Ok(())
+    }
+}
+
+/// A page a peer sent that this process only reads (the channel page, which its publisher
+/// seals against writable mappings): checked as [`Page::from_peer`] checks, then mapped
+/// read-only. Its words offer loads only (see [`ReadOnlyMapping`]).
+pub(crate) fn read_only_from_peer(fd: OwnedFd, what: &str) -> Result<ReadOnlyMapping> {
+    check_from_peer(fd.as_fd(), what)?;
+    ReadOnlyMapping::map(fd.as_fd(), PAGE_BYTES)
+        .map_err(|e| Error::io(format!("mapping {what}'s channel page"), e))
+}
+
+fn check_from_peer(fd: BorrowedFd<'_>, what: &str) -> Result<()> {
+    os::check_shared_words_file(fd, PAGE_BYTES).map_err(|e| Error::Protocol {
+        peer: what.to_string(),
+        detail: format!("the control page it sent is unusable: {e}"),
+    })
+}
+
+impl super::protocol::ReadWords for ReadOnlyMapping {
+    fn load(&self, index: usize) -> u64 {
+        ReadOnlyMapping::load(self, index)
     }
 }
 

@@ -22,10 +22,51 @@
 //! with the oldest frame that no subscriber holds (never the newest frame, which late joiners
 //! start from); a subscriber whose next frame was overwritten skips to the oldest one left and
 //! is told how many it missed.
+//!
+//! Frame numbers never exceed [`MAX_SEQ`] (2^62): the publisher stops there, and a subscriber
+//! takes any larger number read from the channel page (an announce, a final claim, or the frame
+//! of a tentative claim) as a [`Violation`]. So every frame a subscriber's GPU waits for is
+//! within 2^62 of zero, where the GPU's cyclic comparison (`(int64_t)(word - seq) >= 0`)
+//! agrees with `>=` and a stored frame number always releases the waits for it.
+//!
+//! The subscriber reads the channel page through [`ReadWords`]: it maps that page read-only,
+//! where Rust allows atomic loads only.
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use super::layout::*;
 use super::Policy;
+
+pub use super::layout::MAX_SEQ;
+
+/// Sequentially consistent loads of a page of 64-bit words another process may write: what
+/// the protocol needs of the channel page, which subscribers map read-only (where the only
+/// access Rust allows is a load). Implemented for `[AtomicU64]` (and `Vec`s and arrays of
+/// them), and for the crate's read-only mappings.
+pub trait ReadWords {
+    /// Word `index`, with the ordering of a `SeqCst` load.
+    ///
+    /// # Panics
+    /// If `index` is past the words, as a slice index would.
+    fn load(&self, index: usize) -> u64;
+}
+
+impl ReadWords for [AtomicU64] {
+    fn load(&self, index: usize) -> u64 {
+        self[index].load(SeqCst)
+    }
+}
+
+impl ReadWords for Vec<AtomicU64> {
+    fn load(&self, index: usize) -> u64 {
+        self[index].load(SeqCst)
+    }
+}
+
+impl<const N: usize> ReadWords for [AtomicU64; N] {
+    fn load(&self, index: usize) -> u64 {
+        self[index].load(SeqCst)
+    }
+}
 
 /// The top bit of a claim word: the publisher is still checking that the slot is free and may
 /// withdraw the claim. A subscriber never takes a tentative claim for its frame.
@@ -46,6 +87,12 @@ pub enum Blocked {
         /// The subscriber's id.
         sub: u64,
         /// The frame it waits for next.
+        next: u64,
+    },
+    /// The next frame would be numbered past [`MAX_SEQ`]: the channel has published every
+    /// frame it can (a new publisher, a new channel instance, starts from 1 again).
+    Exhausted {
+        /// The frame number that would come next.
         next: u64,
     },
 }
@@ -118,13 +165,17 @@ impl PublisherState {
     }
 
     /// Claims a slot for the next frame: `CLAIM[slot] = seq`. Returns `(slot, seq)`, or why
-    /// no slot is free now (the first blocker found).
+    /// no slot is free now (the first blocker found), or [`Blocked::Exhausted`] for good past
+    /// [`MAX_SEQ`].
     pub fn try_claim(
         &mut self,
         chan: &[AtomicU64],
         subs: &[SubWords<'_>],
     ) -> Result<(usize, u64), Blocked> {
         let seq = self.next_seq;
+        if seq > MAX_SEQ {
+            return Err(Blocked::Exhausted { next: seq });
+        }
         if let Some(slot) = self.claimed {
             return Ok((slot, seq));
         }
@@ -160,24 +211,26 @@ impl PublisherState {
     pub fn announce(&mut self, chan: &[AtomicU64]) -> u64 {
         let seq = self.next_seq;
         chan[ANNOUNCED].store(seq, SeqCst);
-        self.next_seq += 1;
+        self.next_seq = seq.saturating_add(1);
         self.claimed = None;
         seq
     }
 
     /// [`join_point`] of this publisher's slots.
-    pub fn join_point(&self, chan: &[AtomicU64], latest: bool) -> (u64, u64) {
+    pub fn join_point<C: ReadWords + ?Sized>(&self, chan: &C, latest: bool) -> (u64, u64) {
         join_point(chan, self.slots, latest)
     }
 }
 
 /// Where a subscriber joining now starts: `(next, announced)`, with `next` the newest
 /// announced frame still in one of the `slots` slots when `latest` (else, or when there is
-/// none, the frame after the last announced one).
-pub fn join_point(chan: &[AtomicU64], slots: usize, latest: bool) -> (u64, u64) {
-    let announced = chan[ANNOUNCED].load(SeqCst);
+/// none, the frame after the last announced one). Never past `MAX_SEQ + 1`, whatever the
+/// words hold; tentative claims are never join points.
+pub fn join_point<C: ReadWords + ?Sized>(chan: &C, slots: usize, latest: bool) -> (u64, u64) {
+    // The publisher never announces past MAX_SEQ: a larger word is corrupt.
+    let announced = chan.load(ANNOUNCED).min(MAX_SEQ);
     let newest_left = (0..slots.min(MAX_SLOTS))
-        .map(|i| chan[CLAIM + i].load(SeqCst))
+        .map(|i| chan.load(CLAIM + i))
         .filter(|&c| c != 0 && c <= announced)
         .max();
     match newest_left {
@@ -238,12 +291,24 @@ impl SubscriberState {
     }
 
     /// Finds and holds the next frame once its claim is final (announced or not; check
-    /// [`is_ready`] or wait for its `READY` word before reading it).
-    pub fn try_pick(&mut self, chan: &[AtomicU64], me: &[AtomicU64]) -> Result<Pick, Violation> {
+    /// [`is_ready`] or wait for its `READY` word before reading it). A frame number past
+    /// [`MAX_SEQ`] in the channel page (announced, or claimed, finally or tentatively) is a
+    /// [`Violation`]; such a frame is never picked, nor is a tentative claim.
+    pub fn try_pick<C: ReadWords + ?Sized>(
+        &mut self,
+        chan: &C,
+        me: &[AtomicU64],
+    ) -> Result<Pick, Violation> {
         // Each retry follows a claim that moved on: a bounded number in practice; the bound
         // only keeps a corrupt page from spinning forever.
         for _ in 0..4 * self.slots + 8 {
-            let announced = chan[ANNOUNCED].load(SeqCst);
+            let announced = chan.load(ANNOUNCED);
+            if announced > MAX_SEQ {
+                return Err(Violation(format!(
+                    "the channel page announces frame {announced}, past the largest frame \
+                     number a channel reaches ({MAX_SEQ})"
+                )));
+            }
             let t = self.next;
             // One read of each claim, used for every decision below: a slot read with a final
             // claim other than `t` has lost `t` for good, but one read while tentative may
@@ -251,11 +316,14 @@ impl SubscriberState {
             let mut words = [0u64; MAX_SLOTS];
             let claims = &mut words[..self.slots.min(MAX_SLOTS)];
             for (i, c) in claims.iter_mut().enumerate() {
-                *c = chan[CLAIM + i].load(SeqCst);
+                *c = chan.load(CLAIM + i);
+                check_claim(i, *c)?;
             }
             // A final claim of frame `t` is enough, announced or not: the frame is being
-            // prepared in that slot and will be published there (the GPU waits for it).
-            let found = claims.iter().position(|&c| c == t);
+            // prepared in that slot and will be published there (the GPU waits for it). A
+            // tentative claim never matches (`t` has no TENTATIVE bit: it is at most
+            // MAX_SEQ + 1 unless `new` was given junk, which then matches no checked claim).
+            let found = claims.iter().position(|&c| c == t && c & TENTATIVE == 0);
             let Some(slot) = found else {
                 if announced < t {
                     return Ok(Pick::NotYet);
@@ -291,7 +359,7 @@ impl SubscriberState {
             };
             let before = me[SUB_HOLD + slot].load(SeqCst);
             me[SUB_HOLD + slot].store(t, SeqCst);
-            if chan[CLAIM + slot].load(SeqCst) != t {
+            if chan.load(CLAIM + slot) != t {
                 me[SUB_HOLD + slot].store(before, SeqCst);
                 continue;
             }
@@ -331,8 +399,61 @@ pub fn release(me: &[AtomicU64], picked: &Picked) {
 }
 
 /// Whether the frame is complete on the publisher's GPU (its `SLOT_READY` word).
-pub fn is_ready(chan: &[AtomicU64], picked: &Picked) -> bool {
-    chan[SLOT_READY + picked.slot].load(SeqCst) >= picked.seq
+pub fn is_ready<C: ReadWords + ?Sized>(chan: &C, picked: &Picked) -> bool {
+    chan.load(SLOT_READY + picked.slot) >= picked.seq
+}
+
+/// Whether a stream waiting with `cuStreamWaitValue64(addr, seq, CU_STREAM_WAIT_VALUE_GEQ)`
+/// goes on while the word holds `word`. The driver's comparison is *cyclic*: "until
+/// `(int64_t)(*addr - value) >= 0`" (`CUstreamWaitValue_flags`), not an unsigned `>=`; the two
+/// agree for frame numbers up to [`MAX_SEQ`].
+pub fn gpu_wait_passes(word: u64, seq: u64) -> bool {
+    (word.wrapping_sub(seq) as i64) >= 0
+}
+
+/// Whether a `READY` word holding `word` lets through every GPU wait for frames `1..=seq` of
+/// its slot: `seq <= word <= MAX_SEQ`. (`gpu_wait_passes(word, seq)` alone is not enough for
+/// a junk word: `2^63 + 7` passes a wait for frame 2^62 but holds one for frame 1 back.)
+pub fn ready_releases(word: u64, seq: u64) -> bool {
+    seq <= word && word <= MAX_SEQ
+}
+
+/// Releases the GPU waits for frames up to `seq` (at most [`MAX_SEQ`]) on a `READY` word:
+/// stores `seq` unless the word already releases them ([`ready_releases`]), so an honest
+/// word is only ever raised — a later frame the publisher wrote stays — and junk a hostile
+/// publisher wrote (`u64::MAX`, `2^63`) is replaced. `seq` 0 (nothing waited for) stores
+/// nothing.
+/// Returns whether it stored (the word did not release the waits).
+pub fn release_ready(word: &AtomicU64, seq: u64) -> bool {
+    if seq == 0 {
+        return false;
+    }
+    // A CAS loop: the publisher's GPU may write the word at any moment; it keeps its value
+    // whenever that value releases the waits.
+    word.fetch_update(SeqCst, SeqCst, |now| {
+        (!ready_releases(now, seq)).then_some(seq)
+    })
+    .is_ok()
+}
+
+/// Checks a claim word read from the channel page: 0 (never used), a frame number up to
+/// [`MAX_SEQ`], or such a frame number with [`TENTATIVE`] set.
+fn check_claim(slot: usize, claim: u64) -> Result<(), Violation> {
+    let frame = claim & !TENTATIVE;
+    let tentative = claim & TENTATIVE != 0;
+    if frame > MAX_SEQ || (tentative && frame == 0) {
+        let what = if frame == 0 {
+            "no frame (0)".to_string()
+        } else {
+            format!("frame {frame}")
+        };
+        return Err(Violation(format!(
+            "slot {slot}'s claim word is {claim:#x}: a {} claim of {what}, but frames are \
+             numbered 1 up to the largest frame number a channel reaches ({MAX_SEQ})",
+            if tentative { "tentative" } else { "final" },
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

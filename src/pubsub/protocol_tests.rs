@@ -637,31 +637,315 @@ fn is_ready_follows_the_slot_ready_word() {
 /// Whether `cuStreamWaitValue64(addr, value, CU_STREAM_WAIT_VALUE_GEQ)` lets a stream through
 /// when `*addr == word`. The driver's comparison is *cyclic*: "wait until
 /// `(int64_t)(*addr - value) >= 0`" (CUDA driver API, `CUstreamWaitValue_flags`), not an
-/// unsigned `>=`.
+/// unsigned `>=`. Written out here, independently of `gpu_wait_passes`.
 fn gpu_wait_geq_passes(word: u64, value: u64) -> bool {
     (word.wrapping_sub(value) as i64) >= 0
 }
 
 #[test]
-fn the_released_ready_value_lets_every_gpu_wait_through() {
-    // The comparison itself, on the normal path: a frame's READY word releases its wait and
-    // the ones before it, not the ones after.
-    assert!(gpu_wait_geq_passes(5, 5) && gpu_wait_geq_passes(6, 5));
-    assert!(!gpu_wait_geq_passes(0, 1) && !gpu_wait_geq_passes(4, 5));
-    // A subscriber whose publisher is gone (or whose Drop gives up waiting) stores
-    // READY_RELEASED into its SUB_READY words so that every stream waiting for
-    // `SUB_READY[slot] >= seq` drains; otherwise `Stream::synchronize`, and the Subscriber's
-    // own drop (which waits for the acknowledgements queued behind those waits), hang for
-    // ever. It must pass the GPU's cyclic comparison for every frame number a channel reaches,
-    // and the CPU's plain `<` in Subscriber::drop.
-    for seq in [1u64, 2, 3, 1000, 1 << 32, 1 << 48, (1 << 62) + 12345] {
+fn gpu_wait_passes_is_the_drivers_cyclic_comparison() {
+    for (word, seq) in [
+        (5, 5),
+        (6, 5),
+        (0, 1),
+        (4, 5),
+        (i64::MAX as u64, 1 << 63),
+        (u64::MAX, 5),
+        (1 << 63, 5),
+        (MAX_SEQ, MAX_SEQ),
+        (0, MAX_SEQ),
+    ] {
+        assert_eq!(gpu_wait_passes(word, seq), gpu_wait_geq_passes(word, seq));
+    }
+    // A frame's READY word releases its wait and the ones before it, not the ones after.
+    assert!(gpu_wait_passes(5, 5) && gpu_wait_passes(6, 5));
+    assert!(!gpu_wait_passes(0, 1) && !gpu_wait_passes(4, 5));
+    // The reason for MAX_SEQ: no stored value releases every wait once frame numbers reach
+    // 2^63 (the old fixed "released" value, i64::MAX, held back a wait for frame 2^63).
+    assert!(!gpu_wait_passes(i64::MAX as u64, 1 << 63));
+}
+
+#[test]
+fn release_ready_lets_the_recorded_wait_through_and_never_lowers_a_word_that_does() {
+    // A subscriber whose publisher is gone (or whose Drop gives up waiting) raises each slot's
+    // READY word to the highest frame its streams wait for there: every such wait drains,
+    // whatever the word held, and a later frame the publisher wrote is kept.
+    let seqs = [1u64, 2, 1000, 1 << 32, MAX_SEQ - 1, MAX_SEQ];
+    let words = [
+        0u64,
+        1,
+        999,
+        1001,
+        MAX_SEQ,
+        MAX_SEQ + 1,
+        i64::MAX as u64,
+        1 << 63,
+        (1 << 63) | 7,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    for seq in seqs {
+        for before in words {
+            let w = AtomicU64::new(before);
+            let stored = release_ready(&w, seq);
+            let after = w.load(SeqCst);
+            assert_eq!(stored, !ready_releases(before, seq), "{before:#x}, {seq}");
+            // Every wait for a frame of the slot up to `seq` drains.
+            for frame in [1, (seq / 2).max(1), seq - 1, seq]
+                .into_iter()
+                .filter(|&f| f > 0)
+            {
+                assert!(
+                    gpu_wait_geq_passes(after, frame),
+                    "a stream waiting for frame {frame} (recorded {seq}) stays blocked: READY \
+                     {before:#x} -> {after:#x}"
+                );
+            }
+            if (seq..=MAX_SEQ).contains(&before) {
+                assert_eq!(after, before, "a later frame {before} was lowered to {seq}");
+            } else {
+                assert_eq!(
+                    after, seq,
+                    "{before:#x}: raised to the frame waited for, exactly"
+                );
+            }
+        }
+    }
+    // Nothing waited for: nothing stored.
+    let w = AtomicU64::new(u64::MAX);
+    assert!(!release_ready(&w, 0));
+    assert_eq!(w.load(SeqCst), u64::MAX);
+}
+
+#[test]
+fn release_ready_races_with_the_publishers_writes_and_keeps_the_later_frame() {
+    // The publisher's GPU writes frame numbers into the same word while the subscriber
+    // releases: whoever comes last, the word ends at least at both, never below.
+    for round in 0..200u64 {
+        let w = AtomicU64::new(round);
+        let publisher_frame = round + 2;
+        std::thread::scope(|s| {
+            s.spawn(|| w.store(publisher_frame, SeqCst));
+            s.spawn(|| release_ready(&w, round + 1));
+        });
+        let after = w.load(SeqCst);
         assert!(
-            gpu_wait_geq_passes(READY_RELEASED, seq),
-            "a stream waiting for frame {seq} is not released by SUB_READY = {READY_RELEASED:#x} \
-             ((int64_t)({READY_RELEASED:#x} - {seq}) = {} < 0)",
-            READY_RELEASED.wrapping_sub(seq) as i64
+            after == publisher_frame || after == round + 1,
+            "round {round}: {after}"
         );
-        assert!(READY_RELEASED >= seq);
+        // The publisher's store may land after the release (it is the GPU's write of a later
+        // frame): either way the released wait passes.
+        assert!(ready_releases(after, round + 1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame numbers past MAX_SEQ (a fake publisher's channel page)
+// ---------------------------------------------------------------------------------------------
+
+/// Junk a fake publisher could put in a frame-number word.
+const HUGE: [u64; 7] = [
+    MAX_SEQ + 1,
+    i64::MAX as u64,
+    1 << 63,
+    TENTATIVE | (MAX_SEQ + 1),
+    TENTATIVE,
+    u64::MAX - 1,
+    u64::MAX,
+];
+
+#[test]
+fn an_announce_past_max_seq_is_a_violation_and_nothing_is_picked() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        for huge in HUGE {
+            let (chan, me) = (page(), page());
+            store(&chan, ANNOUNCED, huge);
+            store(&chan, CLAIM, 1);
+            let mut s = SubscriberState::new(4, policy, 1);
+            let err = s.try_pick(&chan, &me).unwrap_err();
+            assert!(
+                err.0.contains("announces frame") && err.0.contains("largest frame number"),
+                "{policy:?}, {huge:#x}: {err:?}"
+            );
+            assert_eq!(s.next(), 1, "{huge:#x}: nothing skipped");
+            assert!(me.iter().all(|w| w.load(SeqCst) == 0), "no word written");
+        }
+    }
+}
+
+#[test]
+fn a_claim_of_a_frame_past_max_seq_is_a_violation_naming_the_slot() {
+    for policy in [Policy::Block, Policy::DropOldest] {
+        for huge in HUGE {
+            for announced in [0u64, 1, 5] {
+                let (chan, me) = (page(), page());
+                store(&chan, ANNOUNCED, announced);
+                store(&chan, CLAIM, 1);
+                store(&chan, CLAIM + 2, huge);
+                let mut s = SubscriberState::new(4, policy, 1);
+                let err = s.try_pick(&chan, &me).unwrap_err();
+                assert!(
+                    err.0.contains("slot 2") && err.0.contains(&format!("{huge:#x}")),
+                    "{policy:?}, {huge:#x}, announced {announced}: {err:?}"
+                );
+                assert_eq!(load(&me, SUB_HOLD), 0, "frame 1 not held");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_subscriber_whose_next_frame_is_junk_never_picks_a_tentative_or_huge_claim() {
+    // `SubscriberState::new` is public: a next frame of 2^63 | k must not match the tentative
+    // claim TENTATIVE | k, and a next frame past MAX_SEQ matches no (checked) claim at all.
+    for k in [1u64, 3, MAX_SEQ] {
+        let (chan, me) = (page(), page());
+        store(&chan, ANNOUNCED, 0);
+        store(&chan, CLAIM + 1, TENTATIVE | k);
+        let mut s = SubscriberState::new(4, Policy::Block, TENTATIVE | k);
+        assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet), "frame {k}");
+        store(&chan, CLAIM + 1, k);
+        let mut s = SubscriberState::new(4, Policy::Block, k);
+        let f = held(s.try_pick(&chan, &me));
+        assert_eq!((f.slot, f.seq), (1, k));
+    }
+    let (chan, me) = (page(), page());
+    store(&chan, ANNOUNCED, MAX_SEQ);
+    store(&chan, CLAIM, MAX_SEQ);
+    let mut s = SubscriberState::new(4, Policy::Block, MAX_SEQ + 1);
+    assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet));
+    // The last frame itself is a frame like any other.
+    let mut s = SubscriberState::new(4, Policy::Block, MAX_SEQ);
+    let f = held(s.try_pick(&chan, &me));
+    assert_eq!((f.slot, f.seq, s.next()), (0, MAX_SEQ, MAX_SEQ + 1));
+}
+
+#[test]
+fn a_drop_oldest_subscriber_never_skips_to_a_tentative_or_huge_frame() {
+    // Frame 1 overwritten; the other slots hold tentative claims: it waits for the decision.
+    let (chan, me) = (page(), page());
+    store(&chan, ANNOUNCED, 3);
+    store(&chan, CLAIM, 3);
+    store(&chan, CLAIM + 1, TENTATIVE | 4);
+    let mut s = SubscriberState::new(2, Policy::DropOldest, 1);
+    assert_eq!(s.try_pick(&chan, &me), Ok(Pick::NotYet));
+    assert_eq!(s.next(), 1, "no skip while a claim is tentative");
+    store(&chan, CLAIM + 1, 2);
+    let f = held(s.try_pick(&chan, &me));
+    assert_eq!((f.seq, f.missed), (2, 1));
+}
+
+#[test]
+fn the_publisher_stops_at_max_seq() {
+    let pages = Pages::new(0);
+    let mut p = PublisherState::new(2, Policy::Block);
+    p.next_seq = MAX_SEQ;
+    let (_, seq) = publish(&mut p, &pages);
+    assert_eq!(seq, MAX_SEQ, "the last frame number is used");
+    assert_eq!(load(&pages.chan, ANNOUNCED), MAX_SEQ);
+    for _ in 0..3 {
+        assert_eq!(
+            p.try_claim(&pages.chan, &pages.words()),
+            Err(Blocked::Exhausted { next: MAX_SEQ + 1 })
+        );
+    }
+    assert!(
+        claims(&pages.chan, 2).iter().all(|&c| c <= MAX_SEQ),
+        "no claim past MAX_SEQ: {:?}",
+        claims(&pages.chan, 2)
+    );
+    // A join point is never past MAX_SEQ + 1, even on a corrupt page.
+    store(&pages.chan, ANNOUNCED, u64::MAX);
+    store(&pages.chan, CLAIM, TENTATIVE | 9);
+    for latest in [false, true] {
+        let (next, announced) = join_point(&pages.chan, 2, latest);
+        assert!(
+            next <= MAX_SEQ + 1 && announced <= MAX_SEQ,
+            "{next} {announced}"
+        );
+    }
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// Longest a racing test waits to see its racer's junk.
+const SECS_RACING: Duration = Duration::from_secs(5);
+
+/// Claims racing: a thread rewrites the claim words (and ANNOUNCED) with frames, tentative
+/// claims and junk while the subscriber picks. It must never panic, never hold a tentative or
+/// out-of-range frame, and never go backwards.
+#[test]
+fn claims_racing_with_junk_never_hand_out_a_bad_frame() {
+    let slots = 4;
+    for seed in 0..20u64 {
+        let chan = page();
+        store(&chan, ANNOUNCED, 2);
+        let me = page();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            // Stops the racer also when an assertion below fails (the scope joins it first).
+            let _stop = StopOnDrop(&stop);
+            sc.spawn(|| {
+                let mut rng = Rng::new(seed);
+                let mut frame = 1u64;
+                while !stop.load(SeqCst) {
+                    let slot = rng.index(slots);
+                    let v = match rng.below(6) {
+                        0 => TENTATIVE | frame,
+                        1 => HUGE[rng.index(HUGE.len())],
+                        2 => {
+                            frame += 1;
+                            frame
+                        }
+                        3 => {
+                            store(
+                                &chan,
+                                ANNOUNCED,
+                                if rng.chance(90) { frame } else { HUGE[0] },
+                            );
+                            continue;
+                        }
+                        _ => frame,
+                    };
+                    store(&chan, CLAIM + slot, v);
+                }
+            });
+            let policy = if seed % 2 == 0 {
+                Policy::Block
+            } else {
+                Policy::DropOldest
+            };
+            let mut s = SubscriberState::new(slots, policy, 1);
+            let mut last = 0u64;
+            let mut violations = 0u64;
+            let started = Instant::now();
+            let mut calls = 0u64;
+            // Until the racer was seen at work (it may start late), 20,000 calls at least.
+            while calls < 20_000 || (violations == 0 && started.elapsed() < SECS_RACING) {
+                calls += 1;
+                match catch_unwind(AssertUnwindSafe(|| s.try_pick(&chan, &me))) {
+                    Err(_) => panic!("seed {seed}: try_pick panicked"),
+                    Ok(Ok(Pick::Held(f))) => {
+                        assert!(f.seq <= MAX_SEQ && f.seq & TENTATIVE == 0, "{f:?}");
+                        assert!(f.seq > last, "seed {seed}: {f:?} after {last}");
+                        assert!(f.slot < slots);
+                        last = f.seq;
+                        release(&me, &f);
+                    }
+                    Ok(Ok(Pick::NotYet)) => {}
+                    Ok(Err(_)) => violations += 1,
+                }
+            }
+            stop.store(true, SeqCst);
+            assert!(violations > 0, "seed {seed}: the junk was never seen");
+        });
     }
 }
 
@@ -743,6 +1027,9 @@ fn junk_run(seed: u64) -> Result<(), String> {
                     if sub as usize >= pages.len() {
                         return Err(format!("blocked by subscriber {sub}, which is not live"));
                     }
+                }
+                Err(Blocked::Exhausted { next }) => {
+                    return Err(format!("exhausted at frame {next}"));
                 }
             },
             2 => {
@@ -1026,6 +1313,9 @@ impl Sim {
                         let ok = s.is_some_and(|s| s.want() == next && next <= before[slot]);
                         ensure!(ok, "{b:?}: that subscriber is not behind slot {slot}");
                         self.cov.behind_blocks += 1;
+                    }
+                    Blocked::Exhausted { .. } => {
+                        ensure!(false, "{b:?} long before MAX_SEQ");
                     }
                 }
             }

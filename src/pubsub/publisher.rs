@@ -286,6 +286,9 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         let (sub, what) = match b {
             Blocked::Held { sub, seq } => (sub, format!("still holds frame {seq}")),
             Blocked::Behind { sub, next } => (sub, format!("has not received frame {next} yet")),
+            Blocked::Exhausted { next } => {
+                return format!("frame {next} would be past the last frame number ({MAX_SEQ})")
+            }
         };
         let who = roster
             .live
@@ -383,11 +386,21 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
     /// next one.
     pub fn loan(&mut self, timeout: Duration) -> Result<Loan<'_, 'ctx, T>> {
         if self.broken {
-            return Err(Error::Unsupported(format!(
-                "channel {}: a publish failed half-way, so the channel was closed; create a new \
-                 publisher",
-                self.path.display()
-            )));
+            return Err(Error::ChannelClosed {
+                channel: self.path.clone(),
+                reason: "a publish failed half-way (its error said why), so the channel was \
+                         closed and its subscribers disconnected; create a new publisher"
+                    .into(),
+            });
+        }
+        if self.state.next_seq() > MAX_SEQ {
+            return Err(Error::ChannelClosed {
+                channel: self.path.clone(),
+                reason: format!(
+                    "it has published frame {MAX_SEQ}, the last frame number a channel has; \
+                     create a new publisher (a new channel instance counts from 1 again)"
+                ),
+            });
         }
         let deadline = deadline_after(timeout);
         let mut spins = 0u32;
@@ -454,6 +467,14 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
                 &format!("its control page could not be registered: {e}"),
             );
         }
+        // Control writes land in publish order, whatever stream each publish is on: a READY
+        // word never goes back (frame k's write on a slow stream landing after frame k + n's
+        // on another would leave a finished frame never ready). This stream first waits, on
+        // the GPU, for every earlier publish's control writes on the other streams.
+        // Nothing of this publish is queued yet if that fails: the publish fails, the channel
+        // stays open (the loan's slot and frame number go to the next loan).
+        self.control_uses
+            .order_before(self.ctx, stream.id(), stream.raw())?;
         let mut queued = || -> Result<()> {
             let _bound = self.ctx.bind()?;
             for m in r.live.iter_mut() {
@@ -476,7 +497,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             .record(self.ctx, stream.id(), stream.raw());
         if let Err(e) = outcome.and(recorded) {
             self.broken = true;
-            self.chan.words()[CLOSED].store(1, SeqCst);
+            self.close_broken(&r);
             return Err(e);
         }
         // No wake-up here: a subscriber sleeps only while its next frame has no final claim
@@ -486,6 +507,16 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         drop(r);
         self.published += 1;
         Ok(seq)
+    }
+
+    /// A publish failed half-way (some of its control writes may be queued, some not): the
+    /// channel can no longer keep its promises, so it is closed for good, as `Drop` closes it
+    /// — `CLOSED`, then `EVENTS` bumped and its sleepers woken — and every subscriber is hung up
+    /// on (its watcher thread then releases its streams' waits, and its receives end with
+    /// `PublisherGone`). Later loans return [`Error::ChannelClosed`] (the caller sets
+    /// `broken`).
+    fn close_broken(&self, roster: &Roster) {
+        close_channel(&self.chan, roster);
     }
 
     fn slot_range(&self, slot: usize) -> std::ops::Range<usize> {
@@ -520,6 +551,23 @@ fn notify(chan: &Page, roster: &Roster) {
     {
         if let Err(e) = os::futex_wake(&chan.words()[EVENTS]) {
             crate::drop_log::record("channel: waking subscribers (futex)", e);
+        }
+    }
+}
+
+/// Closes the channel for its subscribers while the publisher lives on (a failed publish):
+/// `CLOSED`, `EVENTS` bumped and its futex woken, and each subscriber's connection shut down
+/// (through the publisher's duplicate of it; the channel thread then retires its page).
+fn close_channel(chan: &Page, roster: &Roster) {
+    let words = chan.words();
+    words[CLOSED].store(1, SeqCst);
+    words[EVENTS].fetch_add(1, SeqCst);
+    if let Err(e) = os::futex_wake(&words[EVENTS]) {
+        crate::drop_log::record("channel: waking subscribers (futex)", e);
+    }
+    for m in &roster.live {
+        if let Some(conn) = &m.conn {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -618,5 +666,82 @@ impl<T: Pod> DeviceMemoryMut<T> for Loan<'_, '_, T> {
             .view_mut()
             .slice_mut(range)
             .expect("a slot lies inside the pool by construction")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::os::PeerCredentials;
+    use crate::pubsub::server::Member;
+
+    /// A roster of `n` live subscribers (pages never registered with the driver); returns it
+    /// and the subscribers' ends of their connections.
+    fn roster(n: usize) -> (Roster, Vec<UnixStream>) {
+        let mut r = Roster::default();
+        let mut ends = Vec::new();
+        for id in 1..=n as u64 {
+            let (publisher_end, subscriber_end) = UnixStream::pair().unwrap();
+            subscriber_end
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            r.live.push(Member {
+                id,
+                page: Page::create("cuda-ipc test sub").unwrap(),
+                cred: PeerCredentials {
+                    pid: 1,
+                    uid: 1,
+                    gid: 1,
+                },
+                conn: Some(publisher_end),
+            });
+            ends.push(subscriber_end);
+        }
+        (r, ends)
+    }
+
+    #[test]
+    fn a_channel_closed_after_a_failed_publish_wakes_its_sleepers_and_hangs_up_on_everyone() {
+        let chan = Page::create("cuda-ipc test channel").unwrap();
+        let (r, ends) = roster(3);
+        let events = chan.words()[EVENTS].load(SeqCst);
+        // The subscriber's view of the page: read-only, as it maps it.
+        let view = os::ReadOnlyMapping::map(chan.fd(), PAGE_BYTES).unwrap();
+        std::thread::scope(|s| {
+            // A subscriber asleep on the futex, as `pick` sleeps (it naps 20 ms at a time in
+            // the crate; this one would sleep 10 s unless woken).
+            let sleeper = s.spawn(|| {
+                let t = Instant::now();
+                view.futex_wait(EVENTS, events as u32, Duration::from_secs(10))
+                    .unwrap();
+                t.elapsed()
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            close_channel(&chan, &r);
+            let slept = sleeper.join().unwrap();
+            assert!(
+                slept < Duration::from_secs(3),
+                "the sleeper was not woken (slept {slept:?})"
+            );
+        });
+        assert_eq!(chan.words()[CLOSED].load(SeqCst), 1);
+        assert_eq!(
+            chan.words()[EVENTS].load(SeqCst),
+            events + 1,
+            "EVENTS bumped"
+        );
+        // Every subscriber sees its connection end: its watcher thread releases its streams.
+        for (i, mut end) in ends.into_iter().enumerate() {
+            let mut b = [0u8; 1];
+            let n = end.read(&mut b);
+            assert!(
+                matches!(n, Ok(0)),
+                "subscriber {i} was not hung up on: {n:?}"
+            );
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! The subscribing side of a channel.
 use std::cell::{Cell, RefCell};
 use std::io::Read;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +17,13 @@ use crate::ipc::framing::Kind;
 use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
 use crate::ipc::{DescriptorError, ImportOptions, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceSlice};
-use crate::os::{PollRequest, SharedMapping};
+use crate::os::{PollRequest, ReadOnlyMapping, SharedMapping};
 use crate::result;
 use crate::stream::Stream;
+use crate::uses::StreamUses;
 
 use super::layout::*;
-use super::page::Page;
+use super::page::{self, Page};
 use super::protocol::{self, Pick, Picked, SubscriberState};
 use super::publisher::backoff;
 use super::wire::{same_pool, Welcome};
@@ -34,72 +36,160 @@ pub struct Subscriber<'ctx, T: Pod> {
     path: PathBuf,
     conn: UnixStream,
     welcome: Welcome,
-    chan: Page,
+    /// The channel page, which the publisher alone writes: mapped read-only, loads only.
+    chan: ReadOnlyMapping,
     me: Page,
-    pool: SharedDeviceBuffer<'ctx, T>,
+    /// The pool, dropped only once `uses` is idle (else kept mapped for the process's life).
+    pool: ManuallyDrop<SharedDeviceBuffer<'ctx, T>>,
+    /// This subscriber's own record of the streams that used its page and its samples: the
+    /// GPU waits of `receive`, the acknowledgements, and the work recorded on samples' views.
+    /// Its own, not the pool's (which every subscriber of the channel in this process shares):
+    /// one subscriber never waits for another's GPU wait on a frame not yet published.
+    uses: StreamUses,
     state: RefCell<SubscriberState>,
     held: Cell<usize>,
     received: Cell<u64>,
     missed: Cell<u64>,
     /// Why the publisher is gone, once it is.
     gone: RefCell<Option<String>>,
-    /// Highest frame a stream was made to wait for, per slot (to release them if the
-    /// publisher dies first).
-    waits: RefCell<Vec<u64>>,
+    /// The frames this subscriber's streams wait for, and their release when the publisher
+    /// will not write them (shared with the watcher thread).
+    waits: Arc<Waits>,
     /// Releases this subscriber's GPU waits as soon as the publisher's connection closes.
     watcher: Option<Watcher>,
 }
 
-/// A thread that watches the publisher's connection and, when it closes, stores
-/// [`READY_RELEASED`] into this subscriber's `READY` words: a stream waiting for a frame the
-/// publisher will never write then drains, even if the program never calls `receive` again
+/// The frames this subscriber's streams were made to wait for (per slot, the highest), and
+/// their release: storing that frame number into the slot's `READY` word in this subscriber's
+/// page, which passes the GPU waits for it and for every earlier frame of the slot. A release
+/// only ever raises a word ([`protocol::release_ready`]): a later frame the publisher wrote
+/// stays.
+///
+/// A receive records its frame *before* it queues the wait and looks at `released` *after*;
+/// the watcher thread sets `released` *before* it releases the recorded frames. All SeqCst:
+/// either the watcher sees the frame recorded, or the receive sees the flag and releases its
+/// own wait (Dekker's handshake), so a wait queued just as the publisher hangs up never stays.
+struct Waits {
+    page: Arc<SharedMapping>,
+    /// Per slot: the highest frame a stream of this subscriber waits for there (0: none).
+    seqs: Box<[AtomicU64]>,
+    /// The waits are released from now on (the publisher's connection closed, the publisher
+    /// is gone, or the subscriber is being dropped). Until it is set, no receive makes a system
+    /// call to check the connection.
+    released: AtomicBool,
+}
+
+impl Waits {
+    fn new(page: Arc<SharedMapping>, slots: usize) -> Waits {
+        let slots = slots.min(MAX_SLOTS);
+        Waits {
+            page,
+            seqs: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// A stream is about to wait for frame `seq` in `slot`.
+    fn record(&self, slot: usize, seq: u64) {
+        if let Some(w) = self.seqs.get(slot) {
+            w.fetch_max(seq, SeqCst);
+        }
+    }
+
+    /// After queueing a wait recorded with [`record`](Self::record): releases the slot if the
+    /// waits were released in between (the watcher may have missed the record).
+    fn check_released(&self, slot: usize) {
+        if self.released.load(SeqCst) {
+            let _ = self.release_slot(slot);
+        }
+    }
+
+    /// From now on every wait is released: sets the flag, then releases what is recorded.
+    /// Returns whether some `READY` word had to be raised.
+    fn release_all(&self) -> bool {
+        self.released.store(true, SeqCst);
+        let mut raised = false;
+        for slot in 0..self.seqs.len() {
+            raised |= self.release_slot(slot);
+        }
+        raised
+    }
+
+    fn release_slot(&self, slot: usize) -> bool {
+        let (Some(seq), Some(word)) = (self.seqs.get(slot), self.ready(slot)) else {
+            return false;
+        };
+        protocol::release_ready(word, seq.load(SeqCst))
+    }
+
+    fn ready(&self, slot: usize) -> Option<&AtomicU64> {
+        self.page.words().get(SUB_READY + slot)
+    }
+
+    /// Whether a recorded wait would still block (its `READY` word does not let it through).
+    fn pending(&self) -> bool {
+        self.seqs.iter().enumerate().any(|(slot, seq)| {
+            let seq = seq.load(SeqCst);
+            seq != 0
+                && self
+                    .ready(slot)
+                    .is_some_and(|w| !protocol::ready_releases(w.load(SeqCst), seq))
+        })
+    }
+}
+
+/// A thread that watches the publisher's connection and, when it closes, releases this
+/// subscriber's GPU waits ([`Waits`]): a stream waiting for a frame the publisher will never
+/// write then drains, even if the program never calls `receive` again
 /// (`stream.synchronize()` right after a receive must not hang because the publisher died).
+/// It then keeps releasing them every 50 ms until the subscriber is dropped, in case a
+/// `READY` write the publisher's GPU had queued lands after the first release.
 struct Watcher {
     stop: UnixStream,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Set once the connection is readable (closed, or garbage): the subscriber then reads it
-    /// to learn why. Until then no receive makes a system call to check the connection.
-    hung_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Watcher {
-    fn spawn(conn: &UnixStream, page: Arc<SharedMapping>, slots: usize) -> Result<Watcher> {
+    fn spawn(conn: &UnixStream, waits: Arc<Waits>) -> Result<Watcher> {
         let conn = conn
             .try_clone()
             .map_err(|e| Error::io("duplicating the channel connection", e))?;
         let (stop, stop_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the watcher's socket", e))?;
-        let hung_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&hung_up);
         let thread = std::thread::Builder::new()
             .name("cuda-ipc channel watcher".into())
-            .spawn(move || loop {
-                let mut req = [
-                    PollRequest::readable(stop_rx.as_raw_fd()),
-                    PollRequest::readable(conn.as_raw_fd()),
-                ];
-                if crate::os::poll(&mut req, Duration::from_secs(1)).is_err() {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-                if req[0].is_ready() {
-                    return;
-                }
-                if req[1].is_ready() {
-                    // Readable: EOF, or bytes a publisher never sends. Either way it is gone
-                    // for this subscriber (the subscriber's own read will say which).
-                    for i in 0..slots.min(MAX_SLOTS) {
-                        page.words()[SUB_READY + i].store(READY_RELEASED, SeqCst);
+            .spawn(move || {
+                let mut hung_up = false;
+                loop {
+                    let mut req = [
+                        PollRequest::readable(stop_rx.as_raw_fd()),
+                        PollRequest::readable(conn.as_raw_fd()),
+                    ];
+                    let nap = if hung_up {
+                        Duration::from_millis(50)
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    let polled = crate::os::poll(&mut req[..if hung_up { 1 } else { 2 }], nap);
+                    if polled.is_err() {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
                     }
-                    flag.store(true, SeqCst);
-                    return;
+                    if req[0].is_ready() {
+                        return;
+                    }
+                    if hung_up || req[1].is_ready() {
+                        // Readable: EOF, or bytes a publisher never sends. Either way it is
+                        // gone for this subscriber (the subscriber's own read will say which).
+                        hung_up = true;
+                        let _ = waits.release_all();
+                    }
                 }
             })
             .map_err(|e| Error::io("spawning the channel watcher thread", e))?;
         Ok(Watcher {
             stop,
             thread: Some(thread),
-            hung_up,
         })
     }
 }
@@ -246,14 +336,14 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 });
             }
         }
-        let chan = Page::from_peer(chan_fd, false, &peer)?;
-        if chan.words()[MAGIC].load(SeqCst) != MAGIC_VALUE {
+        let chan = page::read_only_from_peer(chan_fd, &peer)?;
+        if chan.load(MAGIC) != MAGIC_VALUE {
             return Err(protocol_error(
                 &path,
                 "the channel page has no channel magic",
             ));
         }
-        let mut me = Page::from_peer(page_fd, true, &peer)?;
+        let mut me = Page::from_peer(page_fd, &peer)?;
         me.register(ctx)?;
         let pool_len = welcome
             .slots
@@ -284,16 +374,18 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             _ => welcome.announced.saturating_add(1),
         };
         me.words()[SUB_NEXT].store(next, SeqCst);
-        let watcher = conn
+        let started = conn
             .set_nonblocking(true)
             .map_err(|e| Error::io("making the channel connection non-blocking", e))
             .and_then(|()| {
                 let page = me
                     .mapping()
                     .ok_or_else(|| protocol_error(&path, "unmapped page"))?;
-                Watcher::spawn(&conn, page, welcome.slots)
+                let waits = Arc::new(Waits::new(page, welcome.slots));
+                let watcher = Watcher::spawn(&conn, Arc::clone(&waits))?;
+                Ok((waits, watcher))
             });
-        let watcher = match watcher {
+        let (waits, watcher) = match started {
             Ok(w) => w,
             Err(e) => {
                 // SAFETY: registered above; nothing was queued against it yet.
@@ -306,11 +398,12 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             path,
             conn,
             state: RefCell::new(SubscriberState::new(welcome.slots, welcome.policy, next)),
-            waits: RefCell::new(vec![0; welcome.slots]),
+            waits,
             welcome,
             chan,
             me,
-            pool,
+            pool: ManuallyDrop::new(pool),
+            uses: StreamUses::default(),
             held: Cell::new(0),
             received: Cell::new(0),
             missed: Cell::new(0),
@@ -349,8 +442,8 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         if let Some(why) = self.gone.borrow().as_ref() {
             return Some(why.clone());
         }
-        let closed = self.chan.words()[CLOSED].load(SeqCst) != 0;
-        let hung_up = self.watcher.as_ref().is_none_or(|w| w.hung_up.load(SeqCst));
+        let closed = self.chan.load(CLOSED) != 0;
+        let hung_up = self.waits.released.load(SeqCst);
         if !closed && !hung_up {
             return None; // the common case: no system call
         }
@@ -371,9 +464,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             Err(e) => format!("its connection failed: {e}"),
         };
         // Release whatever our streams wait for: no one else will write those words.
-        for i in 0..self.welcome.slots {
-            self.me.words()[SUB_READY + i].store(READY_RELEASED, SeqCst);
-        }
+        let _ = self.waits.release_all();
         *self.gone.borrow_mut() = Some(why.clone());
         Some(why)
     }
@@ -381,7 +472,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     fn gone_error(&self, why: String) -> Error {
         Error::PublisherGone {
             channel: self.path.clone(),
-            closed: self.chan.words()[CLOSED].load(SeqCst) != 0,
+            closed: self.chan.load(CLOSED) != 0,
             detail: why,
         }
     }
@@ -398,16 +489,16 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         self.wait_for_own_acks(timeout, deadline)?;
         let mut spins = 0u32;
         loop {
-            let events = self.chan.words()[EVENTS].load(SeqCst) as u32;
+            let events = self.chan.load(EVENTS) as u32;
             let gone = self.publisher_gone();
             let pick = self
                 .state
                 .borrow_mut()
-                .try_pick(self.chan.words(), self.me.words())
+                .try_pick(&self.chan, self.me.words())
                 .map_err(|v| protocol_error(&self.path, v.0))?;
             match pick {
                 Pick::Held(p) => {
-                    if gone.is_some() && !protocol::is_ready(self.chan.words(), &p) {
+                    if gone.is_some() && !protocol::is_ready(&self.chan, &p) {
                         protocol::release(self.me.words(), &p);
                         return Err(self.gone_error(gone.unwrap_or_default()));
                     }
@@ -440,11 +531,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             // changed since `events` (the publisher bumps, then looks at SUB_WAITING).
             let waiting = &self.me.words()[SUB_WAITING];
             waiting.store(1, SeqCst);
-            let events_word = &self.chan.words()[EVENTS];
-            if events_word.load(SeqCst) as u32 == events {
+            if self.chan.load(EVENTS) as u32 == events {
                 // Woken by the publisher, or every 20 ms to notice a publisher that died.
                 let nap = left.min(Duration::from_millis(20));
-                if let Err(e) = crate::os::futex_wait(events_word, events, nap) {
+                if let Err(e) = self.chan.futex_wait(EVENTS, events, nap) {
                     waiting.store(0, SeqCst);
                     return Err(Error::io("waiting for the channel (futex)", e));
                 }
@@ -497,9 +587,9 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     /// Waits on the CPU until the frame is complete on the publisher's GPU.
     fn wait_ready_host(&self, p: &Picked, timeout: Duration, deadline: Instant) -> Result<()> {
         let mut spins = 0u32;
-        while !protocol::is_ready(self.chan.words(), p) {
+        while !protocol::is_ready(&self.chan, p) {
             if let Some(why) = self.publisher_gone() {
-                if !protocol::is_ready(self.chan.words(), p) {
+                if !protocol::is_ready(&self.chan, p) {
                     self.unpick(p);
                     return Err(self.gone_error(why));
                 }
@@ -535,29 +625,30 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         check_stream(self.ctx, stream)?;
         let deadline = deadline_after(timeout);
         let p = self.pick(timeout, deadline)?;
-        let ready = protocol::is_ready(self.chan.words(), &p);
+        let ready = protocol::is_ready(&self.chan, &p);
         if !ready {
             if p.seq <= self.welcome.announced {
                 // Published before this subscriber joined: its page was not written for it.
                 self.wait_ready_host(&p, timeout, deadline)?;
             } else {
+                // Recorded before the wait is queued (the watcher and Drop release what is
+                // recorded), the hang-up checked after (see `Waits`).
+                self.waits.record(p.slot, p.seq);
                 let queued = self.me.device_word(SUB_READY + p.slot).and_then(|word| {
                     let _bound = self.ctx.bind()?;
                     // SAFETY: a live stream of this context; the word is this subscriber's
-                    // registered page, unregistered only after every use recorded on the
-                    // pool (this wait is, just below) is done.
+                    // registered page, unregistered only after every use recorded on
+                    // `self.uses` (this wait is, just below) is done.
                     unsafe { result::stream_wait_value64_geq(stream.raw(), word, p.seq) }?;
                     Ok(())
                 });
-                // Recorded on the pool: synchronous copies of the sample (which wait for the
-                // pool's uses) then wait for the frame to be written too, and the page
-                // outlives the wait even if the sample is leaked.
-                if queued.is_ok() {
-                    // Before anything else can fail: Drop releases the waits it knows of.
-                    let mut waits = self.waits.borrow_mut();
-                    waits[p.slot] = waits[p.slot].max(p.seq);
-                }
-                if let Err(e) = queued.and_then(|()| self.pool.view().record_use(stream)) {
+                // Recorded on this subscriber's uses, also if the wait failed (an event after
+                // nothing is harmless): synchronous copies of the sample (which wait for them)
+                // then wait for the frame to be written too, and the page outlives the wait
+                // even if the sample is leaked.
+                let recorded = self.uses.record(self.ctx, stream.id(), stream.raw());
+                self.waits.check_released(p.slot);
+                if let Err(e) = queued.and(recorded) {
                     self.unpick(&p);
                     return Err(e);
                 }
@@ -596,21 +687,26 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         self.missed.set(self.missed.get().saturating_sub(p.missed));
     }
 
+    /// The slot's frame, tracked by this subscriber's own uses: work recorded on it (the
+    /// crate's kernels, `record_use`) is waited for by the subscriber's drop and by host
+    /// releases, and synchronous copies of it wait for this subscriber's streams (the GPU wait
+    /// for the frame among them) — never for another subscriber's.
     fn slot_view(&self, slot: usize) -> DeviceSlice<'_, T> {
         let start = slot * self.welcome.stride;
-        self.pool
+        let view = self
+            .pool
             .view()
             .slice(start..start + self.welcome.frame_len)
-            .expect("a slot lies inside the checked pool")
+            .expect("a slot lies inside the checked pool");
+        DeviceSlice::tracked(view.context(), view.device_ptr(), view.len(), &self.uses)
     }
 
-    /// Releases `p` after the work queued on `stream` (and on other streams recorded on the
-    /// pool): the GPU writes the acknowledgement.
+    /// Releases `p` after the work queued on `stream` (and on this subscriber's other
+    /// streams recorded on its uses): the GPU writes the acknowledgement.
     fn release_on(&self, p: &Picked, stream: &Stream<'_>) -> Result<()> {
         check_stream(self.ctx, stream)?;
-        if let Some(uses) = self.pool.view().uses() {
-            uses.order_before(self.ctx, stream.id(), stream.raw())?;
-        }
+        self.uses
+            .order_before(self.ctx, stream.id(), stream.raw())?;
         let word = self.me.device_word(SUB_ACK + p.slot)?;
         {
             let _bound = self.ctx.bind()?;
@@ -618,19 +714,62 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             unsafe { result::stream_write_value64(stream.raw(), word, p.seq) }?;
         }
         // The page must outlive the acknowledgement: the subscriber's drop waits for every
-        // use recorded on the pool before it unregisters the page.
-        self.pool.view().record_use(stream)
+        // use recorded on its uses before it unregisters the page.
+        self.uses.record(self.ctx, stream.id(), stream.raw())
     }
 
-    /// Releases `p` from the CPU once every recorded use of the pool is done (the wait queued
-    /// by `receive`, if any, among them).
+    /// Releases `p` from the CPU once every use recorded by this subscriber is done (the wait
+    /// queued by `receive`, if any, among them; see [`wait_own_streams`](Self::wait_own_streams)
+    /// for when it gives up).
     fn release_host(&self, p: &Picked) {
-        if let Some(uses) = self.pool.view().uses() {
-            if let Err(e) = uses.wait_host(self.ctx) {
-                crate::drop_log::record("channel sample (waiting for its readers)", e);
-            }
+        if !self.wait_own_streams() {
+            crate::drop_log::record(
+                "channel sample (waiting for its readers)",
+                "a publisher that hung up kept holding this subscriber's streams back: \
+                 released without waiting for them",
+            );
         }
         protocol::release(self.me.words(), p);
+    }
+
+    /// Waits until every operation recorded on this subscriber's uses is done; returns
+    /// whether they are. Bounded against the publisher, not against the program's own work:
+    /// while the waits are released (the publisher hung up or is gone) it releases them again
+    /// between polls, and gives up after [`WAIT_WHILE_LOWERED`] once it has had to (a peer
+    /// still writing this subscriber's `READY` words lowered one); otherwise it waits as long
+    /// as the work queued on its streams takes. With uses it could not record (a failed
+    /// record, a forgotten foreign view) it waits for the whole context instead.
+    fn wait_own_streams(&self) -> bool {
+        if self.uses.is_untracked() {
+            return match self.uses.wait_host(self.ctx) {
+                Ok(()) => true,
+                Err(e) => {
+                    crate::drop_log::record("channel subscriber (waiting for its streams)", e);
+                    false
+                }
+            };
+        }
+        let mut lowered: Option<Instant> = None;
+        let mut spins = 0u32;
+        loop {
+            if self.uses.is_idle(self.ctx) {
+                return true;
+            }
+            if self.waits.released.load(SeqCst) && self.waits.release_all() {
+                lowered.get_or_insert_with(Instant::now);
+            }
+            if lowered.is_some_and(|t| t.elapsed() >= WAIT_WHILE_LOWERED) {
+                return false;
+            }
+            spins = spins.saturating_add(1);
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else if spins < 128 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
     }
 
     fn done(&self) {
@@ -638,22 +777,21 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     }
 }
 
+/// How long `Subscriber::drop` waits for the publisher to write the frames its streams wait
+/// for, before it releases them itself.
+const DROP_WAIT_FOR_FRAMES: Duration = Duration::from_secs(10);
+/// How long a subscriber waits for its streams once a peer is seen lowering the `READY` words
+/// it released (see `wait_own_streams`); `Subscriber::drop` then leaves its page and pool
+/// mapped for the process's life rather than unmap them under queued work.
+const WAIT_WHILE_LOWERED: Duration = Duration::from_secs(5);
+
 impl<T: Pod> Drop for Subscriber<'_, T> {
     fn drop(&mut self) {
         // Our streams may wait for frames the publisher has not written yet: give it time to
         // write them (or to be gone, which releases them), then release them ourselves.
-        let deadline = deadline_after(Duration::from_secs(10));
+        let deadline = deadline_after(DROP_WAIT_FOR_FRAMES);
         let mut spins = 0u32;
-        loop {
-            let pending = self
-                .waits
-                .borrow()
-                .iter()
-                .enumerate()
-                .any(|(i, &seq)| self.me.words()[SUB_READY + i].load(SeqCst) < seq);
-            if !pending || self.publisher_gone().is_some() {
-                break;
-            }
+        while self.waits.pending() && self.publisher_gone().is_none() {
             if Instant::now() >= deadline {
                 crate::drop_log::record(
                     "Subscriber",
@@ -663,33 +801,35 @@ impl<T: Pod> Drop for Subscriber<'_, T> {
             }
             backoff(&mut spins, deadline);
         }
-        for i in 0..self.welcome.slots {
-            let w = &self.me.words()[SUB_READY + i];
-            if w.load(SeqCst) < self.waits.borrow()[i] {
-                w.store(READY_RELEASED, SeqCst);
-            }
-        }
-        // No more releases of waits: the publisher's connection is watched no longer.
+        // Each slot's READY word is raised to the highest frame waited for there: every wait
+        // of ours passes, whatever the publisher does with frame numbers (see `Waits`).
+        let _ = self.waits.release_all();
+        // The publisher's connection is watched no longer.
         drop(self.watcher.take());
-        // Every wait and acknowledgement queued on our page is recorded on the pool (also
-        // those of samples that were leaked with `mem::forget`): wait for them all.
-        let waited = match self.pool.view().uses() {
-            Some(uses) => uses.wait_host(self.ctx),
-            None => self.ctx.synchronize(),
-        };
-        match waited {
-            // SAFETY: every stream operation that uses the page (the waits queued by
-            // `receive`, the acknowledgements of `release_on`) is recorded on the pool's uses,
-            // and all of them are done; no sample is left (they borrow `self`).
-            Ok(()) => {
-                if let Err(e) = unsafe { self.me.unregister(self.ctx) } {
-                    crate::drop_log::record("Subscriber (unregistering its page)", e);
-                }
-            }
-            // The page is kept mapped and registered (Page's drop logs it): safer than
-            // unregistering memory queued work may still touch.
-            Err(e) => crate::drop_log::record("Subscriber (waiting for its streams)", e),
+        // Every wait and acknowledgement queued on our page, and the work recorded on our
+        // samples' views (also of samples leaked with `mem::forget`), is on `self.uses`: wait
+        // for it, bounded against a publisher that keeps lowering our READY words.
+        if !self.wait_own_streams() {
+            // The page stays registered and mapped (Page's drop logs it) and the pool mapped:
+            // safer than unmapping memory that queued work may still touch.
+            crate::drop_log::record(
+                "Subscriber",
+                "a peer kept its streams' waits from passing (it lowered their READY words \
+                 after they were released): its control page and the pool stay mapped",
+            );
+            return;
         }
+        self.uses
+            .wait_and_clear(self.ctx, "Subscriber (its streams' events)");
+        // SAFETY: every stream operation that uses the page (the waits queued by `receive`,
+        // the acknowledgements of `release_on`) is recorded on `self.uses`, and all of them are
+        // done; no sample is left (they borrow `self`).
+        if let Err(e) = unsafe { self.me.unregister(self.ctx) } {
+            crate::drop_log::record("Subscriber (unregistering its page)", e);
+        }
+        // SAFETY: dropped once, here, and never used again; the work this subscriber recorded
+        // on it is done (above).
+        unsafe { ManuallyDrop::drop(&mut self.pool) };
     }
 }
 

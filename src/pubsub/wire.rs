@@ -2,7 +2,7 @@
 //! page's fd travels with it, the subscriber's own page with the `Page` message after it).
 use crate::ipc::{DescriptorError, DESCRIPTOR_LEN};
 
-use super::layout::{MAX_SLOTS, MAX_SUBSCRIBERS};
+use super::layout::{MAX_SEQ, MAX_SLOTS, MAX_SUBSCRIBERS};
 use super::Policy;
 
 /// Largest element accepted (a descriptor records element sizes in 32 bits).
@@ -113,6 +113,14 @@ impl Welcome {
         let elem_size = small(6, "element size", MAX_ELEM_SIZE as u64)?;
         let max_held = small(8, "max_held", MAX_SLOTS as u64)?;
         let (newest, announced) = (w(10), w(11));
+        // Frame numbers a subscriber's GPU will wait for: past MAX_SEQ no released word would
+        // let the wait through (see MAX_SEQ).
+        if announced > MAX_SEQ {
+            return Err(format!(
+                "announced frame {announced} is past the largest frame number a channel \
+                 reaches ({MAX_SEQ})"
+            ));
+        }
         if newest > announced {
             return Err(format!(
                 "newest frame {newest} is after the last announced one ({announced})"
@@ -222,5 +230,35 @@ mod tests {
         let mut b = good;
         b[80..88].copy_from_slice(&9u64.to_le_bytes());
         assert!(Welcome::decode(&b).unwrap_err().contains("newest"));
+    }
+
+    #[test]
+    fn frame_numbers_past_max_seq_are_refused() {
+        // A fake publisher announcing 2^63 would have its subscriber queue a GPU wait that no
+        // value it can store releases (the GPU's comparison is cyclic).
+        let at = |newest: u64, announced: u64| {
+            let mut w = example();
+            w.newest = newest;
+            w.announced = announced;
+            Welcome::decode(&w.encode())
+        };
+        for (newest, announced) in [
+            (0, MAX_SEQ + 1),
+            (1 << 63, 1 << 63),
+            (5, 1 << 63),
+            (0, u64::MAX),
+            (u64::MAX, u64::MAX),
+            ((1 << 63) | 5, (1 << 63) | 5),
+        ] {
+            let err = at(newest, announced).unwrap_err();
+            assert!(
+                err.contains("announced frame") && err.contains("largest frame number"),
+                "{newest:#x}/{announced:#x}: {err}"
+            );
+        }
+        // Up to MAX_SEQ is fine.
+        let w = at(MAX_SEQ, MAX_SEQ).unwrap();
+        assert_eq!((w.newest, w.announced), (MAX_SEQ, MAX_SEQ));
+        assert!(at(MAX_SEQ + 1, MAX_SEQ).is_err(), "newest after announced");
     }
 }

@@ -110,7 +110,8 @@ pub(crate) trait Serve: Send + 'static {
     fn stop(&mut self, admitted: Vec<(Peer, UnixStream)>);
 }
 
-/// What the service has seen.
+/// What the service has seen. Each refusal and "busy" is counted before it is sent, so a peer
+/// that got its answer finds it counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ServiceStats {
     /// Peers admitted now.

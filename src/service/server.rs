@@ -190,8 +190,9 @@ impl Server {
                 "uid {} is not allowed to use {:?}; ask its publisher to allow it",
                 cred.uid, self.name
             );
-            let _ = framing::send(&stream, Kind::Refuse, clip(&reason), None);
+            // Counted before it is said, so that a peer that got the answer sees the count.
             self.stats.update(|s| s.refused_uid += 1);
+            let _ = framing::send(&stream, Kind::Refuse, clip(&reason), None);
             return;
         }
         if !self.make_room(&cred) {
@@ -287,8 +288,8 @@ impl Server {
             "{:?} is full and your hello was not complete: try again",
             self.name
         );
-        let _ = framing::send(&evicted.stream, Kind::Busy, clip(&why), None);
         self.stats.update(|s| s.evicted += 1);
+        let _ = framing::send(&evicted.stream, Kind::Busy, clip(&why), None);
         // Evicting for a full share may leave the service full: check again.
         self.over(cred).is_none()
     }
@@ -329,8 +330,8 @@ impl Server {
             ),
         };
         let text = format!("{why}; try again later");
-        let _ = framing::send(stream, Kind::Busy, clip(&text), None);
         self.stats.update(|s| s.busy += 1);
+        let _ = framing::send(stream, Kind::Busy, clip(&text), None);
     }
 
     /// Reads from connection `i`; false to drop it.
@@ -385,8 +386,8 @@ impl Server {
                     });
                 }
                 Err(Refusal::Refuse(why)) => {
-                    let _ = framing::send(&conn.stream, Kind::Refuse, clip(&why), None);
                     self.stats.update(|s| s.refused_by_hook += 1);
+                    let _ = framing::send(&conn.stream, Kind::Refuse, clip(&why), None);
                     return false;
                 }
                 Err(Refusal::Close) => return false,
@@ -396,11 +397,11 @@ impl Server {
 
     /// Tells a handshaking peer why it is dropped (an admitted one is just hung up on).
     fn refuse(&mut self, i: usize, why: &str) {
+        self.stats.update(|s| s.dropped_bad += 1);
         let conn = &self.conns[i];
         if conn.is_handshake() {
             let _ = framing::send(&conn.stream, Kind::Refuse, clip(why), None);
         }
-        self.stats.update(|s| s.dropped_bad += 1);
     }
 
     fn remove(&mut self, i: usize) {
