@@ -555,7 +555,7 @@ fn notify(chan: &Page, roster: &Roster) {
     }
 }
 
-/// Closes the channel for its subscribers while the publisher lives on (a failed publish):
+/// Closes the channel for its subscribers (a failed publish, or the publisher's drop):
 /// `CLOSED`, `EVENTS` bumped and its futex woken, and each subscriber's connection shut down
 /// (through the publisher's duplicate of it; the channel thread then retires its page).
 fn close_channel(chan: &Page, roster: &Roster) {
@@ -578,13 +578,9 @@ impl<T: Pod> Drop for Publisher<'_, T> {
         // subscribers learn that the channel is closed, so they can still receive them.
         self.control_uses
             .wait_and_clear(self.ctx, "Publisher (waiting for control writes)");
-        self.chan.words()[CLOSED].store(1, SeqCst);
-        self.chan.words()[EVENTS].fetch_add(1, SeqCst);
-        if let Err(e) = os::futex_wake(&self.chan.words()[EVENTS]) {
-            crate::drop_log::record("Publisher (waking subscribers)", e);
-        }
-        // Stopping the service closes every subscriber's connection: they see the end of the
-        // channel. (Its socket is removed when the service drops, after this.)
+        close_channel(&self.chan, &self.shared.lock());
+        // Stopping the service closes every connection, handshakes included. (Its socket is
+        // removed when the service drops, after this.)
         self.service.stop();
         let mut r = self.shared.lock();
         let mut members: Vec<_> = r.live.drain(..).collect();
