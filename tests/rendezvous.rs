@@ -467,3 +467,52 @@ fn hostile_exporters_get_typed_errors_and_every_fd_is_closed() {
         "a received fd leaked"
     );
 }
+
+#[test]
+#[serial]
+fn imports_racing_restarts_never_count_as_consumers_that_did_not_get_the_buffer() {
+    // A producer republishes the name 300 times, each time waiting until one consumer has
+    // used and released the buffer (`wait_released`); a consumer imports in a loop and counts
+    // the buffers it got. A consumer that read one generation's descriptor and reached the
+    // next generation's socket must not be counted as a consumer of that buffer (it did not
+    // get it): else the producer moves on, the consumer misses a buffer and waits forever.
+    let dir = temp_dir("restarts");
+    let path = dir.join("soak");
+    let cycles = 300u64;
+    let producer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            for _ in 0..cycles {
+                let e = Exporter::bind_raw(
+                    &path,
+                    &fd_descriptor(),
+                    Some(memfd_with(b"x")),
+                    ExportOptions::default(),
+                )
+                .unwrap();
+                e.wait_released(Duration::from_secs(20)).unwrap();
+            }
+        })
+    };
+    let start = Instant::now();
+    let (mut last, mut got) = ([0u8; 16], 0);
+    while got < cycles {
+        assert!(
+            start.elapsed() < Duration::from_secs(60) && !producer.is_finished(),
+            "stuck after {got} of {cycles} buffers (the producer counted a consumer that did \
+             not get its buffer, or hangs)"
+        );
+        let offer = match fetch::<u32>(&path, &opts(2000)) {
+            Ok(o) => o,
+            // A restart under way: its socket closed, or is not there yet.
+            Err(Error::Timeout { .. } | Error::Io { .. } | Error::Protocol { .. }) => continue,
+            Err(e) => panic!("{e:?}"),
+        };
+        if offer.descriptor().buffer_id != last {
+            last = offer.descriptor().buffer_id;
+            got += 1;
+        }
+    }
+    producer.join().unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+}

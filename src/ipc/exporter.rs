@@ -39,7 +39,8 @@ use bytemuck::Pod;
 use crate::error::{Error, Result};
 use crate::os::{self, PollRequest};
 use crate::service::{
-    self, Claim, Peer, Refusal, Serve, Service, ServiceOptions, ServiceStats, Traffic,
+    self, Claim, Expected, Hello, Peer, Refusal, Serve, Service, ServiceOptions, ServiceStats,
+    Traffic,
 };
 
 use super::allocation::ExportLeases;
@@ -159,8 +160,9 @@ pub struct ExportStats {
     pub total_leases: usize,
     /// Connections refused because of their uid.
     pub refused_uid: usize,
-    /// Connections closed for breaking the protocol, not saying hello in time, or asking for a
-    /// buffer its owner has dropped.
+    /// Connections closed for breaking the protocol, not saying hello in time, asking for a
+    /// buffer its owner has dropped, or expecting another buffer or generation than the one
+    /// published (told which one is, without a lease).
     pub dropped_bad: usize,
     /// Connections closed because the exporter was full or the peer's share was taken:
     /// handshakes evicted for a newcomer, and newcomers told the exporter is busy.
@@ -320,6 +322,10 @@ impl Exporter {
 
         let notify = Arc::new(Mutex::new(Notify::default()));
         let offerer = Offerer {
+            serves: Expected {
+                buffer_id: descriptor.buffer_id,
+                generation: descriptor.generation,
+            },
             offer: encoded.to_vec(),
             fd,
             leases,
@@ -457,6 +463,8 @@ impl Drop for Exporter {
 /// What an exporter serves: the offer (the descriptor, and the memory's fd), and a lease per
 /// admitted consumer.
 struct Offerer {
+    /// The buffer and generation served (what a consumer's hello must expect, if anything).
+    serves: Expected,
     offer: Vec<u8>,
     fd: Option<OwnedFd>,
     /// The buffer's lease count (owned buffers): a lease granted here counts there too, so
@@ -467,7 +475,18 @@ struct Offerer {
 }
 
 impl Serve for Offerer {
-    fn admit(&mut self, peer: &Peer, stream: &UnixStream) -> std::result::Result<(), Refusal> {
+    fn admit(
+        &mut self,
+        peer: &Peer,
+        hello: &Hello,
+        stream: &UnixStream,
+    ) -> std::result::Result<(), Refusal> {
+        // A consumer that read another descriptor (another buffer, another generation) is told
+        // what is served instead, before any lease is counted: it did not get what it asked
+        // for, and must not count as a consumer that used this buffer.
+        if hello.expect.is_some_and(|e| e != self.serves) {
+            return Err(Refusal::Mismatch(self.offer.clone()));
+        }
         // Count the lease before the memory leaves: once the owner has dropped the buffer, no
         // new consumer gets it (its free may be under way).
         if let Some(leases) = &self.leases {

@@ -39,6 +39,9 @@ pub enum Kind {
     Welcome = 6,
     /// Channel publisher → subscriber: the subscriber's own control page's fd (no payload).
     Page = 7,
+    /// Exporter → consumer: not the buffer the consumer's hello expects; the descriptor of the
+    /// one served (no fd, no lease).
+    Mismatch = 8,
 }
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
             5 => Kind::Busy,
             6 => Kind::Welcome,
             7 => Kind::Page,
+            8 => Kind::Mismatch,
             _ => return None,
         })
     }

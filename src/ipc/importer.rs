@@ -12,7 +12,7 @@ use crate::deadline::Pause;
 use crate::device::{Device, GpuUuid};
 use crate::error::{Error, Result};
 use crate::result;
-use crate::service::client;
+use crate::service::{client, Expected};
 
 use super::allocation::{close_legacy, map_vmm_fd, measure_legacy};
 use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
@@ -350,10 +350,15 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         let claimed = file_desc.exporter_uid;
         check_exporter(&names, claimed, claimed, "is named", &trust)?;
         let check_uid = |uid: u32, role: &str| check_exporter(&names, uid, claimed, role, &trust);
+        let expect = Expected {
+            buffer_id: file_desc.buffer_id,
+            generation: file_desc.generation,
+        };
         let answered = client::connect(
             &dir,
             &names,
             &check_uid,
+            Some(expect),
             deadline,
             opts.timeout,
             "the offer",
@@ -361,14 +366,17 @@ pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Off
         .map_err(|e| timed_out(e, &mut mismatch))?;
         let peer = format!("exporter at {}", names.socket.display());
         let mut offer = answered.first;
-        if offer.kind != Kind::Offer {
+        if !matches!(offer.kind, Kind::Offer | Kind::Mismatch) {
             return Err(Error::Protocol {
                 peer,
                 detail: format!("expected an offer, got {:?}", offer.kind),
             });
         }
+        // A `Mismatch` (the exporter serves another buffer than the file named, and said so
+        // without granting a lease) and an offer that is not the file's (an exporter that did
+        // not check) are the same finding.
         let d = Descriptor::decode(&offer.payload)?;
-        if d != file_desc {
+        if offer.kind == Kind::Mismatch || d != file_desc {
             // The exporter restarted between our read and our connection (a newer generation
             // of this name, by the same exporter uid): read the descriptor again. Anything
             // else is not the buffer asked for.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::ipc::framing::{self, Kind};
 use crate::os::PeerCredentials;
-use crate::service::{Peer, Refusal, Serve};
+use crate::service::{Hello, Peer, Refusal, Serve};
 
 use super::layout::*;
 use super::page::Page;
@@ -78,7 +78,14 @@ pub(crate) struct Admission {
 }
 
 impl Serve for Admission {
-    fn admit(&mut self, peer: &Peer, stream: &UnixStream) -> Result<(), Refusal> {
+    fn admit(&mut self, peer: &Peer, hello: &Hello, stream: &UnixStream) -> Result<(), Refusal> {
+        if hello.expect.is_some() {
+            return Err(Refusal::Refuse(format!(
+                "{:?} is a channel, not a shared buffer: subscribe to it \
+                 (Subscriber::subscribe) instead of importing it",
+                self.name
+            )));
+        }
         let mut roster = self.shared.lock();
         if roster.live.len() >= self.welcome.max_subscribers {
             // Possible only while a subscriber the publisher disconnected is still connected.

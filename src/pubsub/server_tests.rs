@@ -106,7 +106,7 @@ fn connect(sock: &std::path::Path) -> (UnixStream, FrameReader, Kind) {
     let _ = framing::send(
         &s,
         Kind::Hello,
-        &crate::service::encode_hello("frames"),
+        &crate::service::encode_hello("frames", None),
         None,
     );
     let mut r = FrameReader::new();
@@ -219,7 +219,7 @@ fn a_hello_trickled_a_byte_at_a_time_gives_way_to_a_newcomer() {
     // A full channel of connections that have sent part of their hello (a slowloris): a
     // newcomer takes the place of the oldest, instead of waiting for the handshake timeout.
     let server = Running::start(2);
-    let hello = framing::frame(Kind::Hello, &crate::service::encode_hello("frames")).unwrap();
+    let hello = framing::frame(Kind::Hello, &crate::service::encode_hello("frames", None)).unwrap();
     let mut tricklers: Vec<UnixStream> = (0..2)
         .map(|_| {
             let mut s = UnixStream::connect(&server.sock).unwrap();
@@ -250,7 +250,7 @@ fn a_hello_for_another_name_or_version_is_refused() {
     let server = Running::start(4);
     for (payload, needle) in [
         (
-            crate::service::encode_hello("weights"),
+            crate::service::encode_hello("weights", None),
             "serves \"frames\", not \"weights\"",
         ),
         (1u32.to_le_bytes().to_vec(), "protocol version 1"),

@@ -290,6 +290,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             &dir,
             &names,
             &check_uid,
+            None,
             deadline,
             opts.timeout,
             "the welcome",

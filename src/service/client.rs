@@ -11,7 +11,7 @@ use crate::ipc::framing::{self, FrameReader, Kind, Message};
 use crate::ipc::rendezvous::{Names, RendezvousDir};
 use crate::os;
 
-use super::encode_hello;
+use super::{encode_hello, Expected};
 
 /// A connection a service answered: the stream, its reader (holding anything read after the
 /// first message), and that first message (an offer, a welcome).
@@ -30,7 +30,9 @@ pub(crate) type UidCheck<'a> = &'a dyn Fn(u32, &str) -> Result<()>;
 /// - the socket entry must be a socket (not a link, not a file) owned by a uid `check`
 ///   accepts: a socket planted by someone else is refused before any connection;
 /// - the process answering (`SO_PEERCRED`) must be of a uid `check` accepts;
-/// - the hello names `names.name`, so a socket renamed into this name refuses;
+/// - the hello names `names.name`, so a socket renamed into this name refuses, and the buffer
+///   the caller expects (`expect`: the descriptor it read; an exporter of another buffer or
+///   generation answers `Mismatch` without granting a lease);
 /// - a missing or not-yet-listening socket, a full backlog and a "busy" answer are retried;
 ///   a refusal is [`Error::Refused`]; the time running out while busy is [`Error::Busy`].
 ///
@@ -39,6 +41,7 @@ pub(crate) fn connect(
     dir: &RendezvousDir,
     names: &Names,
     check: UidCheck<'_>,
+    expect: Option<Expected>,
     deadline: Instant,
     timeout: Duration,
     expecting: &str,
@@ -82,7 +85,12 @@ pub(crate) fn connect(
             .map_err(|e| Error::io("setting a socket timeout", e))?;
         // A service that refuses us may close before our hello arrives; its refusal is still
         // in our receive buffer, so read before reporting a failed send.
-        let hello = framing::send(&stream, Kind::Hello, &encode_hello(&names.name), None);
+        let hello = framing::send(
+            &stream,
+            Kind::Hello,
+            &encode_hello(&names.name, expect),
+            None,
+        );
         let mut reader = FrameReader::new();
         let first = match reader.read_within(&stream, left, &peer) {
             Ok(m) => m,

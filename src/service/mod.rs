@@ -49,7 +49,7 @@ use crate::ipc::AllowedUsers;
 use crate::os::{self, PeerCredentials};
 
 pub(crate) use claim::Claim;
-pub(crate) use hello::{decode_hello, encode_hello, PROTOCOL_VERSION};
+pub(crate) use hello::{decode_hello, encode_hello, Expected, Hello, PROTOCOL_VERSION};
 
 /// How a service admits peers.
 #[derive(Debug, Clone)]
@@ -93,15 +93,24 @@ pub(crate) struct Peer {
 pub(crate) enum Refusal {
     /// Tell the peer this (it gets [`Error::Refused`]).
     Refuse(String),
+    /// The peer expects another buffer than the one served: tell it which one is (a
+    /// `Mismatch` message with this encoded descriptor), so that it can read the name's
+    /// descriptor again or report the substitution.
+    Mismatch(Vec<u8>),
     /// Close without a word (the connection failed).
     Close,
 }
 
 /// What a service serves: the part that differs between an exporter and a channel.
 pub(crate) trait Serve: Send + 'static {
-    /// A peer completed its hello: send it what is served on `stream` (non-blocking; the
+    /// A peer completed its `hello`: send it what is served on `stream` (non-blocking; the
     /// connection is fresh, so a few small messages fit its buffer), or refuse it.
-    fn admit(&mut self, peer: &Peer, stream: &UnixStream) -> std::result::Result<(), Refusal>;
+    fn admit(
+        &mut self,
+        peer: &Peer,
+        hello: &Hello,
+        stream: &UnixStream,
+    ) -> std::result::Result<(), Refusal>;
     /// An admitted peer is gone: its connection closed, it broke the protocol, or it was
     /// hung up on.
     fn left(&mut self, peer: &Peer);
@@ -120,7 +129,7 @@ pub(crate) struct ServiceStats {
     pub admitted_total: u64,
     /// Peers refused for their uid.
     pub refused_uid: u64,
-    /// Peers the hook refused.
+    /// Peers the hook refused (a mismatched expectation included).
     pub refused_by_hook: u64,
     /// Connections dropped for breaking the protocol or not completing the hello in time.
     pub dropped_bad: u64,
@@ -284,7 +293,12 @@ mod tests {
     struct Echo(Arc<Mutex<Vec<u64>>>);
 
     impl Serve for Echo {
-        fn admit(&mut self, _: &Peer, s: &UnixStream) -> std::result::Result<(), Refusal> {
+        fn admit(
+            &mut self,
+            _: &Peer,
+            _: &Hello,
+            s: &UnixStream,
+        ) -> std::result::Result<(), Refusal> {
             crate::ipc::framing::send(s, Kind::Offer, b"hi", None).map_err(|_| Refusal::Close)
         }
         fn left(&mut self, peer: &Peer) {
@@ -309,7 +323,7 @@ mod tests {
 
     fn hello(names: &Names) -> (UnixStream, Kind) {
         let s = UnixStream::connect(&names.socket).unwrap();
-        let _ = crate::ipc::framing::send(&s, Kind::Hello, &encode_hello(&names.name), None);
+        let _ = crate::ipc::framing::send(&s, Kind::Hello, &encode_hello(&names.name, None), None);
         let m = FrameReader::new()
             .read_within(&s, Duration::from_secs(5), "service")
             .unwrap();

@@ -373,11 +373,14 @@ impl Server {
                 self.refuse(i, &why);
                 return false;
             }
-            if let Err(why) = decode_hello(&message.payload, &self.name) {
-                self.refuse(i, &why);
-                return false;
-            }
-            match self.hook.admit(&conn.peer, &conn.stream) {
+            let hello = match decode_hello(&message.payload, &self.name) {
+                Ok(h) => h,
+                Err(why) => {
+                    self.refuse(i, &why);
+                    return false;
+                }
+            };
+            match self.hook.admit(&conn.peer, &hello, &conn.stream) {
                 Ok(()) => {
                     conn.state = State::Admitted;
                     self.stats.update(|s| {
@@ -388,6 +391,11 @@ impl Server {
                 Err(Refusal::Refuse(why)) => {
                     self.stats.update(|s| s.refused_by_hook += 1);
                     let _ = framing::send(&conn.stream, Kind::Refuse, clip(&why), None);
+                    return false;
+                }
+                Err(Refusal::Mismatch(served)) => {
+                    self.stats.update(|s| s.refused_by_hook += 1);
+                    let _ = framing::send(&conn.stream, Kind::Mismatch, &served, None);
                     return false;
                 }
                 Err(Refusal::Close) => return false,

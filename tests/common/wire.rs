@@ -40,6 +40,8 @@ pub enum Kind {
     Welcome = 6,
     /// Channel publisher → subscriber: the subscriber's own page (no payload).
     Page = 7,
+    /// Exporter → consumer: not the buffer the hello expects (the descriptor served).
+    Mismatch = 8,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Busy,
             Kind::Welcome,
             Kind::Page,
+            Kind::Mismatch,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -68,10 +71,12 @@ pub fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A peer's hello for `name`, as the crate's importer and subscriber send it: the version
-/// (u32 LE), then the name's bytes.
+/// A peer's hello for `name` with no expected buffer, as a channel subscriber sends it: the
+/// version (u32 LE), the expected buffer id (16 bytes) and generation (u64 LE), all zero, then
+/// the name's bytes.
 pub fn hello(name: &str) -> Vec<u8> {
     let mut payload = PROTOCOL_VERSION.to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0; 24]);
     payload.extend_from_slice(name.as_bytes());
     frame(Kind::Hello, &payload)
 }
@@ -168,12 +173,12 @@ pub fn welcome_payload() -> Vec<u8> {
 /// [`python`](super::py::python)): `frame`, `read_frame`, the kinds, `hello(name)` and
 /// `offer(descriptor)`.
 pub const PY_WIRE: &str = r#"
-HELLO, OFFER, REFUSE, READY, BUSY, WELCOME, PAGE = 1, 2, 3, 4, 5, 6, 7
+HELLO, OFFER, REFUSE, READY, BUSY, WELCOME, PAGE, MISMATCH = 1, 2, 3, 4, 5, 6, 7, 8
 PROTOCOL_VERSION = 2
 def frame(kind, payload):
     return b"CIPM" + bytes([kind, 0, 0, 0]) + struct.pack("<I", len(payload)) + payload
 def hello(name):
-    return frame(HELLO, struct.pack("<I", PROTOCOL_VERSION) + name.encode())
+    return frame(HELLO, struct.pack("<I", PROTOCOL_VERSION) + bytes(24) + name.encode())
 def offer(desc):
     return frame(OFFER, desc)
 def read_frame(s):
