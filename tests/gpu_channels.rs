@@ -1971,13 +1971,17 @@ fn two_subscribers_in_one_process_never_wait_for_each_others_gpu_waits() {
             rx_go.recv().unwrap();
             let t = Instant::now();
             let sample = b.receive_host(SECS).unwrap();
+            println!("B: received frame {} after {:?}", sample.seq(), t.elapsed());
             let words = sample.copy_to_vec().unwrap();
+            println!("B: copied it after {:?}", t.elapsed());
             let errors = reference::frame_errors(&words, sample.seq());
             let seq = sample.seq();
             drop(sample); // a host release: waits for B's own uses only
             let released = t.elapsed();
+            println!("B: released it after {released:?}");
             let t = Instant::now();
             drop(b);
+            println!("B: dropped after {:?}", t.elapsed());
             let _ = tx_b.send((seq, errors, released, t.elapsed()));
         });
         // A takes frame 1, then frame 2, claimed but not published: A's stream waits for it.

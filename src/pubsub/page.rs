@@ -137,6 +137,37 @@ impl Page {
         self.device = None;
         Ok(())
     }
+
+    /// Unregisters the page on a thread of its own, in a context of `device` it retains: the
+    /// driver's `cuMemHostUnregister` waits for the whole device (measured on an H200: a
+    /// subscriber's drop waited 8 s for another subscriber's stream in the same process, which
+    /// waited for a frame not published yet), so a caller that must not wait for other work
+    /// hands the page over. The page stays mapped until it is unregistered; should that fail
+    /// (or the thread not start), it stays registered and mapped for the process's life, and
+    /// the fact is logged (see `Drop`).
+    ///
+    /// # Safety
+    /// As [`unregister`](Self::unregister): no queued GPU work may use the page's device
+    /// address any more.
+    pub unsafe fn unregister_later(mut self, device: crate::device::Device) {
+        if self.device.is_none() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("cuda-ipc page unregister".into())
+            .spawn(move || match Context::new(device) {
+                // SAFETY: the caller's guarantee, moved here with the page.
+                Ok(ctx) => match unsafe { self.unregister(&ctx) } {
+                    Ok(()) => {}
+                    Err(e) => crate::drop_log::record("a control page (cuMemHostUnregister)", e),
+                },
+                Err(e) => crate::drop_log::record("a control page (retaining its context)", e),
+            });
+        if let Err(e) = spawned {
+            // The page dropped with the closure: kept mapped and registered, and logged.
+            crate::drop_log::record("a control page (spawning its unregister)", e);
+        }
+    }
 }
 
 /// A page a peer sent that this process only reads (the channel page, which its publisher

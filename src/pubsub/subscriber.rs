@@ -38,7 +38,8 @@ pub struct Subscriber<'ctx, T: Pod> {
     welcome: Welcome,
     /// The channel page, which the publisher alone writes: mapped read-only, loads only.
     chan: ReadOnlyMapping,
-    me: Page,
+    /// This subscriber's page; taken in `Drop` (unregistered on a thread of its own).
+    me: ManuallyDrop<Page>,
     /// The pool, dropped only once `uses` is idle (else kept mapped for the process's life).
     pool: ManuallyDrop<SharedDeviceBuffer<'ctx, T>>,
     /// This subscriber's own record of the streams that used its page and its samples: the
@@ -402,7 +403,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             waits,
             welcome,
             chan,
-            me,
+            me: ManuallyDrop::new(me),
             pool: ManuallyDrop::new(pool),
             uses: StreamUses::default(),
             held: Cell::new(0),
@@ -818,16 +819,21 @@ impl<T: Pod> Drop for Subscriber<'_, T> {
                 "a peer kept its streams' waits from passing (it lowered their READY words \
                  after they were released): its control page and the pool stay mapped",
             );
+            // SAFETY: dropped once, here, and never used again. Still registered, the page
+            // stays mapped for the process's life (Page's drop logs it).
+            unsafe { ManuallyDrop::drop(&mut self.me) };
             return;
         }
         self.uses
             .wait_and_clear(self.ctx, "Subscriber (its streams' events)");
+        // On a thread of its own: cuMemHostUnregister waits for the whole device, so another
+        // subscriber's stream waiting for an unpublished frame would hold this drop up.
+        // SAFETY: taken once, here, and `self.me` is not used after this.
+        let page = unsafe { ManuallyDrop::take(&mut self.me) };
         // SAFETY: every stream operation that uses the page (the waits queued by `receive`,
         // the acknowledgements of `release_on`) is recorded on `self.uses`, and all of them are
         // done; no sample is left (they borrow `self`).
-        if let Err(e) = unsafe { self.me.unregister(self.ctx) } {
-            crate::drop_log::record("Subscriber (unregistering its page)", e);
-        }
+        unsafe { page.unregister_later(self.ctx.device()) };
         // SAFETY: dropped once, here, and never used again; the work this subscriber recorded
         // on it is done (above).
         unsafe { ManuallyDrop::drop(&mut self.pool) };
