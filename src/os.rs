@@ -311,6 +311,8 @@ pub struct Stat {
     pub dev: u64,
     /// Size in bytes.
     pub size: u64,
+    /// Hard links to the file (names pointing at it).
+    pub nlink: u64,
 }
 
 impl Stat {
@@ -353,6 +355,9 @@ fn stat_of(st: &libc::stat) -> Stat {
         ino: st.st_ino,
         dev: st.st_dev,
         size: u64::try_from(st.st_size).unwrap_or(0),
+        // `nlink_t` is 64 bits here, 32 on some other architectures.
+        #[allow(clippy::unnecessary_cast)]
+        nlink: st.st_nlink as u64,
     }
 }
 

@@ -109,7 +109,8 @@ pub struct ExportOptions {
     /// exporter. Peers in a PID namespace this process cannot see (another pod) count per uid
     /// only.
     pub max_per_process: usize,
-    /// How long a connection may take to complete its hello.
+    /// How long a connection may take to complete its hello (at least
+    /// [`MIN_HANDSHAKE_TIMEOUT`]; default 5 s).
     pub handshake_timeout: Duration,
     /// Share through this group, for consumers running as other uids: the directory, if
     /// created, is 3770 (setgid, sticky) and group-owned by it (an existing group-writable one
@@ -134,7 +135,23 @@ impl Default for ExportOptions {
     }
 }
 
+/// The shortest handshake timeout accepted: an honest peer sends its hello at once, but a
+/// busy machine may take some milliseconds to schedule it (with 0, most are refused).
+pub const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(50);
+
 impl ExportOptions {
+    /// Checks the options a careless caller could set to something that refuses everyone.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.handshake_timeout < MIN_HANDSHAKE_TIMEOUT {
+            return Err(Error::InvalidArgument(format!(
+                "handshake_timeout {:?} is shorter than {MIN_HANDSHAKE_TIMEOUT:?}: honest \
+                 consumers would be refused before their hello arrives",
+                self.handshake_timeout
+            )));
+        }
+        Ok(())
+    }
+
     /// The socket service's settings for these options, with `max_connections` connections.
     pub(crate) fn service(&self, max_connections: usize, after: Traffic) -> ServiceOptions {
         let max_connections = max_connections.max(1);
@@ -279,6 +296,13 @@ impl Exporter {
                     .into(),
             ));
         }
+        if fd.is_none() {
+            return Err(Error::InvalidArgument(
+                "bind_raw of an fd-transport descriptor needs the memory's fd: without it every \
+                 consumer would be refused"
+                    .into(),
+            ));
+        }
         Exporter::publish(path.as_ref(), *descriptor, fd, options, None)
     }
 
@@ -304,8 +328,10 @@ impl Exporter {
         options: ExportOptions,
         leases: Option<Arc<ExportLeases>>,
     ) -> Result<Self> {
+        options.check()?;
         let names = Names::for_path(path)?;
         let claim = Claim::take(&names, options.group)?;
+        claim.check_own_entry(&names.descriptor_name())?;
         let file_generation = claim
             .dir()
             .read_file(&names.descriptor_name(), super::descriptor::ENCODED_LEN)

@@ -136,6 +136,19 @@ fn wait_for_descriptor(
             Err(e) if not_found(&e) => {}
             other => return other,
         }
+        // A channel of this name (its pool's descriptor, written by a trusted publisher): say
+        // so now rather than time out waiting for a descriptor a channel never writes.
+        let pool = format!("{}.pool.desc", names.name);
+        let channel = RendezvousDir::open(&names.dir, trust)
+            .and_then(|dir| dir.read_trusted(&pool, super::descriptor::ENCODED_LEN, trust))
+            .is_ok_and(|b| Descriptor::decode(&b).is_ok());
+        if channel {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a channel (its pool is published as {pool}), not a shared buffer: \
+                 subscribe to it with pubsub::Subscriber::subscribe",
+                names.dir.join(&names.name).display()
+            )));
+        }
         if !pause.sleep(deadline) {
             return Err(Error::Timeout {
                 what: format!(

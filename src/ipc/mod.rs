@@ -62,7 +62,7 @@ pub use descriptor::{
     CheckedDescriptor, Descriptor, DescriptorError, TypeTag, WireTransport,
     ENCODED_LEN as DESCRIPTOR_LEN, VERSION as DESCRIPTOR_VERSION,
 };
-pub use exporter::{AllowedUsers, ExportOptions, ExportStats, Exporter};
+pub use exporter::{AllowedUsers, ExportOptions, ExportStats, Exporter, MIN_HANDSHAKE_TIMEOUT};
 pub use importer::{fetch, ImportOptions, Offer};
 pub use shared_buffer::{SharedDeviceBuffer, Signal};
 

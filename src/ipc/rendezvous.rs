@@ -342,13 +342,86 @@ fn io_at(what: &str, path: &Path, e: std::io::Error) -> Error {
     )
 }
 
+/// Most symbolic links followed while resolving one path (as the kernel's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// `path` made absolute with every symbolic link resolved, like `canonicalize`, except that only
+/// links owned by a uid `trust` trusts (root, this user, a trusted exporter) are followed: a
+/// link another user made — in a directory it may write in, sticky or not — could point the
+/// name at another exporter's directory, where every later check would pass. Such a link is
+/// an [`Error::UnsafeDirectory`]; a missing component is an [`Error::Io`] of kind `NotFound`.
+fn resolve(path: &Path, trust: &Trust) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| io_at("the current directory for", path, e))?
+            .join(path)
+    };
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> =
+        std::collections::VecDeque::new();
+    fn push_front(pending: &mut std::collections::VecDeque<std::ffi::OsString>, p: &Path) {
+        let parts: Vec<std::ffi::OsString> = p
+            .components()
+            .map(|c| c.as_os_str().to_os_string())
+            .collect();
+        for part in parts.into_iter().rev() {
+            pending.push_front(part);
+        }
+    }
+    push_front(&mut pending, &absolute);
+    let mut resolved = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.to_str() {
+            Some("/") => resolved = PathBuf::from("/"),
+            Some(".") => {}
+            Some("..") => {
+                resolved.pop();
+            }
+            _ => {
+                let candidate = resolved.join(&part);
+                let meta = std::fs::symlink_metadata(&candidate)
+                    .map_err(|e| io_at("rendezvous directory", &candidate, e))?;
+                if !meta.file_type().is_symlink() {
+                    resolved = candidate;
+                    continue;
+                }
+                if !trust.trusts_uid(meta.uid()) {
+                    return Err(unsafe_dir(
+                        &candidate,
+                        format!(
+                            "a symbolic link owned by uid {}, not by {}: another user's link \
+                             could point this name at another exporter's directory, so it is \
+                             not followed. Remove it, or use the real path",
+                            meta.uid(),
+                            trust.owners()
+                        ),
+                    ));
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(unsafe_dir(
+                        path,
+                        format!("more than {MAX_LINKS} symbolic links in its path"),
+                    ));
+                }
+                let target = std::fs::read_link(&candidate)
+                    .map_err(|e| io_at("reading the link", &candidate, e))?;
+                push_front(&mut pending, &target);
+            }
+        }
+    }
+    Ok(resolved)
+}
+
 impl RendezvousDir {
     /// Opens and checks the directory at `path` (see the [module docs](self)): its path is
     /// resolved, every ancestor is opened with `O_NOFOLLOW` and checked, then the directory
     /// itself. A missing directory is an [`Error::Io`] of kind `NotFound`.
     pub fn open(path: &Path, trust: &Trust) -> Result<RendezvousDir> {
-        let real =
-            std::fs::canonicalize(path).map_err(|e| io_at("rendezvous directory", path, e))?;
+        let real = resolve(path, trust)?;
         let mut parts: Vec<&OsStr> = Vec::new();
         for c in real.components() {
             match c {
@@ -400,6 +473,15 @@ impl RendezvousDir {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    // Never create through a link another user made (it could point the new
+                    // directory into another exporter's place): the parent's existing part is
+                    // resolved as `open` resolves it.
+                    match resolve(parent, trust) {
+                        Ok(_) => {}
+                        Err(Error::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
                     use std::os::unix::fs::DirBuilderExt;
                     std::fs::DirBuilder::new()
                         .recursive(true)
@@ -481,6 +563,18 @@ impl RendezvousDir {
                 format!(
                     "mode {:04o} lets others change it: not trusting it",
                     st.perm()
+                ),
+            ));
+        }
+        if st.nlink != 1 {
+            return Err(unsafe_dir(
+                &shown,
+                format!(
+                    "it has {} hard links: another name points at the same file, and a link \
+                     someone made elsewhere could stand in for another exporter's descriptor; \
+                     not trusting it (keep fs.protected_hardlinks = 1, the distributions' \
+                     default, so that no one can link files they do not own)",
+                    st.nlink
                 ),
             ));
         }

@@ -142,6 +142,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             .ok_or_else(|| {
                 Error::InvalidArgument(format!("channel {}: frames too large", path.display()))
             })?;
+        opts.export.check()?;
         let names = Names::for_path(&path)?;
         if names.name.len() + ".pool".len() > crate::ipc::rendezvous::MAX_NAME_LEN {
             return bad(

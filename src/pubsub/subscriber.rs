@@ -265,7 +265,14 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 Err(e) => return Err(e),
             }
         };
-        if dir.stat_entry(&names.descriptor_name()).is_ok() {
+        // A shared buffer of this name (a descriptor a trusted exporter wrote): say so, instead
+        // of timing out on its socket. Anything else there (planted by someone who can write in
+        // the directory) is not taken for one: the socket's answer decides.
+        let buffer = dir
+            .read_trusted(&names.descriptor_name(), crate::ipc::DESCRIPTOR_LEN, &trust)
+            .ok()
+            .is_some_and(|b| crate::ipc::Descriptor::decode(&b).is_ok());
+        if buffer {
             return Err(Error::InvalidArgument(format!(
                 "{} is a shared buffer (it has a descriptor, {}), not a channel: import it with \
                  SharedDeviceBuffer::import, or subscribe to the channel's own name",

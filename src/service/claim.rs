@@ -61,6 +61,12 @@ impl Claim {
         self.previous_generation
     }
 
+    /// Checks that what sits at `entry` (a file this publisher is about to write, such as the
+    /// descriptor) is nothing, or a regular file of this user: see [`check_own_entry`].
+    pub fn check_own_entry(&self, entry: &str) -> Result<()> {
+        check_own_entry(&self.dir, &self.names, entry)
+    }
+
     /// Records `generation` in the lock file, for the next publisher of the name.
     pub fn record_generation(&self, generation: u64) -> Result<()> {
         let text = format!("generation {generation}\n");
@@ -152,6 +158,17 @@ fn check_leftover(dir: &RendezvousDir, names: &Names) -> Result<()> {
             ),
         ));
     }
+    if st.nlink != 1 {
+        return Err(in_use(
+            names,
+            format!(
+                "the socket at {shown} has {} hard links: someone linked it there (or from \
+                 there) by another name; remove it, and check who can write in {}",
+                st.nlink,
+                names.dir.display()
+            ),
+        ));
+    }
     if st.uid != os::effective_uid() {
         return Err(in_use(
             names,
@@ -203,9 +220,37 @@ fn check_leftover(dir: &RendezvousDir, names: &Names) -> Result<()> {
     }
 }
 
+/// Whatever sits at `entry` (a name this publisher writes) must be a regular file of this
+/// user with no other link, or nothing; anything else is named ([`Error::NameInUse`]).
+pub(crate) fn check_own_entry(dir: &RendezvousDir, names: &Names, entry: &str) -> Result<()> {
+    let shown = dir.shown(entry);
+    match dir.stat_entry(entry) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("stat {}", shown.display()), e)),
+        Ok(st) if st.is_regular() && st.uid == os::effective_uid() && st.nlink == 1 => Ok(()),
+        Ok(st) => Err(in_use(
+            names,
+            format!(
+                "{} of uid {}{} sits at {}, where this publisher writes: someone planted it \
+                 there; remove it, and check who can write in {}",
+                st.kind_name(),
+                st.uid,
+                if st.nlink > 1 && !st.is_dir() {
+                    format!(" with {} hard links", st.nlink)
+                } else {
+                    String::new()
+                },
+                shown.display(),
+                names.dir.display()
+            ),
+        )),
+    }
+}
+
 /// Opens `<name>.lock` and takes its exclusive lock; returns it with the generation it records.
 fn take_lock(dir: &RendezvousDir, names: &Names) -> Result<(std::fs::File, u64)> {
     let lock_name = names.lock_name();
+    check_own_entry(dir, names, &lock_name)?;
     let fd = os::open_at(
         Some(dir.fd()),
         Path::new(&lock_name),

@@ -162,6 +162,13 @@ fn connect_once(
             names.dir.display()
         )));
     }
+    if st.nlink != 1 {
+        return Err(untrusted(format!(
+            "the socket has {} hard links: a link someone made could stand in for another \
+             exporter's socket; not connecting through it (keep fs.protected_hardlinks = 1)",
+            st.nlink
+        )));
+    }
     check(st.uid, "owns the socket file")?;
     let left = deadline.saturating_duration_since(Instant::now());
     let stream = match os::connect_unix(&dir.proc_path(&sock_name), left) {

@@ -41,10 +41,19 @@ impl Conn {
 enum Limit {
     /// Its process's share (`max_per_process`).
     Process,
-    /// Its uid's share (`max_per_uid`; never the service's own uid).
+    /// Its uid's share (`max_per_uid`; the service's own uid only for peers in other PID
+    /// namespaces).
     Uid,
     /// The service's `max_connections`.
     Full,
+    /// The last [`reserve`] places, kept for peers that hold no connection yet.
+    Reserve,
+}
+
+/// Places kept for newcomers that hold no connection yet: an eighth of the service (none in a
+/// service of fewer than 8 places, where one process may want them all).
+fn reserve(max_connections: usize) -> usize {
+    max_connections / 8
 }
 
 /// Whose connections count together for a share: one process (when its PID is visible here),
@@ -215,8 +224,11 @@ impl Server {
         });
     }
 
-    /// Connections counted against a newcomer `cred`: its process's, and its uid's (unless it
-    /// is the service's own uid).
+    /// Connections counted against a newcomer `cred`: its process's, and its uid's. The
+    /// service's own uid has no uid share for peers whose process is visible (they are limited
+    /// per process; a process of one's own uid is not a boundary anyway); its peers in PID
+    /// namespaces this process cannot see (pid 0: other pods) share one uid share, as another
+    /// uid's peers do.
     fn shares(&self, cred: &PeerCredentials) -> (usize, usize) {
         let process = process_of(cred);
         let mut same_process = 0;
@@ -225,24 +237,39 @@ impl Server {
             if process.is_some() && process_of(&c.peer.cred) == process {
                 same_process += 1;
             }
-            if c.peer.cred.uid == cred.uid {
+            if self.same_uid_share(&c.peer.cred, cred) {
                 same_uid += 1;
             }
         }
         (same_process, same_uid)
     }
 
+    /// Whether `a` counts against the uid share of `b` (see [`shares`](Self::shares)).
+    fn same_uid_share(&self, a: &PeerCredentials, b: &PeerCredentials) -> bool {
+        a.uid == b.uid && (b.uid != self.own_uid || (a.pid <= 0) == (b.pid <= 0))
+    }
+
     /// Which limit a newcomer `cred` would exceed now, if any.
     fn over(&self, cred: &PeerCredentials) -> Option<Limit> {
         let (same_process, same_uid) = self.shares(cred);
-        if process_of(cred).is_some() && same_process >= self.options.max_per_process.max(1) {
+        let visible = process_of(cred).is_some();
+        if visible && same_process >= self.options.max_per_process.max(1) {
             return Some(Limit::Process);
         }
-        if cred.uid != self.own_uid && same_uid >= self.options.max_per_uid.max(1) {
+        let uid_limited = cred.uid != self.own_uid || !visible;
+        if uid_limited && same_uid >= self.options.max_per_uid.max(1) {
             return Some(Limit::Uid);
         }
-        if self.conns.len() >= self.options.max_connections.max(1) {
+        let max = self.options.max_connections.max(1);
+        let free = max.saturating_sub(self.conns.len());
+        if free == 0 {
             return Some(Limit::Full);
+        }
+        // The last places are kept for peers that hold none yet (by process where it is
+        // visible, else by uid share): however many others fill the rest, a newcomer gets in.
+        let holds = if visible { same_process } else { same_uid };
+        if holds > 0 && free <= reserve(max) {
+            return Some(Limit::Reserve);
         }
         None
     }
@@ -275,7 +302,11 @@ impl Server {
             .filter(|(_, c)| c.is_handshake())
             .filter(|(_, c)| match limit {
                 Limit::Process => process_of(&c.peer.cred) == process,
-                Limit::Uid => c.peer.cred.uid == cred.uid,
+                Limit::Uid => self.same_uid_share(&c.peer.cred, cred),
+                // A peer that already holds places replaces its own oldest handshake; it
+                // does not take the reserve from others.
+                Limit::Reserve if process.is_some() => process_of(&c.peer.cred) == process,
+                Limit::Reserve => self.same_uid_share(&c.peer.cred, cred),
                 Limit::Full => per_uid[&c.peer.cred.uid] >= newcomer_uid,
             })
             .map(|(i, c)| (per_uid[&c.peer.cred.uid], std::cmp::Reverse(c.peer.id), i))
@@ -322,6 +353,17 @@ impl Server {
             Some(Limit::Uid) => format!(
                 "uid {} already has {same_uid} connections to {:?}, its share (max_per_uid)",
                 cred.uid, self.name
+            ),
+            Some(Limit::Reserve) => format!(
+                "the last {} places of {:?} are kept for peers that hold none, and yours \
+                 holds {}",
+                reserve(self.options.max_connections.max(1)),
+                self.name,
+                if process_of(cred).is_some() {
+                    same_process
+                } else {
+                    same_uid
+                }
             ),
             _ => format!(
                 "{:?} already has {} connections (max_connections)",
