@@ -148,7 +148,7 @@ fn a_directory_owned_by_another_user_is_refused() {
     let err = Exporter::bind_raw(
         dir.join("frames"),
         &fd_descriptor(),
-        None,
+        Some(os::memfd("owned").unwrap()),
         ExportOptions::default(),
     )
     .unwrap_err();

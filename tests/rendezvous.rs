@@ -276,8 +276,13 @@ fn directories_others_can_write_are_refused() {
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let path = dir.join("frames");
-    let err =
-        Exporter::bind_raw(&path, &fd_descriptor(), None, ExportOptions::default()).unwrap_err();
+    let err = Exporter::bind_raw(
+        &path,
+        &fd_descriptor(),
+        Some(memfd_with(b"x")),
+        ExportOptions::default(),
+    )
+    .unwrap_err();
     let Error::UnsafeDirectory { reason, .. } = &err else {
         panic!("{err:?}")
     };

@@ -823,7 +823,8 @@ fn review_what_a_member_plants_at_the_descriptor_or_lock_path_is_named() {
         let leaked = common::os::open_fd_count().unwrap() as i64 - fds as i64
             + thread_count() as i64
             - threads as i64;
-        if !named || sock_left || leaked != 0 {
+        // More is a leak; fewer is another test's background thread ending meanwhile.
+        if !named || sock_left || leaked > 0 {
             wrong += 1;
         }
         report.push(format!(

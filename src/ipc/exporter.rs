@@ -331,7 +331,7 @@ impl Exporter {
         options.check()?;
         let names = Names::for_path(path)?;
         let claim = Claim::take(&names, options.group)?;
-        claim.check_own_entry(&names.descriptor_name())?;
+        claim.check_replaced_entry(&names.descriptor_name())?;
         let file_generation = claim
             .dir()
             .read_file(&names.descriptor_name(), super::descriptor::ENCODED_LEN)

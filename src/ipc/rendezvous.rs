@@ -566,7 +566,15 @@ impl RendezvousDir {
                 ),
             ));
         }
-        if st.nlink != 1 {
+        if st.nlink == 0 {
+            // Removed since it was opened (an exporter withdrawing it): as if not there yet.
+            return Err(io_at(
+                "reading",
+                &shown,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        if st.nlink > 1 {
             return Err(unsafe_dir(
                 &shown,
                 format!(

@@ -61,10 +61,10 @@ impl Claim {
         self.previous_generation
     }
 
-    /// Checks that what sits at `entry` (a file this publisher is about to write, such as the
-    /// descriptor) is nothing, or a regular file of this user: see [`check_own_entry`].
-    pub fn check_own_entry(&self, entry: &str) -> Result<()> {
-        check_own_entry(&self.dir, &self.names, entry)
+    /// Checks what sits at `entry`, a file this publisher is about to replace (such as the
+    /// descriptor): see [`check_own_entry`].
+    pub fn check_replaced_entry(&self, entry: &str) -> Result<()> {
+        check_own_entry(&self.dir, &self.names, entry, Entry::Replaced)
     }
 
     /// Records `generation` in the lock file, for the next publisher of the name.
@@ -220,37 +220,62 @@ fn check_leftover(dir: &RendezvousDir, names: &Names) -> Result<()> {
     }
 }
 
-/// Whatever sits at `entry` (a name this publisher writes) must be a regular file of this
-/// user with no other link, or nothing; anything else is named ([`Error::NameInUse`]).
-pub(crate) fn check_own_entry(dir: &RendezvousDir, names: &Names, entry: &str) -> Result<()> {
+/// What may sit at a name a publisher writes (besides nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A file it replaces with `rename` (the descriptor): anything of this user but a
+    /// directory or a file with other links.
+    Replaced,
+    /// A file it opens (the lock): a regular file of this user with no other link.
+    Opened,
+}
+
+/// Checks what sits at `entry`, a name this publisher writes (see [`Entry`]); anything else —
+/// another user's file, a directory, a file linked elsewhere, a link or FIFO where a file is
+/// opened — is named ([`Error::NameInUse`]) instead of failing later with a bare I/O error.
+pub(crate) fn check_own_entry(
+    dir: &RendezvousDir,
+    names: &Names,
+    entry: &str,
+    kind: Entry,
+) -> Result<()> {
     let shown = dir.shown(entry);
-    match dir.stat_entry(entry) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("stat {}", shown.display()), e)),
-        Ok(st) if st.is_regular() && st.uid == os::effective_uid() && st.nlink == 1 => Ok(()),
-        Ok(st) => Err(in_use(
-            names,
-            format!(
-                "{} of uid {}{} sits at {}, where this publisher writes: someone planted it \
-                 there; remove it, and check who can write in {}",
-                st.kind_name(),
-                st.uid,
-                if st.nlink > 1 && !st.is_dir() {
-                    format!(" with {} hard links", st.nlink)
-                } else {
-                    String::new()
-                },
-                shown.display(),
-                names.dir.display()
-            ),
-        )),
+    let st = match dir.stat_entry(entry) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("stat {}", shown.display()), e)),
+        Ok(st) => st,
+    };
+    let ours = st.uid == os::effective_uid();
+    let linked = !st.is_dir() && st.nlink > 1;
+    let usable = match kind {
+        Entry::Replaced => !st.is_dir(),
+        Entry::Opened => st.is_regular(),
+    };
+    if ours && usable && !linked {
+        return Ok(());
     }
+    Err(in_use(
+        names,
+        format!(
+            "{} of uid {}{} sits at {}, where this publisher writes: someone put it there; \
+             remove it, and check who can write in {}",
+            st.kind_name(),
+            st.uid,
+            if linked {
+                format!(" with {} hard links", st.nlink)
+            } else {
+                String::new()
+            },
+            shown.display(),
+            names.dir.display()
+        ),
+    ))
 }
 
 /// Opens `<name>.lock` and takes its exclusive lock; returns it with the generation it records.
 fn take_lock(dir: &RendezvousDir, names: &Names) -> Result<(std::fs::File, u64)> {
     let lock_name = names.lock_name();
-    check_own_entry(dir, names, &lock_name)?;
+    check_own_entry(dir, names, &lock_name, Entry::Opened)?;
     let fd = os::open_at(
         Some(dir.fd()),
         Path::new(&lock_name),
