@@ -68,32 +68,43 @@
 //!   exporter's files; what it plants under a free name is its own (an untrusted owner, an
 //!   untrusted `SO_PEERCRED`) and refused. Even where it could rename, the substitution of
 //!   another buffer of the same exporter fails twice: the hello names the name asked for, and
-//!   a socket renamed into another name refuses its peers ([`Error::Refused`]); the offer must
-//!   be the buffer the descriptor file names, same id and generation
-//!   ([`Error::OfferMismatch`]). A directory without the sticky bit, or any group- or
+//!   a socket renamed into another name refuses its peers ([`Error::Refused`]); the hello
+//!   names the buffer the descriptor file names (id and generation), and an exporter of
+//!   another one says so without granting a lease ([`Error::OfferMismatch`]; the offer is
+//!   checked against the file too). A directory without the sticky bit, or any group- or
 //!   other-writable ancestor without it, is refused outright ([`Error::UnsafeDirectory`]).
 //!   With the legacy transport the descriptor holds a bearer handle: every member who can read
 //!   it can map the memory (use the fd transport across uids).
 //! - **Cross-pod** (each pod its own PID namespace, a shared volume): the same as group or
 //!   private, whichever the volume's modes give; the fd transport needs nothing else (no
-//!   `hostPID`), and peers in PIDs this process cannot see count against the fair shares per
-//!   uid only.
+//!   `hostPID`), and peers in PID namespaces this process cannot see count against the fair
+//!   shares per uid only (the exporter's own uid included).
 //!
 //! What another uid can still do: deny service where it can write (plant a file under a name
 //! before the exporter starts — the exporter then says what is in the way,
 //! [`Error::NameInUse`]), and, as an allowed consumer, hold connections up to its share: at
-//! most [`max_per_process`](super::ExportOptions::max_per_process) per process and
-//! [`max_per_uid`](super::ExportOptions::max_per_uid) per uid (half of
-//! [`max_connections`](super::ExportOptions::max_connections) by default); when the exporter is
-//! full, a newcomer takes the place of a handshake that has not completed (a silent or
-//! trickling connection) of whoever holds the most. A refused peer learns only that it is not
-//! allowed. The checksum in the descriptor detects corruption, not forgery: authenticity comes
-//! from these checks.
+//! most [`max_per_process`](super::ExportOptions::max_per_process) that one process opened
+//! and [`max_per_uid`](super::ExportOptions::max_per_uid) per uid (half of
+//! [`max_connections`](super::ExportOptions::max_connections) by default; `k` uids together
+//! up to `k` shares, less the last eighth of the places, which is kept for peers that hold
+//! none). When the exporter is full, a newcomer takes the place of a handshake that has not
+//! completed (a silent or trickling connection) of whoever holds the most. A refused peer
+//! learns only that it is not allowed. The checksum in the descriptor detects corruption, not
+//! forgery: authenticity comes from these checks.
+//!
+//! Links: only symbolic links owned by a trusted uid are followed on the way to the directory
+//! (another user's link could point a name at another exporter's directory), and a descriptor
+//! or socket with more than one hard link is refused. The checks rely on
+//! `fs.protected_hardlinks = 1` (the distributions' default) for availability only: where it
+//! is 0, a member can link the exporter's files elsewhere and so make them refused, never
+//! substituted.
 //!
 //! A process of the **same uid** is not a boundary: it can ptrace either side, read the
-//! memory, replace the files or hold connections up to the service's limits. The exporter
-//! still survives its protocol abuse (floods, garbage, silent or trickling connections), and a
-//! full exporter answers "busy" instead of resetting.
+//! memory, replace the files or hold connections up to the service's limits (through children
+//! that pass it their connections, or from a PID namespace the exporter cannot see, whose peers
+//! of one uid share one uid share). The exporter still survives its protocol abuse (floods,
+//! garbage, silent or trickling connections), and a full exporter answers "busy" instead of
+//! resetting.
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -74,7 +74,11 @@
 //!   new `Subscriber` joins; an old one never mistakes it for the old.
 //!
 //! # Trust
-//! Subscribers are processes of the uids the publisher allows. One of them can lie only about
+//! The channel's socket is the crate's one socket service, as an exporter's: each subscriber's
+//! uid is checked (`SO_PEERCRED`), it must say hello (naming the channel) within the handshake
+//! timeout, and no process or other uid takes more than its share of the places (see
+//! [`rendezvous`](crate::ipc::rendezvous) for the threat model). Subscribers are processes of
+//! the uids the publisher allows. One of them can lie only about
 //! itself in the control words: it cannot write the channel page (sealed read-only) or another
 //! subscriber's page, and no peer can resize a page to make another fault. It can stall a
 //! `Block` channel as a slow subscriber would (the publisher's `loan` times out naming it);
@@ -138,7 +142,10 @@ pub struct ChannelOptions {
     pub policy: Policy,
     /// How the pool travels. Default `Auto` (fd where the GPU supports it).
     pub transport: Transport,
-    /// Who may subscribe, and the sharing group (as for an [`Exporter`](crate::ipc::Exporter)).
+    /// Who may subscribe, the sharing group, the handshake timeout and the fair shares
+    /// (`max_per_process`, `max_per_uid`), as for an [`Exporter`](crate::ipc::Exporter): the
+    /// channel's socket is the same service, with `max_subscribers` places. (The pool's
+    /// exporter gets these options too, with room for at least `2 × max_subscribers`.)
     pub export: ExportOptions,
     /// The element type's tag; default `TypeTag::of::<T>()`.
     pub type_tag: Option<TypeTag>,
