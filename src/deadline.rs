@@ -1,6 +1,7 @@
 //! Deadlines from caller-given timeouts (which may be absurdly large, `Duration::MAX`), and
-//! the crate's ways of waiting for one: a condition variable with a timeout ([`wait_for`]),
-//! and a growing pause between retries ([`Pause`]).
+//! the crate's ways of waiting until one: a condition variable with a timeout ([`wait_for`]),
+//! a growing pause between retries of something slow ([`Pause`]: files, sockets), and a
+//! spin-then-sleep step for words that change fast ([`backoff`]: control words, GPU writes).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,6 +47,21 @@ pub(crate) fn wait_for<'a, T>(
             .wait_timeout(guard, left)
             .unwrap_or_else(|p| p.into_inner())
             .0;
+    }
+}
+
+/// One step of waiting for a word another thread, process or GPU writes: spins briefly, then
+/// yields, then sleeps a little longer each time (5 to 50 µs), never past `deadline`.
+pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
+    *spins = spins.saturating_add(1);
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else if *spins < 128 {
+        std::thread::yield_now();
+    } else {
+        let step = Duration::from_micros(u64::from((*spins - 128).min(9)) * 5 + 5);
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(step.min(left));
     }
 }
 

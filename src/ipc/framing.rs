@@ -249,7 +249,7 @@ impl FrameReader {
         timeout: Duration,
         peer: &str,
     ) -> Result<Message> {
-        let deadline = super::rendezvous::deadline_after(timeout);
+        let deadline = crate::deadline::after(timeout);
         loop {
             if let Some(m) = self.take().map_err(|e| e.into_error(peer))? {
                 return Ok(m);

@@ -19,7 +19,7 @@ use super::descriptor::{CheckedDescriptor, Descriptor, TypeTag, WireTransport};
 use super::framing::Kind;
 use super::identity::{diagnose, legacy_open_hint, ProcessIdentity};
 use super::mapping::{self, CacheKey, Lease, MappingKind, NewMapping};
-use super::rendezvous::{deadline_after, Names, RendezvousDir, Trust};
+use super::rendezvous::{Names, RendezvousDir, Trust};
 use super::shared_buffer::SharedDeviceBuffer;
 
 /// How to import.
@@ -342,7 +342,7 @@ impl Offer {
 /// is busy is asked again until the timeout. Every received fd that is not returned is closed.
 pub fn fetch<T: Pod>(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Offer> {
     let names = Names::for_path(path)?;
-    let deadline = deadline_after(opts.timeout);
+    let deadline = crate::deadline::after(opts.timeout);
     let trust = opts.trust();
     let own = ProcessIdentity::current();
     let what = format!("buffer {:?}", names.name);

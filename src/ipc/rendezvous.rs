@@ -111,7 +111,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::os::{self, OpenAt, Stat};
@@ -214,12 +213,6 @@ impl Trust {
         }
         list
     }
-}
-
-/// A deadline `timeout` from now; a timeout too large to represent (e.g. `Duration::MAX`)
-/// gives a deadline decades away instead of overflowing.
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    crate::deadline::after(timeout)
 }
 
 /// An opened, checked rendezvous directory. Everything in it is reached through this

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use crate::context::Context;
+use crate::deadline::{after as deadline_after, backoff};
 use crate::error::{Error, Result};
-use crate::ipc::rendezvous::{deadline_after, Names};
+use crate::ipc::rendezvous::Names;
 use crate::ipc::{Exporter, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceMemoryMut, DeviceSlice, DeviceSliceMut};
 use crate::os;
@@ -523,20 +524,6 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
     fn slot_range(&self, slot: usize) -> std::ops::Range<usize> {
         let start = slot * self.stride;
         start..start + self.frame_len
-    }
-}
-
-/// Spins briefly, then sleeps a little longer each time (up to 50 µs), never past `deadline`.
-pub(crate) fn backoff(spins: &mut u32, deadline: Instant) {
-    *spins = spins.saturating_add(1);
-    if *spins < 64 {
-        std::hint::spin_loop();
-    } else if *spins < 128 {
-        std::thread::yield_now();
-    } else {
-        let step = Duration::from_micros(u64::from((*spins - 128).min(9)) * 5 + 5);
-        let left = deadline.saturating_duration_since(Instant::now());
-        std::thread::sleep(step.min(left));
     }
 }
 

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use crate::context::Context;
+use crate::deadline::{after as deadline_after, backoff};
 use crate::error::{Error, Result};
 use crate::ipc::framing::Kind;
-use crate::ipc::rendezvous::{deadline_after, Names, RendezvousDir};
+use crate::ipc::rendezvous::{Names, RendezvousDir};
 use crate::ipc::{DescriptorError, ImportOptions, SharedDeviceBuffer, TypeTag};
 use crate::memory::{check_stream, DeviceMemory, DeviceSlice};
 use crate::os::{PollRequest, ReadOnlyMapping, SharedMapping};
@@ -25,7 +26,6 @@ use crate::uses::StreamUses;
 use super::layout::*;
 use super::page::{self, Page};
 use super::protocol::{self, Pick, Picked, SubscriberState};
-use super::publisher::backoff;
 use super::wire::{same_pool, Welcome};
 use super::{pool_path, Policy, Start, SubscribeOptions};
 
@@ -770,14 +770,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             if lowered.is_some_and(|t| t.elapsed() >= WAIT_WHILE_LOWERED) {
                 return false;
             }
-            spins = spins.saturating_add(1);
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else if spins < 128 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            backoff(&mut spins, deadline_after(Duration::from_micros(50)));
         }
     }
 
