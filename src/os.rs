@@ -858,13 +858,8 @@ impl Drop for SharedMapping {
 ///
 /// It offers loads only. Rust allows no store, no read-modify-write and no atomic access but a
 /// small `Relaxed` load on read-only memory, so the words are never handed out as
-/// `&AtomicU64` (whose `store` would compile, and crash with `SIGSEGV`):
-///
-/// ```compile_fail
-/// # fn f(page: &cuda_ipc::os::ReadOnlyMapping) {
-/// page.words()[0].store(1, std::sync::atomic::Ordering::SeqCst); // no `words` here
-/// # }
-/// ```
+/// `&AtomicU64` (whose `store` would compile, and crash with `SIGSEGV`): this type has no
+/// method that returns a reference to its memory.
 ///
 /// Each [`load`](Self::load) is a `Relaxed` load between two `SeqCst` fences, which orders it
 /// in the single total order of `SeqCst` operations as a `SeqCst` load would be: a store this

@@ -60,7 +60,8 @@
 //!   reads them with a load. One page per channel, written by the publisher only (subscribers
 //!   map it read-only), and one page per subscriber, written by that subscriber and by the
 //!   publisher's GPU (its copy of the "frame ready" words). A subscriber can only lie about
-//!   itself. See [`protocol`] for how a held slot is never overwritten.
+//!   itself. `src/pubsub/protocol.rs` explains how a held slot is never overwritten (a Dekker
+//!   handshake between the publisher's claim and the subscriber's hold).
 //! - **Waiting**: a subscriber takes frame `k` as soon as the publisher has *claimed* a slot for
 //!   it (at `loan`), so its GPU already waits when the publisher's GPU writes the frame. On the
 //!   CPU it sleeps on a futex in the channel page, which the publisher wakes after each claim
@@ -105,13 +106,13 @@ use crate::ipc::{ExportOptions, ImportOptions, Transport, TypeTag};
 
 pub(crate) mod layout;
 mod page;
-pub mod protocol;
+pub(crate) mod protocol;
 mod publisher;
 mod server;
 mod subscriber;
 mod wire;
 
-pub use layout::{MAX_SLOTS, MAX_SUBSCRIBERS};
+pub use layout::{MAX_SEQ, MAX_SLOTS, MAX_SUBSCRIBERS};
 pub use publisher::{Loan, Publisher, PublisherStats};
 pub use subscriber::{Sample, Subscriber, SubscriberStats};
 

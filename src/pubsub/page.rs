@@ -153,15 +153,23 @@ impl Page {
         if self.device.is_none() {
             return;
         }
+        // Retained here, while the caller's context still lives: retained in the new thread,
+        // after the program dropped its last `Context`, it could be a new primary context, in
+        // which the page was never registered.
+        let ctx = match Context::new(device) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                // The page drops registered: kept mapped for the process's life, and logged.
+                crate::drop_log::record("a control page (retaining its context)", e);
+                return;
+            }
+        };
         let spawned = std::thread::Builder::new()
             .name("cuda-ipc page unregister".into())
-            .spawn(move || match Context::new(device) {
-                // SAFETY: the caller's guarantee, moved here with the page.
-                Ok(ctx) => match unsafe { self.unregister(&ctx) } {
-                    Ok(()) => {}
-                    Err(e) => crate::drop_log::record("a control page (cuMemHostUnregister)", e),
-                },
-                Err(e) => crate::drop_log::record("a control page (retaining its context)", e),
+            // SAFETY: the caller's guarantee, moved here with the page.
+            .spawn(move || match unsafe { self.unregister(&ctx) } {
+                Ok(()) => {}
+                Err(e) => crate::drop_log::record("a control page (cuMemHostUnregister)", e),
             });
         if let Err(e) = spawned {
             // The page dropped with the closure: kept mapped and registered, and logged.

@@ -217,6 +217,7 @@ impl PublisherState {
     }
 
     /// [`join_point`] of this publisher's slots.
+    #[cfg(test)]
     pub fn join_point<C: ReadWords + ?Sized>(&self, chan: &C, latest: bool) -> (u64, u64) {
         join_point(chan, self.slots, latest)
     }
@@ -406,7 +407,8 @@ pub fn is_ready<C: ReadWords + ?Sized>(chan: &C, picked: &Picked) -> bool {
 /// Whether a stream waiting with `cuStreamWaitValue64(addr, seq, CU_STREAM_WAIT_VALUE_GEQ)`
 /// goes on while the word holds `word`. The driver's comparison is *cyclic*: "until
 /// `(int64_t)(*addr - value) >= 0`" (`CUstreamWaitValue_flags`), not an unsigned `>=`; the two
-/// agree for frame numbers up to [`MAX_SEQ`].
+/// agree for frame numbers up to [`MAX_SEQ`]. (A model of the driver, for the tests.)
+#[cfg(test)]
 pub fn gpu_wait_passes(word: u64, seq: u64) -> bool {
     (word.wrapping_sub(seq) as i64) >= 0
 }

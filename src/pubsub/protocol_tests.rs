@@ -2134,3 +2134,143 @@ fn threads_block_a_given_back_frame_keeps_its_slot() {
     );
     assert!(gave_back > 1000, "the race ran ({gave_back} give-backs)");
 }
+
+// ---------------------------------------------------------------------------------------------
+// From the second hostile review (tests/review_channels.rs, moved here when `protocol` became
+// crate-private): random hostile words and pages against the releases and the picks.
+
+/// xorshift64*: deterministic, so a failure reproduces.
+struct ReviewRng(u64);
+impl ReviewRng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A value a hostile peer would pick: edges around 0, MAX_SEQ, 2^63, u64::MAX, or random.
+    fn word(&mut self) -> u64 {
+        let base = match self.next() % 8 {
+            0 => 0,
+            1 => MAX_SEQ,
+            2 => 1 << 63,
+            3 => u64::MAX,
+            4 => TENTATIVE | (self.next() % 16),
+            5 => self.next() % 32,
+            6 => MAX_SEQ - 16,
+            _ => return self.next(),
+        };
+        base.wrapping_add(self.next() % 8).wrapping_sub(4)
+    }
+}
+
+#[test]
+fn review_release_ready_is_relative_and_never_lowers_an_honest_word() {
+    let mut rng = ReviewRng(0x5eed_1234);
+    let n = 200_000;
+    let (mut stored, mut kept) = (0, 0);
+    for i in 0..n {
+        let before = rng.word();
+        let seq = match i % 3 {
+            0 => rng.next() % 64,
+            1 => MAX_SEQ - rng.next() % 4,
+            _ => rng.next() % (MAX_SEQ + 1),
+        };
+        let w = AtomicU64::new(before);
+        let did = release_ready(&w, seq);
+        let after = w.load(SeqCst);
+        if seq == 0 {
+            assert!(!did && after == before, "seq 0 stored");
+            continue;
+        }
+        // Every GPU wait for a frame 1..=seq of the slot passes (cyclic comparison).
+        for s in [1, seq / 2 + 1, seq] {
+            assert!(
+                gpu_wait_passes(after, s),
+                "word {before:#x} released for {seq}: {after:#x} holds a wait for {s}"
+            );
+        }
+        assert!(ready_releases(after, seq));
+        if ready_releases(before, seq) {
+            assert_eq!(after, before, "an honest word was changed");
+            kept += 1;
+        } else {
+            assert!(did && after == seq);
+            stored += 1;
+        }
+        // Never lowers a word that was an honest frame number.
+        if before <= MAX_SEQ {
+            assert!(after >= before, "lowered {before} to {after}");
+        }
+    }
+    println!("{n} releases: {stored} stored, {kept} kept");
+}
+
+/// A channel page a hostile publisher wrote, read through `ReadWords`.
+struct Hostile(Vec<u64>);
+impl ReadWords for Hostile {
+    fn load(&self, index: usize) -> u64 {
+        self.0[index]
+    }
+}
+
+#[test]
+fn review_try_pick_on_hostile_pages_never_holds_past_max_seq_or_panics() {
+    let mut rng = ReviewRng(0xdead_beef);
+    let pages = 20_000;
+    let (mut held, mut violations, mut not_yet) = (0u64, 0u64, 0u64);
+    for _ in 0..pages {
+        let slots = 1 + (rng.next() % MAX_SLOTS as u64) as usize;
+        let policy = if rng.next() % 2 == 0 {
+            Policy::Block
+        } else {
+            Policy::DropOldest
+        };
+        let mut page = vec![0u64; 512];
+        page[ANNOUNCED] = if rng.next() % 4 == 0 {
+            rng.word()
+        } else {
+            rng.next() % 40
+        };
+        for i in 0..slots {
+            page[CLAIM + i] = if rng.next() % 4 == 0 {
+                rng.word()
+            } else {
+                rng.next() % 40
+            };
+        }
+        let chan = Hostile(page);
+        let latest = rng.next() % 2 == 0;
+        let (next, announced) = std::panic::catch_unwind(|| join_point(&chan, slots, latest))
+            .expect("join_point panicked");
+        assert!(
+            next <= MAX_SEQ + 1 && announced <= MAX_SEQ,
+            "{next} {announced}"
+        );
+        let me: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+        let mut st = SubscriberState::new(slots, policy, next);
+        for _ in 0..4 {
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| st.try_pick(&chan, &me)))
+                    .expect("try_pick panicked");
+            match r {
+                Ok(Pick::Held(p)) => {
+                    held += 1;
+                    assert!(
+                        p.seq >= 1 && p.seq <= MAX_SEQ && p.slot < slots,
+                        "held {p:?} of {:?}",
+                        &chan.0[CLAIM..CLAIM + slots]
+                    );
+                    assert_eq!(chan.0[CLAIM + p.slot], p.seq);
+                    assert!(me[SUB_NEXT].load(SeqCst) <= MAX_SEQ + 1);
+                }
+                Ok(Pick::NotYet) => not_yet += 1,
+                Err(_) => {
+                    violations += 1;
+                    break;
+                }
+            }
+        }
+    }
+    println!("{pages} hostile pages: {held} holds, {not_yet} not yet, {violations} violations");
+}
