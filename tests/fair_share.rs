@@ -8,25 +8,15 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use cuda_ipc::ipc::{fetch, AllowedUsers, ExportOptions, Exporter, ImportOptions};
+use cuda_ipc::ipc::{AllowedUsers, ExportOptions, Exporter};
 use cuda_ipc::Error;
 use serial_test::serial;
 
 mod common;
+use common::group::{fetches, hoarded, need_root, shared_dir, GROUP, HOARDER, MEMBER};
 use common::py::{expect, python};
 use common::{fd_descriptor, os, temp_dir};
-
-const GROUP: u32 = 4242;
-
-fn need_root() {
-    assert_eq!(
-        os::effective_uid(),
-        0,
-        "these tests play another user with setuid: run them as root (CI does)"
-    );
-}
 
 fn memfd() -> OwnedFd {
     os::memfd("cuda-ipc-fair").unwrap()
@@ -37,59 +27,6 @@ fn private_dir(tag: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
     dir
-}
-
-fn group_dir(tag: &str) -> PathBuf {
-    let dir = temp_dir(tag);
-    fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(0), Some(GROUP)).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o3770)).unwrap();
-    dir
-}
-
-/// Fetches `n` times from this process (another PID than the hoarder's), each within
-/// `timeout`; returns the errors.
-fn fetches(path: &Path, n: usize, timeout: Duration, group: Option<u32>) -> Vec<String> {
-    let opts = ImportOptions {
-        group,
-        ..ImportOptions::with_timeout(timeout)
-    };
-    (0..n)
-        .filter_map(|_| fetch::<u32>(path, &opts).err().map(|e| e.to_string()))
-        .collect()
-}
-
-/// One process that connects `n` times, says hello on each and keeps every connection it is
-/// given (a lease); prints `HOARDING <leases> <busy>`.
-const HOARDER: &str = r#"
-sock, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if len(sys.argv) > 4:
-    become(65534, 65534, [int(sys.argv[4])])
-kept, busy = [], 0
-for _ in range(n):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock)
-    try:
-        s.sendall(hello(name))
-        kind, body, fds = read_frame(s)
-    except BaseException:
-        busy += 1
-        continue
-    if kind == 2:
-        kept.append((s, fds))
-    else:
-        busy += 1
-print("HOARDING", len(kept), busy, flush=True)
-time.sleep(600)
-"#;
-
-fn hoarded(rx: &std::sync::mpsc::Receiver<String>) -> (usize, usize) {
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the hoarder said nothing");
-    let mut words = line.split_whitespace().skip(1);
-    let mut next = || words.next().unwrap().parse::<usize>().unwrap();
-    (next(), next())
 }
 
 #[test]
@@ -117,7 +54,7 @@ fn one_process_cannot_hoard_the_exporter() {
         (8, 120),
         "one process took {leases} leases (max_per_process 8)"
     );
-    let errors = fetches(&path, 20, Duration::from_secs(2), None);
+    let errors = fetches(&path, 20, 2000, None);
     assert!(
         errors.is_empty(),
         "{} of 20 others locked out: {:?}",
@@ -132,7 +69,7 @@ fn one_process_cannot_hoard_the_exporter() {
 #[serial]
 fn another_uid_gets_at_most_its_share_of_connections() {
     need_root();
-    let dir = group_dir("uid-share");
+    let dir = shared_dir("uid-share", 0o3770);
     let path = dir.join("frames");
     let exporter = Exporter::bind_raw(
         &path,
@@ -153,7 +90,7 @@ fn another_uid_gets_at_most_its_share_of_connections() {
             exporter.socket_path().to_str().unwrap(),
             "frames",
             "16",
-            &GROUP.to_string(),
+            &MEMBER.to_string(),
         ],
     );
     let (leases, busy) = hoarded(&rx);
@@ -162,7 +99,7 @@ fn another_uid_gets_at_most_its_share_of_connections() {
         (8, 8),
         "uid 65534 took {leases} of 16 connections (its default share is half)"
     );
-    let errors = fetches(&path, 8, Duration::from_secs(2), Some(GROUP));
+    let errors = fetches(&path, 8, 2000, Some(GROUP));
     assert!(errors.is_empty(), "{errors:?}");
     drop((py, exporter));
     fs::remove_dir_all(&dir).unwrap();
@@ -217,7 +154,7 @@ fn a_slowloris_does_not_lock_out_consumers() {
         ],
     );
     expect(&rx, "TRICKLING");
-    let errors = fetches(&path, 39, Duration::from_secs(2), None);
+    let errors = fetches(&path, 39, 2000, None);
     assert!(
         errors.is_empty(),
         "{} of 39 consumers locked out by a 1-byte-per-second slowloris: {:?}",
@@ -244,7 +181,7 @@ fn name_in_use(path: &Path) -> String {
 #[serial]
 fn what_is_planted_at_the_socket_path_is_named_for_what_it_is() {
     need_root();
-    let dir = group_dir("planted");
+    let dir = shared_dir("planted", 0o3770);
     let path = dir.join("frames");
     // A regular file.
     fs::write(path.with_extension("sock"), b"x").unwrap();

@@ -6,68 +6,25 @@
 //! is a Python peer as uid 65534 in the group (so these tests run as root, as CI does).
 
 use std::fs;
-use std::io::{Read, Seek, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use cuda_ipc::ipc::{fetch, AllowedUsers, ExportOptions, Exporter, ImportOptions};
+use cuda_ipc::ipc::{fetch, ExportOptions, Exporter, ImportOptions};
 use cuda_ipc::Error;
 use serial_test::serial;
 
 mod common;
+use common::group::{
+    as_member, group_import, group_options, memfd_with, need_root, shared_dir, text_of,
+};
 use common::py::{expect, hex, python};
 use common::{fd_descriptor, os, temp_dir};
 
-const GROUP: u32 = 4242;
 const ROUNDS: usize = 20;
 
-fn need_root() {
-    assert_eq!(
-        os::effective_uid(),
-        0,
-        "these tests play a group member with setuid: run them as root (CI does)"
-    );
-}
-
-/// A memory file holding `text` (stands in for a CUDA export; the rendezvous never looks
-/// inside).
-fn memfd_with(text: &str) -> OwnedFd {
-    let mut f = fs::File::from(os::memfd("cuda-ipc-substitution").unwrap());
-    f.write_all(text.as_bytes()).unwrap();
-    OwnedFd::from(f)
-}
-
-fn text_of(offer: &cuda_ipc::ipc::Offer) -> String {
-    let mut f = fs::File::from(offer.fd().unwrap().try_clone_to_owned().unwrap());
-    f.rewind().unwrap();
-    let mut s = String::new();
-    f.read_to_string(&mut s).unwrap();
-    s
-}
-
-fn group_options() -> ExportOptions {
-    ExportOptions {
-        group: Some(GROUP),
-        allowed: AllowedUsers::Group(GROUP),
-        ..ExportOptions::default()
-    }
-}
-
 fn import_options() -> ImportOptions {
-    ImportOptions {
-        group: Some(GROUP),
-        ..ImportOptions::with_timeout(Duration::from_millis(500))
-    }
-}
-
-fn shared_dir(tag: &str, mode: u32) -> PathBuf {
-    let dir = temp_dir(tag);
-    fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(0), Some(GROUP)).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
-    dir
+    group_import(500)
 }
 
 /// Two buffers of one trusted exporter (this process) in `dir`: "frames" and "weights".
@@ -87,27 +44,6 @@ fn two_exports(dir: &Path) -> (Exporter, Exporter) {
     )
     .unwrap();
     (frames, weights)
-}
-
-/// Runs `script` as uid 65534 in the group with `args`; waits for it to print DONE and returns
-/// what it printed before.
-fn as_member(script: &str, args: &[&str]) -> String {
-    let (py, rx) = python(
-        &format!("become(65534, 65534, [{GROUP}])\n{script}\nprint('DONE', flush=True)"),
-        args,
-    );
-    let mut out = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the member's script said nothing");
-        if line.contains("DONE") {
-            break;
-        }
-        out.push(line);
-    }
-    drop(py);
-    out.join("\n")
 }
 
 const RENAME_BOTH: &str = r#"

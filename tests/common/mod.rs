@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod driver;
+pub mod group;
 pub mod os;
 pub mod py;
 pub mod wire;
