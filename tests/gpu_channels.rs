@@ -91,6 +91,10 @@ fn zz_role_entry() {
         Ok("slow-publisher") => slow_publisher_role(),
         Ok("stranded") => stranded_subscriber_role(),
         Ok("lagging-acks") => lagging_acks_role(),
+        Ok("fake-publisher") => soundness::fake_publisher_role(),
+        Ok("order-sub-block") => order_subscriber_role(Policy::Block),
+        Ok("order-sub-drop-oldest") => order_subscriber_role(Policy::DropOldest),
+        Ok("stepped-publisher") => stepped_publisher_role(),
         _ => {}
     }
 }
@@ -1138,123 +1142,61 @@ fn subscribing_to_a_shared_buffer_says_it_is_not_a_channel() {
 // Hostile review, channel soundness (branch `pubsub-sound`). These tests use the public API,
 // std and libc only: a fake publisher speaks the socket protocol with raw bytes (a frame is
 // "CIPM", a kind byte, 3 zero bytes, a u32 LE payload length, the payload; fds go with
-// SCM_RIGHTS) and raw sealed memfds. Their roles run through `zz_soundness_role_entry`.
+// SCM_RIGHTS) and raw sealed memfds. Their roles run through `zz_role_entry`.
 // ---------------------------------------------------------------------------------------------
 
 mod soundness {
-    use std::io::{BufRead, BufReader};
+
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+
     use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
     use cuda_ipc::prelude::*;
 
-    /// A child process of this test binary in a role of `zz_soundness_role_entry`; killed when
-    /// dropped.
-    pub struct Role {
-        child: Child,
-        lines: mpsc::Receiver<String>,
-        pub seen: Vec<String>,
-    }
+    /// A child process of this test binary in a role of `zz_role_entry` (the crate's
+    /// [`RoleProcess`](crate::common::RoleProcess)), killed when dropped: a failing test
+    /// leaves no publisher behind.
+    pub struct Role(Option<crate::common::RoleProcess>);
 
     impl Role {
         pub fn spawn(role: &str, env: &[(&str, String)]) -> Role {
-            let mut cmd = Command::new(std::env::current_exe().unwrap());
-            cmd.args([
-                "--exact",
-                "zz_soundness_role_entry",
-                "--include-ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("CUDA_IPC_TEST_ROLE", role);
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawning a role process");
-            let (tx, rx) = mpsc::channel();
-            for pipe in [
-                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-                Box::new(child.stderr.take().unwrap()),
-            ] {
-                let tx = tx.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                        let _ = tx.send(line);
-                    }
-                });
-            }
-            Role {
-                child,
-                lines: rx,
-                seen: Vec::new(),
-            }
+            let mut all = vec![("CUDA_IPC_TEST_ROLE", role.to_string())];
+            all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+            Role(Some(crate::common::RoleProcess::spawn(&[], &all)))
         }
 
         /// Waits for a line containing `needle`; panics with everything seen after `timeout`.
         pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-            let deadline = Instant::now() + timeout;
-            loop {
-                if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                    return l.clone();
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.lines.recv_timeout(left) {
-                    Ok(l) => self.seen.push(l),
-                    Err(_) => panic!(
-                        "no line with {needle:?} within {timeout:?}; seen:\n{}",
-                        self.seen.join("\n")
-                    ),
-                }
-            }
+            self.0
+                .as_mut()
+                .expect("a role process still running")
+                .expect_line(needle, timeout)
         }
 
-        /// Waits up to `timeout` for the process to exit; returns whether it exited with 0 and
-        /// every line it printed (killed, and `false`, past the timeout).
+        /// Waits up to `timeout` for the process to exit (a failure past it); returns whether
+        /// it exited with 0 and every line it printed.
         pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
-            let deadline = Instant::now() + timeout;
-            let ok = loop {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    break status.success();
-                }
-                if Instant::now() >= deadline {
-                    let _ = self.child.kill();
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            let _ = self.child.wait();
-            // The reader threads end at EOF.
-            let end = Instant::now() + Duration::from_secs(2);
-            while let Ok(l) = self
-                .lines
-                .recv_timeout(end.saturating_duration_since(Instant::now()))
-            {
-                self.seen.push(l);
-            }
-            (ok, std::mem::take(&mut self.seen))
+            self.0
+                .take()
+                .expect("a role process still running")
+                .finish(timeout)
         }
 
         /// SIGKILL, as a crash.
         pub fn kill(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Some(p) = self.0.take() {
+                p.kill();
+            }
         }
     }
 
     impl Drop for Role {
         fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill();
         }
     }
 
@@ -1531,20 +1473,6 @@ mod soundness {
         );
         fake.expect("FAKE LISTENING", super::SECS);
         fake
-    }
-}
-
-/// The role dispatcher of the soundness tests: returns at once unless CUDA_IPC_TEST_ROLE is
-/// one of theirs.
-#[test]
-#[ignore = "needs an NVIDIA GPU"]
-fn zz_soundness_role_entry() {
-    match std::env::var("CUDA_IPC_TEST_ROLE").as_deref() {
-        Ok("fake-publisher") => soundness::fake_publisher_role(),
-        Ok("order-sub-block") => order_subscriber_role(Policy::Block),
-        Ok("order-sub-drop-oldest") => order_subscriber_role(Policy::DropOldest),
-        Ok("stepped-publisher") => stepped_publisher_role(),
-        _ => {}
     }
 }
 
