@@ -818,18 +818,6 @@ impl SharedMapping {
         self.ptr.cast()
     }
 
-    /// Bytes mapped.
-    #[allow(dead_code)] // the crate uses `words` and `as_ptr` only
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the mapping is empty (never: [`map`](Self::map) refuses that).
-    #[allow(dead_code)] // the crate uses `words` and `as_ptr` only
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The 64-bit words of the mapping.
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: the mapping is page-aligned, readable and writable, `len` bytes of a file

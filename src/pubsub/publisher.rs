@@ -499,7 +499,11 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             .record(self.ctx, stream.id(), stream.raw());
         if let Err(e) = outcome.and(recorded) {
             self.broken = true;
-            self.close_broken(&r);
+            // Half-way (some control writes may be queued, some not): the channel can no
+            // longer keep its promises, so it is closed for good, as `Drop` closes it; each
+            // subscriber's watcher then releases its streams' waits, its receives end with
+            // `PublisherGone`, and later loans return `Error::ChannelClosed`.
+            close_channel(&self.chan, &r);
             return Err(e);
         }
         // No wake-up here: a subscriber sleeps only while its next frame has no final claim
@@ -509,16 +513,6 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         drop(r);
         self.published += 1;
         Ok(seq)
-    }
-
-    /// A publish failed half-way (some of its control writes may be queued, some not): the
-    /// channel can no longer keep its promises, so it is closed for good, as `Drop` closes it
-    /// — `CLOSED`, then `EVENTS` bumped and its sleepers woken — and every subscriber is hung up
-    /// on (its watcher thread then releases its streams' waits, and its receives end with
-    /// `PublisherGone`). Later loans return [`Error::ChannelClosed`] (the caller sets
-    /// `broken`).
-    fn close_broken(&self, roster: &Roster) {
-        close_channel(&self.chan, roster);
     }
 
     fn slot_range(&self, slot: usize) -> std::ops::Range<usize> {
