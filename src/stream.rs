@@ -26,6 +26,8 @@ pub struct Stream<'ctx> {
     ctx: &'ctx Context,
     raw: CUstream,
     id: u64,
+    /// Destroyed on drop (false for another library's stream).
+    owned: bool,
 }
 
 // SAFETY: a CUstream may be used from any thread; every use binds the context first.
@@ -48,7 +50,26 @@ impl<'ctx> Stream<'ctx> {
             ctx,
             raw,
             id: crate::uses::next_stream_id(),
+            owned: true,
         })
+    }
+
+    /// Uses a stream that another library owns (PyTorch's `torch.cuda.current_stream()
+    /// .cuda_stream`, CuPy's, the runtime's), without taking it over: dropping the returned
+    /// `Stream` does not destroy it. A null `raw` is the context's legacy default stream.
+    ///
+    /// # Safety
+    /// `raw` must be null or a live stream of `ctx`'s primary context (the one the CUDA runtime
+    /// uses for the device), and must stay live until the returned `Stream` is dropped and
+    /// every use of memory recorded on it through this crate has completed (the crate may
+    /// record events on it and wait for them).
+    pub unsafe fn from_raw_borrowed(ctx: &'ctx Context, raw: CUstream) -> Stream<'ctx> {
+        Stream {
+            ctx,
+            raw,
+            id: crate::uses::next_stream_id(),
+            owned: false,
+        }
     }
 
     /// The context.
@@ -56,7 +77,8 @@ impl<'ctx> Stream<'ctx> {
         self.ctx
     }
 
-    /// The raw `CUstream`. Do not destroy it: the `Stream` owns it.
+    /// The raw `CUstream`. Do not destroy it: the `Stream` owns it (or, for
+    /// [`from_raw_borrowed`](Self::from_raw_borrowed), another library does).
     pub fn raw(&self) -> CUstream {
         self.raw
     }
@@ -84,6 +106,9 @@ impl<'ctx> Stream<'ctx> {
 
 impl Drop for Stream<'_> {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _bound = match self.ctx.bind() {
             Ok(b) => b,
             Err(e) => {

@@ -42,7 +42,7 @@ fn every_flipped_byte_is_rejected() {
     let good = sample().encode();
     for i in 0..DESCRIPTOR_LEN {
         for bit in [0x01u8, 0x80] {
-            let mut b = good;
+            let mut b = good.clone();
             b[i] ^= bit;
             let err = Descriptor::decode(&b).expect_err(&format!("flip of byte {i}"));
             match i {
@@ -94,10 +94,10 @@ fn oversized_and_empty_inputs_are_rejected() {
 #[test]
 fn future_version_is_named() {
     let mut b = sample().encode();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     Descriptor::reseal(&mut b);
     let err = Descriptor::decode(&b).unwrap_err();
-    assert_eq!(err, DescriptorError::UnsupportedVersion { found: 2 });
+    assert_eq!(err, DescriptorError::UnsupportedVersion { found: 3 });
     assert!(err.to_string().contains("same cuda-ipc version"));
 }
 
@@ -231,7 +231,7 @@ fn random_bytes_and_random_flips_never_panic_or_pass() {
         assert!(Descriptor::decode(&bytes).is_err(), "case {case}");
 
         // 1 to 8 random bit flips of a valid descriptor.
-        let mut flipped = good;
+        let mut flipped = good.clone();
         for _ in 0..=(rng.next() % 8) {
             let bit = rng.next() as usize % (DESCRIPTOR_LEN * 8);
             flipped[bit / 8] ^= 1 << (bit % 8);
@@ -271,4 +271,103 @@ fn only_checked_descriptors_are_importable() {
     d.offset = 2; // misaligned for u32
     d.alloc_size = 1 << 30;
     assert!(d.checked().is_err());
+}
+
+/// A version-2 descriptor: a byte buffer holding a float32 tensor of 4 x 256.
+fn with_layout() -> Descriptor {
+    use cuda_ipc::ipc::{DType, TensorLayout};
+    let mut d = sample();
+    let layout = TensorLayout::contiguous(DType::F32, &[4, 256]).unwrap();
+    d.elem_size = 1;
+    d.elem_align = 1;
+    d.len = layout.extent_bytes();
+    d.byte_size = d.len;
+    d.signal_offset = d.byte_size;
+    d.layout = Some(layout);
+    d
+}
+
+#[test]
+fn a_layout_round_trips_as_version_2_and_every_flipped_byte_is_rejected() {
+    use cuda_ipc::ipc::{DESCRIPTOR_LAYOUT_VERSION, MAX_DESCRIPTOR_LEN};
+    let d = with_layout();
+    let good = d.encode();
+    assert_eq!(good.len(), MAX_DESCRIPTOR_LEN);
+    assert_eq!(
+        u32::from_le_bytes(good[8..12].try_into().unwrap()),
+        DESCRIPTOR_LAYOUT_VERSION
+    );
+    assert_eq!(Descriptor::decode(&good), Ok(d));
+    for i in 12..MAX_DESCRIPTOR_LEN {
+        let mut b = good.clone();
+        b[i] ^= 0x10;
+        assert_eq!(
+            Descriptor::decode(&b),
+            Err(DescriptorError::ChecksumMismatch),
+            "byte {i}"
+        );
+    }
+    // A version-1 length under the version-2 number, and the reverse.
+    let mut short = good[..DESCRIPTOR_LEN].to_vec();
+    Descriptor::reseal(&mut short);
+    assert!(matches!(
+        Descriptor::decode(&short),
+        Err(DescriptorError::Truncated { expected, .. }) if expected == MAX_DESCRIPTOR_LEN
+    ));
+    let mut long = sample().encode();
+    long.resize(MAX_DESCRIPTOR_LEN, 0);
+    Descriptor::reseal(&mut long);
+    assert!(matches!(
+        Descriptor::decode(&long),
+        Err(DescriptorError::TooLong { .. })
+    ));
+}
+
+#[test]
+fn a_layout_past_the_bytes_or_malformed_is_refused_even_when_resealed() {
+    use cuda_ipc::ipc::{DType, TensorLayout};
+    // A hostile exporter claims a bigger tensor than the bytes it shares.
+    let mut d = with_layout();
+    d.layout = Some(TensorLayout::contiguous(DType::F32, &[4, 257]).unwrap());
+    assert!(matches!(
+        Descriptor::decode(&d.encode()),
+        Err(DescriptorError::Inconsistent(m)) if m.contains("spans")
+    ));
+    // Strides that reach past the end, though the element count fits.
+    d.layout = Some(TensorLayout::strided(DType::F32, &[4, 256], &[512, 1]).unwrap());
+    assert!(Descriptor::decode(&d.encode()).is_err());
+    // Raw edits of the layout block: a data type code 3 (opaque), 9 dimensions.
+    let good = with_layout().encode();
+    for (at, value) in [(DESCRIPTOR_LEN - 8, 3u8), (DESCRIPTOR_LEN - 8 + 4, 9)] {
+        let mut b = good.clone();
+        b[at] = value;
+        Descriptor::reseal(&mut b);
+        assert!(
+            matches!(
+                Descriptor::decode(&b),
+                Err(DescriptorError::InvalidLayout(_))
+            ),
+            "byte {at} = {value}"
+        );
+    }
+}
+
+#[test]
+fn check_layout_names_both_layouts() {
+    use cuda_ipc::ipc::{DType, TensorLayout};
+    let d = with_layout();
+    d.check_layout(&TensorLayout::contiguous(DType::F32, &[4, 256]).unwrap())
+        .unwrap();
+    let err = d
+        .check_layout(&TensorLayout::contiguous(DType::F16, &[4, 256]).unwrap())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tensor layout mismatch: the buffer holds float32[4, 256], the importer asked for \
+         float16[4, 256]"
+    );
+    let err = sample()
+        .check_layout(&TensorLayout::contiguous(DType::F32, &[1]).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("no tensor layout"), "{err}");
 }

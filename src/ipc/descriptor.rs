@@ -25,12 +25,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::tensor_layout::{TensorLayout, LAYOUT_WIRE_LEN};
+
 /// The first 8 bytes of every descriptor.
 pub const MAGIC: [u8; 8] = *b"CUDAIPC\0";
-/// The format version this crate writes and reads.
+/// The format version of a descriptor without a tensor layout (216 bytes).
 pub const VERSION: u32 = 1;
-/// Size of an encoded descriptor.
+/// The format version of a descriptor with a [`TensorLayout`] (352 bytes): version 1's fields,
+/// then the layout, then the checksum. This crate reads and writes both.
+pub const LAYOUT_VERSION: u32 = 2;
+/// Size of an encoded version-1 descriptor (without a layout).
 pub const ENCODED_LEN: usize = std::mem::size_of::<RawDescriptor>();
+/// Size of an encoded version-2 descriptor (with a layout): the largest a descriptor can be.
+pub const MAX_ENCODED_LEN: usize = ENCODED_LEN + LAYOUT_WIRE_LEN;
 
 /// How the memory travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +151,9 @@ pub struct Descriptor {
     pub signal_offset: u64,
     /// The `cuIpcGetMemHandle` bytes (legacy), zeros otherwise.
     pub handle: [u8; 64],
+    /// The tensor the bytes hold, when the exporter said ([`SharedDeviceBuffer::with_layout`](
+    /// super::SharedDeviceBuffer::with_layout)); written as format version 2.
+    pub layout: Option<TensorLayout>,
 }
 
 /// A [`Descriptor`] whose fields were checked to agree with each other: the data range and
@@ -189,7 +199,7 @@ impl CheckedDescriptor {
 #[non_exhaustive]
 pub enum DescriptorError {
     /// Fewer bytes than a descriptor has.
-    #[error("descriptor truncated: {got} bytes, a version-{VERSION} descriptor has {expected}")]
+    #[error("descriptor truncated: {got} bytes, a descriptor of its version has {expected}")]
     Truncated {
         /// Bytes received.
         got: usize,
@@ -197,7 +207,7 @@ pub enum DescriptorError {
         expected: usize,
     },
     /// More bytes than a descriptor has.
-    #[error("descriptor too long: {got} bytes, a version-{VERSION} descriptor has {expected}")]
+    #[error("descriptor too long: {got} bytes, a descriptor of its version has {expected}")]
     TooLong {
         /// Bytes received.
         got: usize,
@@ -212,8 +222,8 @@ pub enum DescriptorError {
     },
     /// A descriptor of another format version.
     #[error(
-        "descriptor format version {found} is not supported (this build reads version \
-         {VERSION}): use the same cuda-ipc version on both sides"
+        "descriptor format version {found} is not supported (this build reads versions \
+         {VERSION} and {LAYOUT_VERSION}): use the same cuda-ipc version on both sides"
     )]
     UnsupportedVersion {
         /// The version found.
@@ -228,6 +238,18 @@ pub enum DescriptorError {
     /// The fields contradict each other.
     #[error("inconsistent descriptor: {0}")]
     Inconsistent(String),
+    /// A tensor layout that is not well formed (an unknown data type, too many dimensions, an
+    /// extent past 64 bits).
+    #[error("invalid tensor layout: {0}")]
+    InvalidLayout(String),
+    /// The tensor layout differs from the one asked for.
+    #[error("tensor layout mismatch: the buffer holds {found}, the importer asked for {expected}")]
+    LayoutMismatch {
+        /// The layout asked for.
+        expected: String,
+        /// The buffer's layout (`none` when it has none).
+        found: String,
+    },
     /// The element type differs from the one asked for.
     #[error(
         "element type mismatch: the buffer holds elements of {found_size} bytes (align \
@@ -261,11 +283,17 @@ pub enum DescriptorError {
 }
 
 impl Descriptor {
-    /// Encodes to the 216-byte wire form, checksum included.
-    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+    /// Encodes to the wire form, checksum included: 216 bytes (format version 1) without a
+    /// layout, [`MAX_ENCODED_LEN`] (version 2) with one.
+    pub fn encode(&self) -> Vec<u8> {
+        let version = if self.layout.is_some() {
+            LAYOUT_VERSION
+        } else {
+            VERSION
+        };
         let raw = RawDescriptor {
             magic: MAGIC,
-            version: VERSION.to_le(),
+            version: version.to_le(),
             transport: (self.transport as u32).to_le(),
             elem_size: self.elem_size.to_le(),
             elem_align: self.elem_align.to_le(),
@@ -285,22 +313,40 @@ impl Descriptor {
             handle: self.handle,
             checksum: 0,
         };
-        let mut out = [0u8; ENCODED_LEN];
-        out.copy_from_slice(bytemuck::bytes_of(&raw));
-        let sum = fnv1a(&out[..CHECKED_LEN]);
-        out[CHECKED_LEN..].copy_from_slice(&sum.to_le_bytes());
+        let mut out = bytemuck::bytes_of(&raw)[..CHECKED_LEN].to_vec();
+        if let Some(layout) = &self.layout {
+            let mut wire = [0u8; LAYOUT_WIRE_LEN];
+            layout.encode(&mut wire);
+            out.extend_from_slice(&wire);
+        }
+        out.extend_from_slice(&[0; 8]);
+        Self::reseal(&mut out);
         out
     }
 
-    /// Recomputes the checksum of an encoded descriptor after its bytes were edited (for tools
-    /// and tests that craft descriptors).
-    pub fn reseal(bytes: &mut [u8; ENCODED_LEN]) {
-        let sum = fnv1a(&bytes[..CHECKED_LEN]);
-        bytes[CHECKED_LEN..].copy_from_slice(&sum.to_le_bytes());
+    /// The fixed 216-byte form (format version 1), for records that embed a descriptor that
+    /// never has a layout (a channel's pool). A layout, if any, is not written.
+    pub(crate) fn encode_v1(&self) -> [u8; ENCODED_LEN] {
+        let mut d = *self;
+        d.layout = None;
+        let mut out = [0u8; ENCODED_LEN];
+        out.copy_from_slice(&d.encode());
+        out
+    }
+
+    /// Recomputes the checksum (the last 8 bytes) of an encoded descriptor after its bytes
+    /// were edited (for tools and tests that craft descriptors). Does nothing to fewer than 8
+    /// bytes.
+    pub fn reseal(bytes: &mut [u8]) {
+        let Some(body) = bytes.len().checked_sub(8) else {
+            return;
+        };
+        let sum = fnv1a(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
     }
 
     /// Decodes and checks: size, magic, version, checksum, transport, and that the fields agree
-    /// with each other. Never panics, whatever the bytes.
+    /// with each other (and with the layout, for version 2). Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<Descriptor, DescriptorError> {
         if bytes.len() < 12 {
             return Err(DescriptorError::Truncated {
@@ -313,25 +359,40 @@ impl Descriptor {
             return Err(DescriptorError::BadMagic { found: magic });
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("length checked"));
-        if version != VERSION {
-            return Err(DescriptorError::UnsupportedVersion { found: version });
-        }
-        if bytes.len() < ENCODED_LEN {
+        let expected = match version {
+            VERSION => ENCODED_LEN,
+            LAYOUT_VERSION => MAX_ENCODED_LEN,
+            found => return Err(DescriptorError::UnsupportedVersion { found }),
+        };
+        if bytes.len() < expected {
             return Err(DescriptorError::Truncated {
                 got: bytes.len(),
-                expected: ENCODED_LEN,
+                expected,
             });
         }
-        if bytes.len() > ENCODED_LEN {
+        if bytes.len() > expected {
             return Err(DescriptorError::TooLong {
                 got: bytes.len(),
-                expected: ENCODED_LEN,
+                expected,
             });
         }
-        let raw: RawDescriptor = bytemuck::pod_read_unaligned(bytes);
-        if fnv1a(&bytes[..CHECKED_LEN]) != u64::from_le(raw.checksum) {
+        let body = expected - 8;
+        let checksum = u64::from_le_bytes(bytes[body..].try_into().expect("length checked"));
+        if fnv1a(&bytes[..body]) != checksum {
             return Err(DescriptorError::ChecksumMismatch);
         }
+        let layout = match version {
+            LAYOUT_VERSION => {
+                let wire: &[u8; LAYOUT_WIRE_LEN] =
+                    bytes[CHECKED_LEN..body].try_into().expect("length checked");
+                Some(TensorLayout::decode(wire)?)
+            }
+            _ => None,
+        };
+        let mut fixed = [0u8; ENCODED_LEN];
+        fixed[..CHECKED_LEN].copy_from_slice(&bytes[..CHECKED_LEN]);
+        let bytes = &fixed[..];
+        let raw: RawDescriptor = bytemuck::pod_read_unaligned(bytes);
         let transport = match u32::from_le(raw.transport) {
             1 => WireTransport::Legacy,
             2 => WireTransport::Fd,
@@ -355,6 +416,7 @@ impl Descriptor {
             generation: u64::from_le(raw.generation),
             signal_offset: u64::from_le(raw.signal_offset),
             handle: raw.handle,
+            layout,
         };
         d.check_consistency()?;
         Ok(d)
@@ -428,6 +490,29 @@ impl Descriptor {
         if self.buffer_id == [0; 16] {
             return bad("buffer id is zero".into());
         }
+        if let Some(layout) = &self.layout {
+            layout.check()?;
+            if layout.extent_bytes() > self.byte_size {
+                return bad(format!(
+                    "the tensor {layout} spans {} bytes, the buffer has {}",
+                    layout.extent_bytes(),
+                    self.byte_size
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the buffer holds the tensor `expected` (data type, shape and strides).
+    pub fn check_layout(&self, expected: &TensorLayout) -> Result<(), DescriptorError> {
+        if self.layout.as_ref() != Some(expected) {
+            return Err(DescriptorError::LayoutMismatch {
+                expected: expected.to_string(),
+                found: self
+                    .layout
+                    .map_or_else(|| "no tensor layout".to_string(), |l| l.to_string()),
+            });
+        }
         Ok(())
     }
 
@@ -482,6 +567,7 @@ impl Descriptor {
             generation: 1,
             signal_offset: 4096,
             handle: [0x44; 64],
+            layout: None,
         }
     }
 }

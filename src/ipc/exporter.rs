@@ -334,7 +334,7 @@ impl Exporter {
         claim.check_replaced_entry(&names.descriptor_name())?;
         let file_generation = claim
             .dir()
-            .read_file(&names.descriptor_name(), super::descriptor::ENCODED_LEN)
+            .read_file(&names.descriptor_name(), super::descriptor::MAX_ENCODED_LEN)
             .ok()
             .and_then(|b| Descriptor::decode(&b).ok())
             .map_or(0, |d| d.generation);
@@ -471,7 +471,7 @@ impl Drop for Exporter {
         let dir = self.service.claim().dir();
         let desc_name = self.names.descriptor_name();
         let ours = dir
-            .read_file(&desc_name, super::descriptor::ENCODED_LEN)
+            .read_file(&desc_name, super::descriptor::MAX_ENCODED_LEN)
             .ok()
             .and_then(|b| Descriptor::decode(&b).ok())
             .is_some_and(|d| {

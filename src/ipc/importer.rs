@@ -127,7 +127,7 @@ fn wait_for_descriptor(
         let attempt = RendezvousDir::open(&names.dir, trust).and_then(|dir| {
             let bytes = dir.read_trusted(
                 &names.descriptor_name(),
-                super::descriptor::ENCODED_LEN,
+                super::descriptor::MAX_ENCODED_LEN,
                 trust,
             )?;
             Ok((dir, bytes))
@@ -140,7 +140,7 @@ fn wait_for_descriptor(
         // so now rather than time out waiting for a descriptor a channel never writes.
         let pool = format!("{}.pool.desc", names.name);
         let channel = RendezvousDir::open(&names.dir, trust)
-            .and_then(|dir| dir.read_trusted(&pool, super::descriptor::ENCODED_LEN, trust))
+            .and_then(|dir| dir.read_trusted(&pool, super::descriptor::MAX_ENCODED_LEN, trust))
             .is_ok_and(|b| Descriptor::decode(&b).is_ok());
         if channel {
             return Err(Error::InvalidArgument(format!(

@@ -57,14 +57,17 @@ pub(crate) mod importer;
 pub(crate) mod mapping;
 pub mod rendezvous;
 mod shared_buffer;
+mod tensor_layout;
 
 pub use descriptor::{
     CheckedDescriptor, Descriptor, DescriptorError, TypeTag, WireTransport,
-    ENCODED_LEN as DESCRIPTOR_LEN, VERSION as DESCRIPTOR_VERSION,
+    ENCODED_LEN as DESCRIPTOR_LEN, LAYOUT_VERSION as DESCRIPTOR_LAYOUT_VERSION,
+    MAX_ENCODED_LEN as MAX_DESCRIPTOR_LEN, VERSION as DESCRIPTOR_VERSION,
 };
 pub use exporter::{AllowedUsers, ExportOptions, ExportStats, Exporter, MIN_HANDSHAKE_TIMEOUT};
 pub use importer::{fetch, ImportOptions, Offer};
 pub use shared_buffer::{SharedDeviceBuffer, Signal};
+pub use tensor_layout::{DType, TensorLayout, MAX_DIMS, TENSOR_TYPE_TAG};
 
 use crate::device::Device;
 use crate::error::{Error, Result};

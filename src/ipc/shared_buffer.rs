@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytemuck::Pod;
 
+use super::tensor_layout::TensorLayout;
 use crate::context::Context;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -174,6 +175,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             generation: 1,
             signal_offset: signal_offset as u64,
             handle: alloc.legacy_handle.unwrap_or([0; 64]),
+            layout: None,
         };
         let base = alloc.base;
         let mut buf = SharedDeviceBuffer {
@@ -216,6 +218,34 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             ));
         }
         self.descriptor.type_tag = tag.0;
+        Ok(self)
+    }
+
+    /// Records the tensor the bytes hold (data type, shape, strides), for consumers in other
+    /// languages: PyTorch and CuPy through the Python package, whose importers check it. The
+    /// tensor must fit the buffer's bytes. Owner only; set it before exporting.
+    ///
+    /// ```no_run
+    /// use cuda_ipc::prelude::*;
+    /// use cuda_ipc::ipc::{DType, TensorLayout, TypeTag, TENSOR_TYPE_TAG};
+    /// let ctx = Context::new(Device::by_ordinal(0)?)?;
+    /// let layout = TensorLayout::contiguous(DType::F32, &[1024, 768])?;
+    /// let buf = SharedDeviceBuffer::<u8>::zeroed(&ctx, layout.extent_bytes() as usize, Transport::Fd)?
+    ///     .with_type_tag(TypeTag::named(TENSOR_TYPE_TAG))?
+    ///     .with_layout(layout)?;
+    /// let _exporter = Exporter::bind(std::env::temp_dir().join("weights"), &buf)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_layout(mut self, layout: TensorLayout) -> Result<Self> {
+        if !self.is_owner() {
+            return Err(Error::Unsupported(
+                "only the owner of a shared buffer can set its tensor layout".into(),
+            ));
+        }
+        let mut d = self.descriptor;
+        d.layout = Some(layout);
+        d.checked()?;
+        self.descriptor = d;
         Ok(self)
     }
 
@@ -564,6 +594,7 @@ impl<'ctx, T: Pod> SharedDeviceBuffer<'ctx, T> {
             generation: 0,
             signal_offset: 0,
             handle: *handle,
+            layout: None,
         };
         Self::placed(ctx, mapping, d, None)
     }

@@ -182,7 +182,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             newest: 0,
             announced: 0,
             instance,
-            pool: pool_exporter.descriptor().encode(),
+            pool: pool_exporter.descriptor().encode_v1(),
         };
         let shared = Arc::new(Shared::default());
         let admission = Admission {

@@ -373,7 +373,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 return Err(e);
             }
         };
-        if let Err(e) = same_pool(&welcome, &pool.descriptor().encode()) {
+        if let Err(e) = same_pool(&welcome, &pool.descriptor().encode_v1()) {
             // SAFETY: as above.
             let _ = unsafe { me.unregister(ctx) };
             return Err(e.into());
