@@ -81,7 +81,8 @@ impl PubState {
 
 impl Drop for PubState {
     fn drop(&mut self) {
-        drop(self.loan.take());
+        // The loan (no Drop of its own: its slot stays for the next loan) ends here.
+        self.loan = None;
         // SAFETY: made by `Box::into_raw` in `Publisher::new`; the loan that borrowed it is
         // gone; freed once, here.
         drop(unsafe { Box::from_raw(self.publisher.as_ptr()) });
