@@ -50,6 +50,23 @@ for line in sys.stdin:
   strip "$dir/$kind/$name"
 done
 
+# The Python package: its wheel (abi3, installs on the host's Python with --no-deps) and tests.
+rm -rf "$dir/python"
+mkdir -p "$dir/python"
+scripts/python-test.sh --wheel "$dir/python" >/dev/null
+cp -r python/tests "$dir/python/tests"
+cp python/pyproject.toml "$dir/python/"
+cat >"$dir/python/run-python-tests.sh" <<'PYRUN'
+#!/usr/bin/env bash
+# Installs the wheel into the host's Python (no network needed) and runs every Python test,
+# the GPU ones included (CUDA_IPC_GPU_TESTS=1: a missing GPU fails them).
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+python3 -m pip install --quiet --force-reinstall --no-deps "$here"/cuda_ipc-*.whl || exit 1
+cd "$here" && CUDA_IPC_GPU_TESTS=1 python3 -m pytest -q -rs -p no:cacheprovider --import-mode=importlib tests "$@"
+PYRUN
+chmod +x "$dir/python/run-python-tests.sh"
+
 # The compile-fail tests run rustc: they need a toolchain, which a GPU host may lack (CI runs them).
 rm -f "$dir/tests/compile_fail"
 
@@ -71,6 +88,8 @@ for t in "$here"/tests/*; do
   if [[ $rc -ne 0 || -z "$line" ]]; then bad+=("$(basename "$t")"); [[ -z "$line" ]] && failed=$((failed + 1)); fi
 done
 echo "gpu-bundle: ${passed} passed, ${failed} failed, ${ignored} ignored"
+echo "=== python"
+"$here/python/run-python-tests.sh" || bad+=("python")
 [[ ${#bad[@]} -eq 0 ]] || { echo "failing executables: ${bad[*]}"; exit 1; }
 RUN
 chmod +x "$dir/run-tests.sh"
