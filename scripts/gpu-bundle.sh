@@ -63,7 +63,7 @@ cat >"$dir/python/run-python-tests.sh" <<'PYRUN'
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python3 -m pip install --quiet --force-reinstall --no-deps "$here"/cuda_ipc-*.whl || exit 1
-cd "$here" && CUDA_IPC_GPU_TESTS=1 python3 -m pytest -q -rs -p no:cacheprovider --import-mode=importlib tests "$@"
+cd "$here" && CUDA_IPC_GPU_TESTS=1 python3 -m pytest -q -rs -p no:cacheprovider --import-mode=importlib tests/test_gpu.py "$@"
 PYRUN
 chmod +x "$dir/python/run-python-tests.sh"
 

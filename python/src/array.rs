@@ -38,6 +38,12 @@ impl Drop for Buffer {
 /// Reports an error met while dropping (a destructor cannot raise): Python's
 /// `sys.unraisablehook`, which prints it by default.
 pub fn log_drop(what: &str, e: &dyn std::fmt::Display) {
+    // SAFETY: a plain query of the interpreter's state, valid at any time.
+    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+        // At exit, after the interpreter is gone: standard error is all there is.
+        eprintln!("cuda-ipc: {what}: {e}");
+        return;
+    }
     Python::attach(|py| {
         let err = invalid(format!("cuda-ipc: {what}: {e}"));
         err.write_unraisable(py, None);

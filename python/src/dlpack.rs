@@ -133,6 +133,13 @@ unsafe extern "C" fn deleter(m: *mut DLManagedTensor) {
     // SAFETY: per the contract, `m` is the start of a `Holder` box (the first field, repr(C))
     // that nobody else frees.
     let holder = unsafe { Box::from_raw(m.cast::<Holder>()) };
+    // SAFETY: a plain query of the interpreter's state, valid at any time.
+    if unsafe { ffi::Py_IsInitialized() } == 0 {
+        // The interpreter is finalizing (a tensor collected at exit): the owner cannot be
+        // released any more, and the process is ending; leave it.
+        std::mem::forget(holder);
+        return;
+    }
     // Releasing the owner needs the interpreter; the consumer may call us without it.
     Python::attach(move |_py| drop(holder));
 }
