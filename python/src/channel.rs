@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cuda_ipc::ipc::{AllowedUsers, ExportOptions, ImportOptions, TensorLayout, TypeTag};
+use cuda_ipc::ipc::{
+    AllowedUsers, DescriptorError, ExportOptions, ImportOptions, TensorLayout, TypeTag,
+};
 use cuda_ipc::pubsub::{
     ChannelOptions, Loan as RustLoan, Policy, Publisher as RustPublisher, Sample as RustSample,
     Start, SubscribeOptions, Subscriber as RustSubscriber,
@@ -430,6 +432,21 @@ impl Subscriber {
         let p = path.clone();
         let sub = py
             .detach(move || RustSubscriber::<u8>::subscribe(ctx, &p, opts))
+            .map_err(|e| match e {
+                // The tag names the frames' data type and shape: say it in those terms.
+                cuda_ipc::Error::Descriptor(DescriptorError::Inconsistent(m))
+                    if m.contains("type tag") =>
+                {
+                    cuda_ipc::Error::Descriptor(DescriptorError::LayoutMismatch {
+                        expected: format!("frames of {layout}"),
+                        found: format!(
+                            "frames of another data type or shape (channel {})",
+                            path.display()
+                        ),
+                    })
+                }
+                other => other,
+            })
             .py_err()?;
         Ok(Subscriber {
             core: Mutex::new(Some(Arc::new(SubCore {

@@ -274,3 +274,49 @@ def test_torch_multiprocessing_queue_with_the_reducer(tmp_path):
         sys.path.remove(str(tmp_path))
     assert got == ("cuda:0", True, 500.0, "Parameter", True, 10.0), got
     assert proc.exitcode == 0
+
+
+def test_drop_oldest_skips_frames_for_a_slow_subscriber_and_other_frames_are_refused(
+        shared_dir, tmp_path):
+    import torch
+    path = shared_dir / "latest"
+    pub = cuda_ipc.Publisher(path, (256,), torch.int64, slots=3, policy="drop-oldest")
+    with pytest.raises(cuda_ipc.Descriptor, match="asked for frames of float32\\[256\\]"):
+        cuda_ipc.Subscriber(path, (256,), "float32", timeout=10)
+    sub = cuda_ipc.Subscriber(path, (256,), torch.int64, timeout=30, start="next")
+    pub.wait_subscribers(1, 30)
+    for _ in range(20):                          # nobody receives: the oldest are dropped
+        with pub.loan(timeout=10) as loan:
+            loan.torch().fill_(loan.seq)
+    torch.cuda.synchronize()
+    with sub.receive(timeout=10) as s:
+        assert s.seq > 1 and s.missed > 0, (s.seq, s.missed)
+        assert int(s.torch()[0]) == s.seq
+    assert sub.stats()["missed"] >= 1
+    pub.close()
+
+
+def test_careless_use_gets_clear_errors_not_crashes(shared_dir):
+    import torch
+    pub = cuda_ipc.Publisher(shared_dir / "c", (8,), "float32")
+    loan = pub.loan(timeout=5)
+    with pytest.raises(cuda_ipc.InvalidArgument, match="already on loan"):
+        pub.loan(timeout=1)
+    with pytest.raises(cuda_ipc.InvalidArgument, match="on loan"):
+        pub.stats()
+    loan.publish()
+    with pytest.raises(cuda_ipc.InvalidArgument, match="already published"):
+        loan.publish()
+    pub.close()
+    with pytest.raises(cuda_ipc.ChannelClosed):
+        pub.loan(timeout=1)
+    a = cuda_ipc.empty((4,), "float32")
+    with pytest.raises(cuda_ipc.InvalidArgument, match="only memory this process allocated"):
+        cuda_ipc._native.Exporter(cuda_ipc.SharedArray.__new__(cuda_ipc.SharedArray)
+                                  if False else loan.array, str(shared_dir / "x"))
+    e = cuda_ipc.share(a, shared_dir / "a")
+    with pytest.raises(cuda_ipc.NameInUse):
+        cuda_ipc.share(a, shared_dir / "a")
+    e.close()
+    with pytest.raises(cuda_ipc.InvalidArgument, match="closed"):
+        e.stats()
