@@ -56,7 +56,8 @@ class Kernels:
         self.cupy = cupy
         mod = cupy.RawModule(code=KERNELS)
         self.k = {n: mod.get_function(n) for n in ("stamp_a", "echo", "stamp_c")}
-        self.ext = cupy.cuda.ExternalStream(torch_stream.cuda_stream)
+        ptr = torch_stream.cuda_stream
+        self.ext = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr)
 
     def __call__(self, name, *args):
         cp = self.cupy
@@ -79,6 +80,7 @@ def ping(d: str, total: int, slots: int, device: int, timeout: float, gpu: bool)
     import torch
     import cuda_ipc
     torch.cuda.set_device(device)
+    torch.cuda.set_stream(torch.cuda.Stream(device))  # a stream of our own, as the Rust bench
     stream = torch.cuda.current_stream()
     k = make_kernels(stream, gpu)
     res = torch.zeros(3 * total, dtype=torch.int64, device=f"cuda:{device}")
@@ -114,6 +116,7 @@ def echo(d: str, total: int, slots: int, device: int, timeout: float, gpu: bool)
     import torch
     import cuda_ipc
     torch.cuda.set_device(device)
+    torch.cuda.set_stream(torch.cuda.Stream(device))  # a stream of our own, as the Rust bench
     stream = torch.cuda.current_stream()
     k = make_kernels(stream, gpu)
     pub = cuda_ipc.Publisher(os.path.join(d, "b"), (FRAME,), "uint8", device=device,

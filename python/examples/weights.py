@@ -234,8 +234,8 @@ class GpuStamps:
 
     def stamp(self, i: int) -> None:
         cupy, torch = self.cupy, self.torch
-        s = torch.cuda.current_stream()
-        with cupy.cuda.ExternalStream(s.cuda_stream):
+        ptr = torch.cuda.current_stream().cuda_stream
+        with (cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr)):
             self.kernel((1,), (1,), (cupy.uint64(self.buf.data_ptr()), cupy.int64(i % self.n)))
 
     def values(self) -> List[int]:
