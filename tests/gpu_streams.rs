@@ -246,3 +246,33 @@ fn pinned_async_copies_round_trip_and_are_safe_to_drop_while_pending() {
         cuda_ipc::take_drop_errors()
     );
 }
+
+/// Another library's stream (PyTorch's current stream, say) used through
+/// `Stream::from_raw_borrowed`: work queued through the crate runs on it, memory records it,
+/// and dropping the borrowed `Stream` leaves the stream to its owner.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn a_borrowed_stream_runs_the_crates_work_and_is_not_destroyed_on_drop() {
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let owner = Stream::new(&ctx).unwrap();
+    let mut buf = DeviceBuffer::<u32>::zeroed(&ctx, LEN).unwrap();
+    for round in 0..3u32 {
+        // SAFETY: `owner` is a live stream of `ctx` and outlives `borrowed`.
+        let borrowed = unsafe { Stream::from_raw_borrowed(&ctx, owner.raw()) };
+        assert_eq!(borrowed.raw(), owner.raw());
+        ctx.kernels()
+            .unwrap()
+            .iota_u32(&borrowed, &mut buf, round)
+            .unwrap();
+        drop(borrowed); // must not destroy `owner`'s stream
+        owner.synchronize().expect("the owner's stream is still alive");
+        let host = buf.copy_to_vec().unwrap();
+        assert_eq!(host[10], round + 10, "round {round}");
+    }
+    // The legacy default stream (a null handle) works too.
+    // SAFETY: null is the context's legacy default stream, which lives as long as the context.
+    let default = unsafe { Stream::from_raw_borrowed(&ctx, std::ptr::null_mut()) };
+    ctx.kernels().unwrap().iota_u32(&default, &mut buf, 100).unwrap();
+    default.synchronize().unwrap();
+    assert_eq!(buf.copy_to_vec().unwrap()[1], 101);
+}
