@@ -265,14 +265,19 @@ fn a_borrowed_stream_runs_the_crates_work_and_is_not_destroyed_on_drop() {
             .iota_u32(&borrowed, &mut buf, round)
             .unwrap();
         drop(borrowed); // must not destroy `owner`'s stream
-        owner.synchronize().expect("the owner's stream is still alive");
+        owner
+            .synchronize()
+            .expect("the owner's stream is still alive");
         let host = buf.copy_to_vec().unwrap();
         assert_eq!(host[10], round + 10, "round {round}");
     }
     // The legacy default stream (a null handle) works too.
     // SAFETY: null is the context's legacy default stream, which lives as long as the context.
     let default = unsafe { Stream::from_raw_borrowed(&ctx, std::ptr::null_mut()) };
-    ctx.kernels().unwrap().iota_u32(&default, &mut buf, 100).unwrap();
+    ctx.kernels()
+        .unwrap()
+        .iota_u32(&default, &mut buf, 100)
+        .unwrap();
     default.synchronize().unwrap();
     assert_eq!(buf.copy_to_vec().unwrap()[1], 101);
 }
