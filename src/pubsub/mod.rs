@@ -109,11 +109,13 @@ mod page;
 pub(crate) mod protocol;
 mod publisher;
 mod server;
+mod sharing;
 mod subscriber;
 mod wire;
 
 pub use layout::{MAX_SEQ, MAX_SLOTS, MAX_SUBSCRIBERS};
 pub use publisher::{Loan, Publisher, PublisherStats};
+pub use sharing::SharingMode;
 pub use subscriber::{Sample, Subscriber, SubscriberStats};
 
 /// What the publisher does when a subscriber is slow.

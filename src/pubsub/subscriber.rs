@@ -26,6 +26,7 @@ use crate::uses::StreamUses;
 use super::layout::*;
 use super::page::{self, Page};
 use super::protocol::{self, Pick, Picked, SubscriberState};
+use super::sharing::{self, EndInfo, SharingMode};
 use super::wire::{same_pool, Welcome};
 use super::{pool_path, Policy, Start, SubscribeOptions};
 
@@ -58,6 +59,8 @@ pub struct Subscriber<'ctx, T: Pod> {
     waits: Arc<Waits>,
     /// Releases this subscriber's GPU waits as soon as the publisher's connection closes.
     watcher: Option<Watcher>,
+    /// How it shares the GPU with the publisher (see [`SubscriberStats::sharing`]).
+    sharing: SharingMode,
 }
 
 /// The frames this subscriber's streams were made to wait for (per slot, the highest), and
@@ -228,6 +231,12 @@ pub struct SubscriberStats {
     pub missed: u64,
     /// Samples held now.
     pub held: usize,
+    /// How this subscriber shares the GPU with its publisher, as both reported when it joined:
+    /// [`SharingMode::SameGpuWithoutMps`] means ~150 µs per hand-over (the GPU time-slices
+    /// between the two processes' contexts), and the subscriber logged one warning (target
+    /// `cuda_ipc`) about it. The publisher's report is taken on its word: a publisher can
+    /// make this wrong, and nothing else depends on it.
+    pub sharing: SharingMode,
 }
 
 fn protocol_error(path: &Path, detail: impl Into<String>) -> Error {
@@ -353,6 +362,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             ));
         }
         let mut me = Page::from_peer(page_fd, &peer)?;
+        // How the two ends share the GPU: ours for the publisher, its own from the channel page.
+        let info = EndInfo::of(ctx);
+        info.store(me.words(), SUB_SHARING);
+        let sharing = sharing::sharing(&info, EndInfo::load(&chan, CHAN_SHARING).as_ref());
         me.register(ctx)?;
         let pool_len = welcome
             .slots
@@ -402,7 +415,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 return Err(e);
             }
         };
-        Ok(Subscriber {
+        let sub = Subscriber {
             ctx,
             path,
             conn,
@@ -418,7 +431,12 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             missed: Cell::new(0),
             gone: RefCell::new(None),
             watcher: Some(watcher),
-        })
+            sharing,
+        };
+        if sharing.is_time_sliced() {
+            sharing::warn_time_sliced(&format!("channel subscriber of {}", sub.path.display()));
+        }
+        Ok(sub)
     }
 
     /// The channel's path.
@@ -442,6 +460,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             received: self.received.get(),
             missed: self.missed.get(),
             held: self.held.get(),
+            sharing: self.sharing,
         }
     }
 
