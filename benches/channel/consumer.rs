@@ -256,6 +256,11 @@ fn channel(env: &Env, ctl: &Control, out: &mut Outcome) -> Result<()> {
     let k = ctx.kernels()?;
     let shm = SharedWords::open(&env.shm, SHM_WORDS).expect("mapping the shared words");
     let sub = subscribe(&ctx, env, &env.source)?;
+    eprintln!(
+        "channel bench helper {}: sharing with the publisher: {:?}",
+        env.index,
+        sub.stats().sharing
+    );
     let mut check = Checker::new(&ctx)?;
     ready(env);
     while !ctl.stopped() {
@@ -291,6 +296,10 @@ fn echo(env: &Env, ctl: &Control, out: &mut Outcome) -> Result<()> {
     let stream = Stream::new(&ctx)?;
     let k = ctx.kernels()?;
     let sub = subscribe(&ctx, env, &env.source)?;
+    eprintln!(
+        "channel bench helper echo: sharing with the publisher: {:?}",
+        sub.stats().sharing
+    );
     let mut back = Publisher::<u32>::create(
         &ctx,
         env.dir.join(BACK),
