@@ -61,6 +61,9 @@ pub struct Subscriber<'ctx, T: Pod> {
     watcher: Option<Watcher>,
     /// How it shares the GPU with the publisher (see [`SubscriberStats::sharing`]).
     sharing: SharingMode,
+    /// How long `pick` spins before it sleeps on the futex, adapted to how soon claims came
+    /// lately (see `pick`).
+    spin: Cell<Duration>,
 }
 
 /// The frames this subscriber's streams were made to wait for (per slot, the highest), and
@@ -432,6 +435,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             gone: RefCell::new(None),
             watcher: Some(watcher),
             sharing,
+            spin: Cell::new(SPIN_MAX),
         };
         if sharing.is_time_sliced() {
             sharing::warn_time_sliced(&format!("channel subscriber of {}", sub.path.display()));
@@ -515,7 +519,9 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             )));
         }
         self.wait_for_own_acks(timeout, deadline)?;
-        let mut spins = 0u32;
+        // When the next frame is not claimed yet, spin only as long as claims lately came
+        // within the spin budget, then sleep on the futex (see `adapt_spin`).
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let events = self.chan.load(EVENTS) as u32;
             let gone = self.publisher_gone();
@@ -531,6 +537,9 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                         return Err(self.gone_error(gone.unwrap_or_default()));
                     }
                     self.missed.set(self.missed.get().saturating_add(p.missed));
+                    if let Some(since) = waiting_since {
+                        self.adapt_spin(since.elapsed());
+                    }
                     return Ok(p);
                 }
                 Pick::NotYet => {
@@ -539,7 +548,8 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(Error::Timeout {
                     what: format!(
@@ -550,8 +560,8 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     waited: timeout,
                 });
             }
-            spins += 1;
-            if spins < 64 {
+            let since = *waiting_since.get_or_insert(now);
+            if now.duration_since(since) < self.spin.get() {
                 std::hint::spin_loop();
                 continue;
             }
@@ -569,6 +579,20 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             }
             waiting.store(0, SeqCst);
         }
+    }
+
+    /// Adapts the spin budget to how long the last wait for a claim took: a claim that came
+    /// within [`SPIN_MAX`] would have been (or was) caught by spinning, so the budget grows
+    /// back to it; one that came later was slept for anyway, so spinning first only burnt CPU
+    /// and the budget halves. A subscriber fed faster than it wakes up keeps spinning (no
+    /// futex round trip per frame); one fed slower sleeps at once (no spinning per frame).
+    fn adapt_spin(&self, waited: Duration) {
+        let spin = self.spin.get();
+        self.spin.set(if waited <= SPIN_MAX {
+            (spin * 2).clamp(SPIN_STEP, SPIN_MAX)
+        } else {
+            spin / 2
+        });
     }
 
     /// Slots this subscriber holds as the publisher sees them: `HOLD > ACK` in its page. A
@@ -797,6 +821,12 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         self.held.set(self.held.get().saturating_sub(1));
     }
 }
+
+/// The longest a subscriber spins for a claim before it sleeps on the futex (about what a
+/// futex wake-up costs the publisher and the subscriber together), and the smallest budget
+/// it grows back from.
+const SPIN_MAX: Duration = Duration::from_micros(10);
+const SPIN_STEP: Duration = Duration::from_micros(1);
 
 /// How long `Subscriber::drop` waits for the publisher to write the frames its streams wait
 /// for, before it releases them itself.
