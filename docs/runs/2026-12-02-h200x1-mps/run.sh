@@ -27,7 +27,8 @@ tests() { # name, limit, binary, args...
   timeout "$limit" "$exe" --include-ignored --test-threads=1 "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   log "  rc $rc: $(grep -E '^test result' "$OUT/$name.log" | tail -n 1)"
-  grep -E '^test .* FAILED$' "$OUT/$name.log" | sed 's/^/    /' | tee -a "$OUT/steps.log"
+  grep -E '^test .* FAILED$' "$OUT/$name.log" | grep -v zz_role_entry | sed 's/^/    /' |
+    tee -a "$OUT/steps.log"
 }
 bench() { # name, binary
   local name="$1" exe="$2" dir="$OUT/$1"
@@ -42,7 +43,7 @@ demo() { # name, args...
   local name="$1"; shift
   log "demo $name: $*"
   EXAMPLES_DIR="$B/examples" timeout 90 "$B/scripts/demo-channel.sh" "$@" >"$OUT/$name.log" 2>&1
-  log "  rc $?: $(grep -E '^demo: (PASS|FAIL)' "$OUT/$name.log")"
+  log "  rc $?: $(grep -E '^demo: (PASS|FAIL)' "$OUT/$name.log" || tail -n 2 "$OUT/$name.log")"
 }
 export CHANNEL_BENCH_BASELINES=none CHANNEL_BENCH_SUBS=1,8 \
   CHANNEL_BENCH_ONLY="latency/same-gpu,throughput" CHANNEL_BENCH_WARMUP_MS=100 \
