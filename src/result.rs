@@ -793,7 +793,12 @@ pub unsafe fn stream_write_values64(
         // SAFETY: `ops[..chunk.len()]` is a valid array of that many write operations laid out
         // as cuda.h's union (checked in sys); the addresses meet the caller's contract.
         check("cuStreamBatchMemOp", unsafe {
-            sys::cuStreamBatchMemOp_v2(stream, chunk.len() as std::os::raw::c_uint, ops.as_mut_ptr(), 0)
+            sys::cuStreamBatchMemOp_v2(
+                stream,
+                chunk.len() as std::os::raw::c_uint,
+                ops.as_mut_ptr(),
+                0,
+            )
         })?;
     }
     Ok(())

@@ -22,8 +22,8 @@ use crate::uses::StreamUses;
 use super::layout::*;
 use super::page::Page;
 use super::protocol::{Blocked, PublisherState};
-use super::sharing::{self, EndInfo, SharingMode};
 use super::server::{Admission, Member, Roster, Shared};
+use super::sharing::{self, EndInfo, SharingMode};
 use super::wire::{Welcome, MAX_ELEM_SIZE, MAX_FRAME_LEN};
 use super::{pool_path, ChannelOptions, Policy};
 

@@ -1,16 +1,17 @@
-//! How a channel's two ends share the GPU, detected when they meet: on another GPU, in one
-//! process, on one GPU through one MPS server, or on one GPU as two time-sliced contexts.
+//! How a channel's two ends share the GPU, detected when they meet: on another GPU, on one GPU
+//! through one MPS server, or on one GPU as two time-sliced contexts. (Both ends are always
+//! two processes: a subscriber in its publisher's process is refused, as any self-import.)
 //!
 //! Measured on 1 × H200 (docs/benchmarks.md): two processes on one GPU without MPS are two GPU
 //! contexts, which the GPU time-slices, so each hand-over from the publisher's context to a
 //! subscriber's costs ~150 µs whatever carries the signal; under MPS (both processes clients of
 //! one MPS server, hence one context) it costs a few µs, as across GPUs. Each end reports, in
 //! its own control page, its GPU's UUID, whether the driver routes its contexts through MPS
-//! (`CU_DEVICE_ATTRIBUTE_MPS_ENABLED`), which MPS server (the pipe directory's identity), and
-//! a random id of its process; each reads the other's. A peer lying about these changes only
+//! (`CU_DEVICE_ATTRIBUTE_MPS_ENABLED`, which the driver answers per process: 1 in a client of
+//! an MPS server, verified on 1 × H200 with driver 580), and which MPS server (the pipe
+//! directory's identity); each reads the other's. A peer lying about these changes only
 //! what the stats and the one warning say: nothing else depends on them.
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::OnceLock;
 
 use crate::context::Context;
 
@@ -39,8 +40,6 @@ pub enum SharingMode {
     Unknown,
     /// Different GPUs (peer access, e.g. NVLink): no GPU time-slicing between the two.
     OtherGpu,
-    /// One process (one context per GPU): no time-slicing between the two.
-    SameProcess,
     /// One GPU, both ends clients of the same MPS server: one shared context, hand-overs of a
     /// few µs.
     SameGpuMps,
@@ -64,19 +63,6 @@ pub(crate) struct EndInfo {
     pub mps: Option<bool>,
     /// Which MPS server: the identity (device, inode) of its pipe directory, 0 if unknown.
     pub mps_server: u64,
-    /// A random id of the process (0 if unknown).
-    pub process: u64,
-}
-
-/// A random id of this process, the same for every end in it.
-fn process_id() -> u64 {
-    static ID: OnceLock<u64> = OnceLock::new();
-    *ID.get_or_init(|| {
-        crate::os::random_bytes::<8>()
-            .map(u64::from_le_bytes)
-            .unwrap_or_else(|_| u64::from(std::process::id()) | 1 << 63)
-            .max(1)
-    })
 }
 
 /// The MPS pipe directory this process's clients use: `CUDA_MPS_PIPE_DIRECTORY`, else the
@@ -111,7 +97,6 @@ impl EndInfo {
             } else {
                 0
             },
-            process: process_id(),
         }
     }
 
@@ -125,7 +110,7 @@ impl EndInfo {
         w[1].store(u64::from_le_bytes(lo.try_into().expect("8 bytes")), SeqCst);
         w[2].store(u64::from_le_bytes(hi.try_into().expect("8 bytes")), SeqCst);
         w[3].store(self.mps_server, SeqCst);
-        w[4].store(self.process, SeqCst);
+        w[4].store(0, SeqCst); // reserved
         let mps = match self.mps {
             None => MPS_UNKNOWN,
             Some(false) => MPS_OFF,
@@ -152,7 +137,6 @@ impl EndInfo {
             uuid,
             mps,
             mps_server: words.load(at + 3),
-            process: words.load(at + 4),
         })
     }
 }
@@ -167,9 +151,6 @@ pub(crate) fn sharing(mine: &EndInfo, theirs: Option<&EndInfo>) -> SharingMode {
     }
     if mine.uuid != theirs.uuid {
         return SharingMode::OtherGpu;
-    }
-    if mine.process != 0 && mine.process == theirs.process {
-        return SharingMode::SameProcess;
     }
     match (mine.mps, theirs.mps) {
         (Some(true), Some(true)) => {
@@ -196,53 +177,48 @@ pub(crate) fn warn_time_sliced(who: &str) {
 mod tests {
     use super::*;
 
-    fn end(gpu: u8, mps: Option<bool>, server: u64, process: u64) -> EndInfo {
+    fn end(gpu: u8, mps: Option<bool>, server: u64) -> EndInfo {
         EndInfo {
             uuid: [gpu; 16],
             mps,
             mps_server: server,
-            process,
         }
     }
 
     #[test]
     fn each_way_of_sharing_is_told_apart() {
-        let me = end(1, Some(false), 0, 7);
+        let me = end(1, Some(false), 0);
         assert_eq!(sharing(&me, None), SharingMode::Unknown);
         assert_eq!(
-            sharing(&me, Some(&end(2, Some(false), 0, 8))),
+            sharing(&me, Some(&end(2, Some(false), 0))),
             SharingMode::OtherGpu
         );
         assert_eq!(
-            sharing(&me, Some(&end(1, Some(false), 0, 7))),
-            SharingMode::SameProcess
-        );
-        assert_eq!(
-            sharing(&me, Some(&end(1, Some(false), 0, 8))),
+            sharing(&me, Some(&end(1, Some(false), 0))),
             SharingMode::SameGpuWithoutMps
         );
         // Only one of the two is an MPS client: still two contexts.
         assert_eq!(
-            sharing(&end(1, Some(true), 5, 7), Some(&end(1, Some(false), 0, 8))),
+            sharing(&end(1, Some(true), 5), Some(&end(1, Some(false), 0))),
             SharingMode::SameGpuWithoutMps
         );
         assert_eq!(
-            sharing(&end(1, Some(true), 5, 7), Some(&end(1, Some(true), 5, 8))),
+            sharing(&end(1, Some(true), 5), Some(&end(1, Some(true), 5))),
             SharingMode::SameGpuMps
         );
         // Both MPS clients, server identity unknown on one side: taken as shared.
         assert_eq!(
-            sharing(&end(1, Some(true), 0, 7), Some(&end(1, Some(true), 5, 8))),
+            sharing(&end(1, Some(true), 0), Some(&end(1, Some(true), 5))),
             SharingMode::SameGpuMps
         );
         // Two different MPS servers on one GPU time-slice.
         assert_eq!(
-            sharing(&end(1, Some(true), 5, 7), Some(&end(1, Some(true), 6, 8))),
+            sharing(&end(1, Some(true), 5), Some(&end(1, Some(true), 6))),
             SharingMode::SameGpuWithoutMps
         );
         // A driver that cannot say: unknown, no warning.
         assert_eq!(
-            sharing(&end(1, None, 0, 7), Some(&end(1, Some(true), 5, 8))),
+            sharing(&end(1, None, 0), Some(&end(1, Some(true), 5))),
             SharingMode::Unknown
         );
         assert!(SharingMode::SameGpuWithoutMps.is_time_sliced());
@@ -257,7 +233,6 @@ mod tests {
             uuid: *b"0123456789abcdef",
             mps: Some(true),
             mps_server: 0xfeed,
-            process: 42,
         };
         info.store(&words, 3);
         assert_eq!(EndInfo::load(&words, 3), Some(info));
