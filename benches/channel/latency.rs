@@ -360,6 +360,7 @@ fn channel_case(
         SubscribeOptions {
             timeout: s.timeout,
             start: Start::Next,
+            waiting: c::waiting(),
             ..Default::default()
         },
     )?;

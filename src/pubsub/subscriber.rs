@@ -28,7 +28,7 @@ use super::page::{self, Page};
 use super::protocol::{self, Pick, Picked, SubscriberState};
 use super::sharing::{self, EndInfo, SharingMode};
 use super::wire::{same_pool, Welcome};
-use super::{pool_path, Policy, Start, SubscribeOptions};
+use super::{pool_path, Policy, Start, SubscribeOptions, Waiting};
 
 /// The subscribing end of a channel: maps the publisher's pool once, then receives frames
 /// in place. See the [module docs](super).
@@ -61,8 +61,10 @@ pub struct Subscriber<'ctx, T: Pod> {
     watcher: Option<Watcher>,
     /// How it shares the GPU with the publisher (see [`SubscriberStats::sharing`]).
     sharing: SharingMode,
-    /// How long `pick` spins before it sleeps on the futex, adapted to how soon claims came
-    /// lately (see `pick`).
+    /// How `pick` waits for a claim (see [`Waiting`]).
+    waiting: Waiting,
+    /// With [`Waiting::Adaptive`]: how long `pick` spins before it sleeps on the futex,
+    /// adapted to how soon claims came lately (see `adapt_spin`).
     spin: Cell<Duration>,
 }
 
@@ -435,7 +437,11 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             gone: RefCell::new(None),
             watcher: Some(watcher),
             sharing,
-            spin: Cell::new(SPIN_MAX),
+            waiting: opts.waiting,
+            spin: Cell::new(match opts.waiting {
+                Waiting::Adaptive { max } => max,
+                Waiting::Eager => Duration::ZERO,
+            }),
         };
         if sharing.is_time_sliced() {
             sharing::warn_time_sliced(&format!("channel subscriber of {}", sub.path.display()));
@@ -519,8 +525,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             )));
         }
         self.wait_for_own_acks(timeout, deadline)?;
-        // When the next frame is not claimed yet, spin only as long as claims lately came
-        // within the spin budget, then sleep on the futex (see `adapt_spin`).
+        // When the next frame is not claimed yet: spin (64 rounds, or with `Adaptive` only as
+        // long as claims lately came within the budget, see `adapt_spin`), then sleep on the
+        // futex.
+        let mut spins = 0u32;
         let mut waiting_since: Option<Instant> = None;
         loop {
             let events = self.chan.load(EVENTS) as u32;
@@ -561,7 +569,12 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 });
             }
             let since = *waiting_since.get_or_insert(now);
-            if now.duration_since(since) < self.spin.get() {
+            spins += 1;
+            let spin = match self.waiting {
+                Waiting::Eager => spins < EAGER_SPINS,
+                Waiting::Adaptive { .. } => now.duration_since(since) < self.spin.get(),
+            };
+            if spin {
                 std::hint::spin_loop();
                 continue;
             }
@@ -581,15 +594,19 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         }
     }
 
-    /// Adapts the spin budget to how long the last wait for a claim took: a claim that came
-    /// within [`SPIN_MAX`] would have been (or was) caught by spinning, so the budget grows
-    /// back to it; one that came later was slept for anyway, so spinning first only burnt CPU
-    /// and the budget halves. A subscriber fed faster than it wakes up keeps spinning (no
-    /// futex round trip per frame); one fed slower sleeps at once (no spinning per frame).
+    /// With [`Waiting::Adaptive`], adapts the spin budget to how long the last wait for a
+    /// claim took: a claim that came within `max` would have been (or was) caught by
+    /// spinning, so the budget grows back to it; one that came later was slept for anyway, so
+    /// spinning first only burnt CPU and the budget halves. A subscriber fed faster than it
+    /// wakes up keeps spinning (no futex round trip per frame); one fed slower sleeps at once
+    /// (no spinning per frame).
     fn adapt_spin(&self, waited: Duration) {
+        let Waiting::Adaptive { max } = self.waiting else {
+            return;
+        };
         let spin = self.spin.get();
-        self.spin.set(if waited <= SPIN_MAX {
-            (spin * 2).clamp(SPIN_STEP, SPIN_MAX)
+        self.spin.set(if waited <= max {
+            (spin * 2).clamp(SPIN_STEP.min(max), max)
         } else {
             spin / 2
         });
@@ -822,10 +839,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
     }
 }
 
-/// The longest a subscriber spins for a claim before it sleeps on the futex (about what a
-/// futex wake-up costs the publisher and the subscriber together), and the smallest budget
-/// it grows back from.
-const SPIN_MAX: Duration = Duration::from_micros(10);
+/// With [`Waiting::Eager`]: rounds of `try_pick` a subscriber spins for a claim before it
+/// sleeps on the futex.
+const EAGER_SPINS: u32 = 64;
+/// With [`Waiting::Adaptive`]: the smallest budget the spin grows back from.
 const SPIN_STEP: Duration = Duration::from_micros(1);
 
 /// How long `Subscriber::drop` waits for the publisher to write the frames its streams wait
