@@ -26,7 +26,8 @@
 //! `_SUBS` [1,4,8: 4K subscriber counts], `_PACE_US` [0], `_SPACED_US` [1000, 0: no spaced
 //! run], `_SPACED_ROUNDS` [1000], `_ONLY` [all; comma-separated substrings of the case keys
 //! `latency/same-gpu`, `latency/peer-gpu`, `throughput/4KiB x1`, `throughput/4K x8`, `torch`],
-//! `_BASELINES` [file,notify,torch], `_TORCH_SCRIPT`, `_PYTHON` [python3], `_TORCH_SECS` [1],
+//! `_BASELINES` [file,notify,torch], `_WAIT` [eager; `adaptive[:MAX_US]`: the subscribers'
+//! `pubsub::Waiting`], `_TORCH_SCRIPT`, `_PYTHON` [python3], `_TORCH_SECS` [1],
 //! `_TIMER_TOLERANCE_NS` [1000], `_TIMEOUT_S` [20], `_OUT`.
 
 mod common;

@@ -240,6 +240,12 @@ fn run(o: &Options) -> Result<()> {
     stream.synchronize()?;
     let elapsed = start.elapsed();
 
+    // How the subscribers share the GPU with this publisher (they are all still connected).
+    let sharing = publisher.stats();
+    println!(
+        "{PROGRAM}: sharing: same_gpu_without_mps={} same_gpu_mps={} (of {} subscribers)",
+        sharing.same_gpu_without_mps, sharing.same_gpu_mps, sharing.subscribers
+    );
     // Let the subscribers take the last frames before the channel closes.
     let linger_start = Instant::now();
     while publisher.stats().subscribers > 0 && linger_start.elapsed() < o.linger {

@@ -271,14 +271,15 @@ fn run(o: &Options) -> Result<bool> {
     println!(
         "{PROGRAM}: gpu={} path={} frames={received} missed={missed} verify_failures={} \
          bad_words={} seconds={secs:.3} fps={fps:.1} latency_us_p50={} latency_us_p99={} \
-         latency_us_max={} end={end}",
+         latency_us_max={} end={end} sharing={:?}",
         o.gpu,
         if o.cpu { "cpu" } else { "gpu" },
         verified.failures,
         verified.bad_words,
         us(0.5),
         us(0.99),
-        us(1.0)
+        us(1.0),
+        sub.stats().sharing
     );
     let complete = o
         .frames

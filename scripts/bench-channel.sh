@@ -11,6 +11,10 @@
 # machine.txt and criterion's own output (criterion/). Extra arguments go to criterion (a
 # filter, --measurement-time …); CHANNEL_BENCH_* variables tune the run (see
 # benches/channel/settings.rs). Exit status: the bench's.
+#
+# CHANNEL_BENCH_MPS=both (root, GPU host): runs the bench twice, into OUT/no-mps and then
+# OUT/mps under an MPS control daemon of its own (nvidia-cuda-mps-control -d with its own pipe
+# directory, quit at the end): the same-GPU figures with and without MPS in one run.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -41,6 +45,27 @@ for line in sys.stdin:
   exit 0
 fi
 [[ "${1:-}" == "--run" ]] && shift
+
+if [[ "${CHANNEL_BENCH_MPS:-}" == both ]]; then
+  out="${1:?usage: CHANNEL_BENCH_MPS=both bench-channel.sh OUT [criterion args…]}"
+  shift
+  [[ $(id -u) -eq 0 ]] || { echo "bench-channel: CHANNEL_BENCH_MPS=both needs root (MPS daemon)" >&2; exit 2; }
+  control="$(command -v nvidia-cuda-mps-control || echo /usr/local/nvidia/bin/nvidia-cuda-mps-control)"
+  [[ -x "$control" ]] || { echo "bench-channel: no nvidia-cuda-mps-control" >&2; exit 2; }
+  CHANNEL_BENCH_MPS="" "${BASH_SOURCE[0]}" --run "$out/no-mps" "$@"
+  rc=$?
+  mps="$(mktemp -d /tmp/cuda-ipc-bench-mps.XXXXXX)"
+  export CUDA_MPS_PIPE_DIRECTORY="$mps/pipe" CUDA_MPS_LOG_DIRECTORY="$mps/log"
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  timeout 20 "$control" -d || { echo "bench-channel: nvidia-cuda-mps-control -d failed" >&2; exit 1; }
+  echo "bench-channel: MPS control daemon started (pipe directory $CUDA_MPS_PIPE_DIRECTORY)"
+  CHANNEL_BENCH_MPS="" "${BASH_SOURCE[0]}" --run "$out/mps" "$@"
+  rc2=$?
+  echo quit | timeout 20 "$control" >/dev/null 2>&1
+  echo "bench-channel: MPS control daemon stopped; without MPS: $out/no-mps, under MPS: $out/mps"
+  rm -rf "$mps"
+  exit $((rc > rc2 ? rc : rc2))
+fi
 
 out="${1:?usage: bench-channel.sh OUT [criterion args…]  (or --bundle DIR, here)}"
 shift

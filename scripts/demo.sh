@@ -14,7 +14,7 @@
 #   scripts/demo.sh --channel [--subscribers 2] [--policy block|drop-oldest] [--frames N]
 #                   [--gpus all|0,1] [--publisher-gpu N] [--slots N] [--transport T]
 #                   [--frame-bytes B] [--cpu-subscriber] [--timeout S] [--pods]
-#                   [--user UID[:GID] | --non-root]
+#                   [--user UID[:GID] | --non-root] [--mps]
 #
 # Subscriber i maps the frames on GPU gpus[i % len] (default: every GPU nvidia-smi lists, so
 # with two GPUs one subscriber reads over NVLink). --pods: each process in its own PID namespace;

@@ -308,6 +308,13 @@ impl Device {
         }
     }
 
+    /// Whether the contexts this process creates on this GPU go through an MPS server
+    /// (`CU_DEVICE_ATTRIBUTE_MPS_ENABLED`, a per-process answer); `None` when the driver
+    /// predates the attribute.
+    pub fn mps_enabled(&self) -> Option<bool> {
+        self.attribute(attr::MPS_ENABLED).ok().map(|v| v != 0)
+    }
+
     fn attribute(&self, attribute: i32) -> Result<i32> {
         Ok(result::device_attribute(self.raw, attribute)?)
     }

@@ -763,6 +763,47 @@ pub unsafe fn stream_wait_value64_geq(
     })
 }
 
+/// Most operations one `cuStreamBatchMemOp` takes ("must be less than 256").
+pub const MAX_BATCH_MEM_OPS: usize = 255;
+
+/// `cuStreamBatchMemOp_v2` of `CU_STREAM_MEM_OP_WRITE_VALUE_64` operations (default flags,
+/// each with its memory barrier, as [`stream_write_value64`]): the stream writes each
+/// `(address, value)` in order, as that many [`stream_write_value64`] calls would, with one
+/// driver call per [`MAX_BATCH_MEM_OPS`] writes. Nothing is queued for an empty list; on an
+/// error, some chunks may be queued and later ones not.
+///
+/// # Safety
+/// As [`stream_write_value64`], for every address.
+pub unsafe fn stream_write_values64(
+    stream: CUstream,
+    writes: &[(CUdeviceptr, u64)],
+) -> DriverResult<()> {
+    let mut ops = [sys::StreamMemOpWrite64::default(); MAX_BATCH_MEM_OPS];
+    for chunk in writes.chunks(MAX_BATCH_MEM_OPS) {
+        for (op, &(address, value)) in ops.iter_mut().zip(chunk) {
+            *op = sys::StreamMemOpWrite64 {
+                operation: sys::STREAM_MEM_OP_WRITE_VALUE_64,
+                address,
+                value,
+                flags: sys::STREAM_WRITE_VALUE_DEFAULT,
+                alias: 0,
+                pad: 0,
+            };
+        }
+        // SAFETY: `ops[..chunk.len()]` is a valid array of that many write operations laid out
+        // as cuda.h's union (checked in sys); the addresses meet the caller's contract.
+        check("cuStreamBatchMemOp", unsafe {
+            sys::cuStreamBatchMemOp_v2(
+                stream,
+                chunk.len() as std::os::raw::c_uint,
+                ops.as_mut_ptr(),
+                0,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// `cuMemHostRegister_v2(p, bytes, PORTABLE | DEVICEMAP)` then `cuMemHostGetDevicePointer_v2`:
 /// page-locks `bytes` of host memory at `p` and returns its device address (valid in every
 /// context of the process: unified addressing).

@@ -57,6 +57,10 @@ pub mod attribute {
     pub const COMPUTE_CAPABILITY_MINOR: i32 = 76;
     pub const VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED: i32 = 102;
     pub const HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED: i32 = 103;
+    /// `CU_DEVICE_ATTRIBUTE_MPS_ENABLED` (CUDA 12.x+; 133 in cuda.h of CUDA 13.0): 1 when the
+    /// contexts this process creates on the device are shared through an MPS server. An older
+    /// driver answers `CUDA_ERROR_INVALID_VALUE`.
+    pub const MPS_ENABLED: i32 = 133;
 }
 
 /// `CU_STREAM_WAIT_VALUE_GEQ`: wait until `(int32_t)(*addr - value) >= 0`.
@@ -81,6 +85,24 @@ pub const MEMHOSTREGISTER_DEVICEMAP: c_uint = 0x2;
 pub const STREAM_NON_BLOCKING: c_uint = 0x1;
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
 pub const IPC_MEM_LAZY_ENABLE_PEER_ACCESS: c_uint = 0x1;
+/// `CU_STREAM_MEM_OP_WRITE_VALUE_64`: a [`StreamMemOpWrite64`]'s operation.
+pub const STREAM_MEM_OP_WRITE_VALUE_64: c_uint = 5;
+
+/// One element of [`cuStreamBatchMemOp_v2`]'s array, laid out as cuda.h's
+/// `CUstreamBatchMemOpParams` union (48 bytes) holding its `writeValue` member: the operation,
+/// the device address, the 64-bit value, the flags, and `alias` (for the driver's own use).
+/// The bindings of CUDA 10.2 have no such union with 64-bit values, hence this declaration.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamMemOpWrite64 {
+    pub operation: c_uint,
+    pub address: CUdeviceptr,
+    pub value: u64,
+    pub flags: c_uint,
+    pub alias: CUdeviceptr,
+    /// The rest of the union (`cuuint64_t pad[6]`).
+    pub pad: u64,
+}
 
 // Layout checks for what crosses process boundaries or the FFI by value.
 const _: () = assert!(std::mem::size_of::<CUipcMemHandle>() == 64);
@@ -91,6 +113,11 @@ const _: () = assert!(std::mem::size_of::<CUmemAllocationProp>() == 32);
 const _: () = assert!(std::mem::size_of::<CUmemAccessDesc>() == 12);
 const _: () = assert!(std::mem::size_of::<CUmemLocation>() == 8);
 const _: () = assert!(std::mem::size_of::<CUresultCode>() == 4);
+const _: () = assert!(std::mem::size_of::<StreamMemOpWrite64>() == 48);
+const _: () = assert!(std::mem::offset_of!(StreamMemOpWrite64, address) == 8);
+const _: () = assert!(std::mem::offset_of!(StreamMemOpWrite64, value) == 16);
+const _: () = assert!(std::mem::offset_of!(StreamMemOpWrite64, flags) == 24);
+const _: () = assert!(std::mem::offset_of!(StreamMemOpWrite64, alias) == 32);
 
 // ---- the driver library, loaded at run time --------------------------------------------------
 
@@ -389,6 +416,14 @@ driver_api! {
         stream: CUstream,
         addr: CUdeviceptr,
         value: u64,
+        flags: c_uint,
+    );
+    /// `_v2` (CUDA 11.7), see [`cuStreamWriteValue32_v2`]. Declared for write operations
+    /// only ([`StreamMemOpWrite64`]), the one kind this crate batches.
+    fn cuStreamBatchMemOp_v2(
+        stream: CUstream,
+        count: c_uint,
+        params: *mut StreamMemOpWrite64,
         flags: c_uint,
     );
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use cuda_ipc::ipc::Transport;
 use cuda_ipc::kernels::reference;
 use cuda_ipc::prelude::*;
-use cuda_ipc::pubsub::{ChannelOptions, Policy, Publisher, Start, SubscribeOptions, Subscriber};
+use cuda_ipc::pubsub::{
+    ChannelOptions, Policy, Publisher, SharingMode, Start, SubscribeOptions, Subscriber,
+};
 
 mod common;
 use common::{temp_dir, RoleProcess};
@@ -32,6 +34,7 @@ struct SubResult {
     in_order: bool,
     consecutive: bool,
     end: String,
+    sharing: String,
 }
 
 fn parse(line: &str) -> SubResult {
@@ -49,6 +52,7 @@ fn parse(line: &str) -> SubResult {
             "in_order" => r.in_order = v == "true",
             "consecutive" => r.consecutive = v == "true",
             "end" => r.end = v.to_string(),
+            "sharing" => r.sharing = v.to_string(),
             _ => {}
         }
     }
@@ -174,8 +178,9 @@ fn subscriber_role() {
     println!(
         "SUBRESULT received={received} missed={missed} errors={} first={first} last={last} \
          in_order={in_order} consecutive={consecutive} end={end} fds_before={fds_before} \
-         fds_after={fds_after}",
-        gpu_errors + host_errors
+         fds_after={fds_after} sharing={:?}",
+        gpu_errors + host_errors,
+        stats.sharing
     );
 }
 
@@ -272,6 +277,72 @@ fn block_every_frame(transport: Transport, frame_len: usize, frames: u64) {
 fn block_delivers_every_frame_to_every_subscriber_on_both_gpus() {
     // 1 MiB frames; two subscribers on GPU 0, one on GPU 1 (NVLink) when there is one.
     block_every_frame(Transport::Fd, 1 << 18, 300);
+}
+
+/// Each end says how it shares the GPU with the other: a subscriber on the publisher's GPU
+/// reports `SameGpuMps` under MPS and `SameGpuWithoutMps` without (as the driver's MPS
+/// attribute says), and the publisher counts it the same way; one on another GPU (with two)
+/// `OtherGpu`.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn each_end_reports_how_it_shares_the_gpu() {
+    let dir = temp_dir("chan-sharing");
+    let path = dir.join("frames");
+    let ctx = Context::new(Device::by_ordinal(0).unwrap()).unwrap();
+    let stream = Stream::new(&ctx).unwrap();
+    let k = ctx.kernels().unwrap();
+    let mps = ctx.device().mps_enabled();
+    println!("MPS_ENABLED attribute on GPU 0: {mps:?}");
+    let expected = match mps {
+        Some(true) => SharingMode::SameGpuMps,
+        Some(false) => SharingMode::SameGpuWithoutMps,
+        None => SharingMode::Unknown,
+    };
+    let opts = ChannelOptions {
+        slots: 4,
+        ..ChannelOptions::default()
+    };
+    let mut p = Publisher::<u32>::create(&ctx, &path, 1024, opts).unwrap();
+    let frames = 5;
+    let mut gpu_of = vec![0];
+    if gpus() > 1 {
+        gpu_of.push(1);
+    }
+    let subs: Vec<_> = gpu_of
+        .iter()
+        .map(|&g| RoleProcess::spawn(&[], &sub_env(&path, g, frames, "next", 0, false, "")))
+        .collect();
+    p.wait_subscribers(subs.len(), SECS).unwrap();
+    // Each subscriber writes its report before it maps the pool: wait until both are counted.
+    let t = Instant::now();
+    let counted = |p: &Publisher<'_, u32>| {
+        let st = p.stats();
+        (st.same_gpu_mps, st.same_gpu_without_mps)
+    };
+    let want = match expected {
+        SharingMode::SameGpuMps => (1, 0),
+        SharingMode::SameGpuWithoutMps => (0, 1),
+        _ => (0, 0),
+    };
+    while counted(&p) != want && t.elapsed() < SECS {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        counted(&p),
+        want,
+        "the publisher's count of same-GPU subscribers (mps, without mps)"
+    );
+    publish(&mut p, &k, &stream, frames);
+    for (s, g) in subs.into_iter().zip(gpu_of) {
+        let r = finish(s);
+        assert_eq!((r.received, r.errors), (frames, 0), "GPU {g}: {r:?}");
+        let want = if g == 0 {
+            expected
+        } else {
+            SharingMode::OtherGpu
+        };
+        assert_eq!(r.sharing, format!("{want:?}"), "subscriber on GPU {g}");
+    }
 }
 
 #[test]

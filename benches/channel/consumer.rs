@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use cuda_ipc::ipc::{Exporter, SharedDeviceBuffer, Transport};
 use cuda_ipc::prelude::*;
-use cuda_ipc::pubsub::{ChannelOptions, Policy, Publisher, Start, SubscribeOptions, Subscriber};
+use cuda_ipc::pubsub::{
+    ChannelOptions, Policy, Publisher, Start, SubscribeOptions, Subscriber, Waiting,
+};
 
 use crate::common::{self, shm::SharedWords};
 
@@ -243,9 +245,26 @@ fn subscribe<'ctx>(ctx: &'ctx Context, env: &Env, path: &Path) -> Result<Subscri
         SubscribeOptions {
             timeout: env.timeout,
             start: Start::Next,
+            waiting: waiting(),
             ..Default::default()
         },
     )
+}
+
+/// How the bench's subscribers wait for a claim: `CHANNEL_BENCH_WAIT=adaptive[:MAX_US]`
+/// (default 10 µs) for `Waiting::Adaptive`, else the default `Waiting::Eager`.
+pub fn waiting() -> Waiting {
+    let v = std::env::var("CHANNEL_BENCH_WAIT").unwrap_or_default();
+    match v
+        .trim()
+        .split_once(':')
+        .map_or((v.trim(), None), |(a, b)| (a, Some(b)))
+    {
+        ("adaptive", us) => Waiting::Adaptive {
+            max: Duration::from_micros(us.and_then(|u| u.parse().ok()).unwrap_or(10)),
+        },
+        _ => Waiting::Eager,
+    }
 }
 
 /// A channel subscriber: receives every frame on its stream, checks it (`verify_frame`) and
@@ -256,6 +275,11 @@ fn channel(env: &Env, ctl: &Control, out: &mut Outcome) -> Result<()> {
     let k = ctx.kernels()?;
     let shm = SharedWords::open(&env.shm, SHM_WORDS).expect("mapping the shared words");
     let sub = subscribe(&ctx, env, &env.source)?;
+    eprintln!(
+        "channel bench helper {}: sharing with the publisher: {:?}",
+        env.index,
+        sub.stats().sharing
+    );
     let mut check = Checker::new(&ctx)?;
     ready(env);
     while !ctl.stopped() {
@@ -291,6 +315,10 @@ fn echo(env: &Env, ctl: &Control, out: &mut Outcome) -> Result<()> {
     let stream = Stream::new(&ctx)?;
     let k = ctx.kernels()?;
     let sub = subscribe(&ctx, env, &env.source)?;
+    eprintln!(
+        "channel bench helper echo: sharing with the publisher: {:?}",
+        sub.stats().sharing
+    );
     let mut back = Publisher::<u32>::create(
         &ctx,
         env.dir.join(BACK),

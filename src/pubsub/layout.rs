@@ -56,6 +56,16 @@ pub const SUB_NEXT: usize = 384;
 /// so that the publisher makes the wake-up system call only when someone sleeps.
 pub const SUB_WAITING: usize = 392;
 
+/// Channel page, first of [`INFO_WORDS`](super::sharing::INFO_WORDS) words: the publisher's
+/// report of how it uses the GPU (its UUID, MPS, process; see `sharing.rs`), written once
+/// before the page is sealed.
+pub const CHAN_SHARING: usize = 192;
+
+/// Subscriber page, first of [`INFO_WORDS`](super::sharing::INFO_WORDS) words: this
+/// subscriber's report of how it uses the GPU (its CPU, once, at `subscribe`). Read by the
+/// publisher for its stats and its warning only.
+pub const SUB_SHARING: usize = 400;
+
 /// The largest frame number a channel reaches (2^62). The publisher stops there (its `loan`
 /// says the channel is closed), and a subscriber takes a larger number from a peer as a
 /// protocol violation. Far from any real channel's life (2^62 frames at a million a second is
@@ -72,3 +82,7 @@ const _: () = assert!(SUB_READY + MAX_SLOTS <= SUB_HOLD);
 const _: () = assert!(SUB_HOLD + MAX_SLOTS <= SUB_ACK);
 const _: () = assert!(SUB_ACK + MAX_SLOTS <= SUB_NEXT);
 const _: () = assert!(SUB_NEXT < SUB_WAITING && SUB_WAITING < PAGE_BYTES / 8);
+const _: () = assert!(SLOT_READY + MAX_SLOTS <= CHAN_SHARING);
+const _: () = assert!(CHAN_SHARING + super::sharing::INFO_WORDS <= PAGE_BYTES / 8);
+const _: () = assert!(SUB_WAITING < SUB_SHARING);
+const _: () = assert!(SUB_SHARING + super::sharing::INFO_WORDS <= PAGE_BYTES / 8);

@@ -22,7 +22,8 @@ use crate::uses::StreamUses;
 use super::layout::*;
 use super::page::Page;
 use super::protocol::{Blocked, PublisherState};
-use super::server::{Admission, Roster, Shared};
+use super::server::{Admission, Member, Roster, Shared};
+use super::sharing::{self, EndInfo, SharingMode};
 use super::wire::{Welcome, MAX_ELEM_SIZE, MAX_FRAME_LEN};
 use super::{pool_path, ChannelOptions, Policy};
 
@@ -39,6 +40,14 @@ pub struct PublisherStats {
     pub left: u64,
     /// Connections refused (uid not allowed, or the channel full).
     pub refused: u64,
+    /// Subscribers now on this publisher's GPU in another process without a shared MPS
+    /// server: the GPU time-slices between their contexts and this one, ~150 µs per
+    /// hand-over (1 × H200). The publisher logs one warning (target `cuda_ipc`) the first
+    /// time it sees one. Each subscriber reports itself, so a subscriber can make this count
+    /// wrong about itself only.
+    pub same_gpu_without_mps: usize,
+    /// Subscribers now on this publisher's GPU through the same MPS server (fast hand-overs).
+    pub same_gpu_mps: usize,
 }
 
 /// The publishing end of a channel: owns a pool of `slots` frames of `frame_len` elements of
@@ -64,6 +73,10 @@ pub struct Publisher<'ctx, T: Pod> {
     published: u64,
     /// A publish failed half-way: the channel is closed.
     broken: bool,
+    /// How this end uses the GPU (also in the channel page, for subscribers).
+    info: EndInfo,
+    /// The warning about a time-sliced subscriber was logged (once per publisher).
+    warned: bool,
     /// The channel's socket (`<name>.sock`), its thread and the name's lock.
     service: Service,
 }
@@ -166,6 +179,8 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         // fails here, with nothing to undo.
         let mut chan = Page::create(&format!("cuda-ipc {} channel", names.name))?;
         chan.words()[MAGIC].store(MAGIC_VALUE, SeqCst);
+        let info = EndInfo::of(ctx);
+        info.store(chan.words(), CHAN_SHARING);
         chan.seal_read_only()?;
         chan.register(ctx)?;
         let mut chan = Arc::new(chan);
@@ -226,6 +241,8 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             control_uses: StreamUses::default(),
             published: 0,
             broken: false,
+            info,
+            warned: false,
             service,
         })
     }
@@ -254,12 +271,44 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
     pub fn stats(&self) -> PublisherStats {
         let service = self.service.stats().get();
         let r = self.shared.lock();
+        let modes: Vec<SharingMode> = r.live.iter().map(|m| self.sharing_of(m)).collect();
+        let count = |mode| modes.iter().filter(|&&m| m == mode).count();
         PublisherStats {
+            same_gpu_without_mps: count(SharingMode::SameGpuWithoutMps),
+            same_gpu_mps: count(SharingMode::SameGpuMps),
             published: self.published,
             subscribers: r.live.len(),
             joined: r.joined,
             left: r.left,
             refused: service.refused_uid + service.refused_by_hook + service.busy,
+        }
+    }
+
+    /// How subscriber `m` shares the GPU with this publisher, as it reported (cached once
+    /// known).
+    fn sharing_of(&self, m: &Member) -> SharingMode {
+        m.sharing.unwrap_or_else(|| {
+            sharing::sharing(
+                &self.info,
+                EndInfo::load(m.page.words(), SUB_SHARING).as_ref(),
+            )
+        })
+    }
+
+    /// Notes how each new subscriber shares the GPU (a few loads per subscriber until it has
+    /// reported), and logs the one warning of this publisher if one is time-sliced with it.
+    fn check_sharing(info: &EndInfo, path: &Path, warned: &mut bool, r: &mut Roster) {
+        let mut sliced = false;
+        for m in r.live.iter_mut().filter(|m| m.sharing.is_none()) {
+            let mode = sharing::sharing(info, EndInfo::load(m.page.words(), SUB_SHARING).as_ref());
+            if mode != SharingMode::Unknown {
+                m.sharing = Some(mode);
+            }
+            sliced |= mode.is_time_sliced();
+        }
+        if sliced && !*warned {
+            *warned = true;
+            sharing::warn_time_sliced(&format!("channel publisher {}", path.display()));
         }
     }
 
@@ -477,19 +526,35 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         // stays open (the loan's slot and frame number go to the next loan).
         self.control_uses
             .order_before(self.ctx, stream.id(), stream.raw())?;
-        let mut queued = || -> Result<()> {
-            let _bound = self.ctx.bind()?;
-            for m in r.live.iter_mut() {
-                let word = m.page.device_word(SUB_READY + slot)?;
-                // SAFETY: a live stream of this context; the word is registered host memory,
-                // unregistered only after `control_uses` shows this write done.
-                unsafe { result::stream_write_value64(stream.raw(), word, seq) }?;
+        // Every control write of the frame in one driver call (cuStreamBatchMemOp): each
+        // subscriber's READY word, then the channel page's, in that order on the stream.
+        let queued = || -> Result<()> {
+            let mut writes = [(0, 0); MAX_SUBSCRIBERS + 2];
+            let mut n = 0;
+            for m in r.live.iter() {
+                if let Some(w) = writes.get_mut(n) {
+                    *w = (m.page.device_word(SUB_READY + slot)?, seq);
+                    n += 1;
+                }
             }
             for index in [SLOT_READY + slot, PUBLISHED] {
-                let word = self.chan.device_word(index)?;
-                // SAFETY: as above, for the channel page (unregistered in Drop after waiting).
-                unsafe { result::stream_write_value64(stream.raw(), word, seq) }?;
+                if let Some(w) = writes.get_mut(n) {
+                    *w = (self.chan.device_word(index)?, seq);
+                    n += 1;
+                }
             }
+            if r.live.len() + 2 != n {
+                return Err(Error::InvalidArgument(format!(
+                    "channel {}: more subscribers ({}) than a channel has",
+                    self.path.display(),
+                    r.live.len()
+                )));
+            }
+            let _bound = self.ctx.bind()?;
+            // SAFETY: a live stream of this context; every word is registered host memory
+            // (each live subscriber's page, registered above, and the channel page),
+            // unregistered only after `control_uses` shows these writes done.
+            unsafe { result::stream_write_values64(stream.raw(), &writes[..n]) }?;
             Ok(())
         };
         let outcome = queued();
@@ -510,6 +575,9 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
         // (it takes a claimed frame before the announce), so the claim's wake-up in `loan` is
         // the one that matters; waking again would only cost it a spurious wake per frame.
         let seq = self.state.announce(self.chan.words());
+        if !self.warned {
+            Self::check_sharing(&self.info, &self.path, &mut self.warned, &mut r);
+        }
         drop(r);
         self.published += 1;
         Ok(seq)
@@ -676,6 +744,7 @@ mod tests {
                     gid: 1,
                 },
                 conn: Some(publisher_end),
+                sharing: None,
             });
             ends.push(subscriber_end);
         }

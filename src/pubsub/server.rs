@@ -27,6 +27,8 @@ pub(crate) struct Member {
     pub cred: PeerCredentials,
     /// A duplicate of its connection, to hang up on it (eviction).
     pub conn: Option<UnixStream>,
+    /// How it shares the GPU with the publisher, once it has reported (`sharing.rs`).
+    pub sharing: Option<super::sharing::SharingMode>,
 }
 
 /// Who is subscribed; shared by the publisher and the server thread.
@@ -128,6 +130,7 @@ impl Serve for Admission {
             page,
             cred: peer.cred,
             conn: Some(conn),
+            sharing: None,
         });
         roster.joined += 1;
         drop(roster);

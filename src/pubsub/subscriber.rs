@@ -26,8 +26,9 @@ use crate::uses::StreamUses;
 use super::layout::*;
 use super::page::{self, Page};
 use super::protocol::{self, Pick, Picked, SubscriberState};
+use super::sharing::{self, EndInfo, SharingMode};
 use super::wire::{same_pool, Welcome};
-use super::{pool_path, Policy, Start, SubscribeOptions};
+use super::{pool_path, Policy, Start, SubscribeOptions, Waiting};
 
 /// The subscribing end of a channel: maps the publisher's pool once, then receives frames
 /// in place. See the [module docs](super).
@@ -58,6 +59,13 @@ pub struct Subscriber<'ctx, T: Pod> {
     waits: Arc<Waits>,
     /// Releases this subscriber's GPU waits as soon as the publisher's connection closes.
     watcher: Option<Watcher>,
+    /// How it shares the GPU with the publisher (see [`SubscriberStats::sharing`]).
+    sharing: SharingMode,
+    /// How `pick` waits for a claim (see [`Waiting`]).
+    waiting: Waiting,
+    /// With [`Waiting::Adaptive`]: how long `pick` spins before it sleeps on the futex,
+    /// adapted to how soon claims came lately (see `adapt_spin`).
+    spin: Cell<Duration>,
 }
 
 /// The frames this subscriber's streams were made to wait for (per slot, the highest), and
@@ -228,6 +236,12 @@ pub struct SubscriberStats {
     pub missed: u64,
     /// Samples held now.
     pub held: usize,
+    /// How this subscriber shares the GPU with its publisher, as both reported when it joined:
+    /// [`SharingMode::SameGpuWithoutMps`] means ~150 µs per hand-over (the GPU time-slices
+    /// between the two processes' contexts), and the subscriber logged one warning (target
+    /// `cuda_ipc`) about it. The publisher's report is taken on its word: a publisher can
+    /// make this wrong, and nothing else depends on it.
+    pub sharing: SharingMode,
 }
 
 fn protocol_error(path: &Path, detail: impl Into<String>) -> Error {
@@ -353,6 +367,10 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             ));
         }
         let mut me = Page::from_peer(page_fd, &peer)?;
+        // How the two ends share the GPU: ours for the publisher, its own from the channel page.
+        let info = EndInfo::of(ctx);
+        info.store(me.words(), SUB_SHARING);
+        let sharing = sharing::sharing(&info, EndInfo::load(&chan, CHAN_SHARING).as_ref());
         me.register(ctx)?;
         let pool_len = welcome
             .slots
@@ -402,7 +420,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                 return Err(e);
             }
         };
-        Ok(Subscriber {
+        let sub = Subscriber {
             ctx,
             path,
             conn,
@@ -418,7 +436,17 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             missed: Cell::new(0),
             gone: RefCell::new(None),
             watcher: Some(watcher),
-        })
+            sharing,
+            waiting: opts.waiting,
+            spin: Cell::new(match opts.waiting {
+                Waiting::Adaptive { max } => max,
+                Waiting::Eager => Duration::ZERO,
+            }),
+        };
+        if sharing.is_time_sliced() {
+            sharing::warn_time_sliced(&format!("channel subscriber of {}", sub.path.display()));
+        }
+        Ok(sub)
     }
 
     /// The channel's path.
@@ -442,6 +470,7 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             received: self.received.get(),
             missed: self.missed.get(),
             held: self.held.get(),
+            sharing: self.sharing,
         }
     }
 
@@ -496,7 +525,11 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             )));
         }
         self.wait_for_own_acks(timeout, deadline)?;
+        // When the next frame is not claimed yet: spin (64 rounds, or with `Adaptive` only as
+        // long as claims lately came within the budget, see `adapt_spin`), then sleep on the
+        // futex.
         let mut spins = 0u32;
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let events = self.chan.load(EVENTS) as u32;
             let gone = self.publisher_gone();
@@ -512,6 +545,9 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                         return Err(self.gone_error(gone.unwrap_or_default()));
                     }
                     self.missed.set(self.missed.get().saturating_add(p.missed));
+                    if let Some(since) = waiting_since {
+                        self.adapt_spin(since.elapsed());
+                    }
                     return Ok(p);
                 }
                 Pick::NotYet => {
@@ -520,7 +556,8 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(Error::Timeout {
                     what: format!(
@@ -531,8 +568,13 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
                     waited: timeout,
                 });
             }
+            let since = *waiting_since.get_or_insert(now);
             spins += 1;
-            if spins < 64 {
+            let spin = match self.waiting {
+                Waiting::Eager => spins < EAGER_SPINS,
+                Waiting::Adaptive { .. } => now.duration_since(since) < self.spin.get(),
+            };
+            if spin {
                 std::hint::spin_loop();
                 continue;
             }
@@ -550,6 +592,24 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
             }
             waiting.store(0, SeqCst);
         }
+    }
+
+    /// With [`Waiting::Adaptive`], adapts the spin budget to how long the last wait for a
+    /// claim took: a claim that came within `max` would have been (or was) caught by
+    /// spinning, so the budget grows back to it; one that came later was slept for anyway, so
+    /// spinning first only burnt CPU and the budget halves. A subscriber fed faster than it
+    /// wakes up keeps spinning (no futex round trip per frame); one fed slower sleeps at once
+    /// (no spinning per frame).
+    fn adapt_spin(&self, waited: Duration) {
+        let Waiting::Adaptive { max } = self.waiting else {
+            return;
+        };
+        let spin = self.spin.get();
+        self.spin.set(if waited <= max {
+            (spin * 2).clamp(SPIN_STEP.min(max), max)
+        } else {
+            spin / 2
+        });
     }
 
     /// Slots this subscriber holds as the publisher sees them: `HOLD > ACK` in its page. A
@@ -778,6 +838,12 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         self.held.set(self.held.get().saturating_sub(1));
     }
 }
+
+/// With [`Waiting::Eager`]: rounds of `try_pick` a subscriber spins for a claim before it
+/// sleeps on the futex.
+const EAGER_SPINS: u32 = 64;
+/// With [`Waiting::Adaptive`]: the smallest budget the spin grows back from.
+const SPIN_STEP: Duration = Duration::from_micros(1);
 
 /// How long `Subscriber::drop` waits for the publisher to write the frames its streams wait
 /// for, before it releases them itself.
