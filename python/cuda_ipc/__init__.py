@@ -355,7 +355,7 @@ class Publisher:
         return self._native.wait_subscribers(n, timeout)
 
     def stats(self) -> dict:
-        """published, subscribers, joined, left, refused."""
+        """published, subscribers, joined, left, refused, same_gpu_without_mps, same_gpu_mps."""
         return self._native.stats()
 
     @property
@@ -465,7 +465,8 @@ class Subscriber:
                 raise
 
     def stats(self) -> dict:
-        """received, missed, held."""
+        """received, missed, held, sharing ("SameGpuMps", "SameGpuWithoutMps", "OtherGpu",
+        "Unknown")."""
         return self._native.stats()
 
     @property
