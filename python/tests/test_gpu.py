@@ -216,6 +216,8 @@ def test_a_channel_of_torch_frames_every_frame_checked_then_closed(shared_dir, t
         child.kill()
     assert child.returncode == 0, err
     assert out.startswith("FRAMES 300 BAD 0"), (out, err)
+    # One GPU, two processes, no MPS daemon started by this test: the slow case, reported.
+    assert "'sharing': 'SameGpu" in out, out
 
 
 def test_a_publisher_that_dies_raises_publisher_gone(shared_dir, tmp_path):
