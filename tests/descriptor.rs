@@ -336,6 +336,14 @@ fn a_layout_past_the_bytes_or_malformed_is_refused_even_when_resealed() {
     // Strides that reach past the end, though the element count fits.
     d.layout = Some(TensorLayout::strided(DType::F32, &[4, 256], &[512, 1]).unwrap());
     assert!(Descriptor::decode(&d.encode()).is_err());
+    // A float32 tensor at an odd offset: misaligned element pointers (a sticky GPU fault).
+    let mut d = with_layout();
+    d.offset = 2;
+    d.signal_offset = 0;
+    assert!(matches!(
+        Descriptor::decode(&d.encode()),
+        Err(DescriptorError::Inconsistent(m)) if m.contains("not aligned to the 4-byte elements")
+    ));
     // Raw edits of the layout block: a data type code 3 (opaque), 9 dimensions.
     let good = with_layout().encode();
     for (at, value) in [(DESCRIPTOR_LEN - 8, 3u8), (DESCRIPTOR_LEN - 8 + 4, 9)] {

@@ -1,9 +1,10 @@
 //! The descriptor: what one process tells another about a shared buffer.
 //!
-//! A descriptor is a fixed-size (216 bytes), little-endian, versioned record that both
-//! transports share. It names the element type, the length, the owner GPU and the exporting
-//! process, carries the legacy handle where there is one, and ends with a checksum over all of
-//! it. [`Descriptor::decode`] rejects anything malformed with its own [`DescriptorError`], and
+//! A descriptor is a fixed-size, little-endian, versioned record that both transports share:
+//! 216 bytes (format version 1), or 352 with a [`TensorLayout`] (version 2). It names the
+//! element type, the length, the owner GPU and the exporting process, carries the legacy handle
+//! where there is one (and the tensor's data type, shape and strides where the exporter gave
+//! them), and ends with a checksum over all of it. [`Descriptor::decode`] rejects anything malformed with its own [`DescriptorError`], and
 //! nothing calls the driver before a descriptor has decoded and matched what the importer asked
 //! for.
 //!
@@ -492,6 +493,13 @@ impl Descriptor {
         }
         if let Some(layout) = &self.layout {
             layout.check()?;
+            if self.offset % layout.dtype().itemsize() != 0 {
+                return bad(format!(
+                    "offset {} is not aligned to the {}-byte elements of the tensor {layout}",
+                    self.offset,
+                    layout.dtype().itemsize()
+                ));
+            }
             if layout.extent_bytes() > self.byte_size {
                 return bad(format!(
                     "the tensor {layout} spans {} bytes, the buffer has {}",

@@ -45,7 +45,7 @@
 //!   caller names, setgid and sticky (3770): without the sticky bit a member could rename one
 //!   exporter's socket and descriptor over another name;
 //! - the descriptor must be a regular file (opened `O_NONBLOCK`: a FIFO cannot hang anyone)
-//!   of at most [`DESCRIPTOR_LEN`](super::DESCRIPTOR_LEN) bytes, owned by a trusted uid, not
+//!   of at most [`MAX_DESCRIPTOR_LEN`](super::MAX_DESCRIPTOR_LEN) bytes, owned by a trusted uid, not
 //!   writable by group or others.
 //!
 //! The consumer then checks who answers on the socket: `SO_PEERCRED` gives the uid of the

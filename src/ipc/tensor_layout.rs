@@ -258,6 +258,19 @@ impl TensorLayout {
         {
             return Err(invalid("values past the last dimension".into()));
         }
+        // Every value must be usable as a signed 64-bit count of elements and of bytes
+        // (DLPack's and the CUDA Array Interface's types), even where it does not change the
+        // extent (a stride of a dimension of size 1, any value beside a dimension of size 0).
+        let limit = i64::MAX as u64 / self.dtype.itemsize().max(1);
+        if let Some(v) = self.shape().iter().chain(self.strides()).find(|&&v| v > limit) {
+            return Err(invalid(format!(
+                "shape {:?} with strides {:?}: {v} elements of {} bytes do not fit a signed \
+                 64-bit byte count",
+                self.shape(),
+                self.strides(),
+                self.dtype.itemsize()
+            )));
+        }
         let numel = self.shape().iter().try_fold(1u64, |a, &b| a.checked_mul(b));
         if numel.is_none() || self.extent().is_none() {
             return Err(invalid(format!(
@@ -378,6 +391,12 @@ mod tests {
         assert!(TensorLayout::contiguous(DType::U8, &[1; 9]).is_err());
         assert!(TensorLayout::contiguous(DType::U8, &[1 << 40, 1 << 40]).is_err());
         assert!(TensorLayout::strided(DType::U8, &[2], &[1, 1]).is_err());
+        // Values that do not change the extent are bounded too (a stride of a size-1
+        // dimension, anything beside a size-0 one).
+        assert!(TensorLayout::strided(DType::F32, &[1, 2], &[u64::MAX, 1]).is_err());
+        assert!(TensorLayout::strided(DType::F32, &[1, 2], &[1 << 62, 1]).is_err());
+        assert!(TensorLayout::contiguous(DType::F32, &[0, u64::MAX]).is_err());
+        assert!(TensorLayout::strided(DType::F32, &[1, 2], &[1 << 40, 1]).is_ok());
     }
 
     #[test]
