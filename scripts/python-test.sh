@@ -2,7 +2,7 @@
 # Builds and installs the Python package (python/, PyO3 + maturin) into a venv under .tools/py
 # and runs its tests: on a machine without a GPU the CPU tests run and the GPU tests are
 # reported as skipped ("needs an NVIDIA GPU"); CUDA_IPC_GPU_TESTS=1 runs them (the GPU bundle
-# does, with its prebuilt wheel). Pinned: maturin 1.16.0, pytest 8.3.4.
+# does, with its prebuilt wheel). Pinned: maturin 1.16.0, pytest 8.3.4, numpy 2.3.5 (dtype tests).
 #
 #   scripts/python-test.sh            # build, install, test
 #   scripts/python-test.sh --wheel D  # also copy the built wheel into D
@@ -16,9 +16,9 @@ wheel_dir=""
 . scripts/env.sh >/dev/null
 
 VENV=.tools/py
-if [[ ! -x $VENV/bin/maturin || ! -x $VENV/bin/pytest ]]; then
+if [[ ! -x $VENV/bin/maturin || ! -x $VENV/bin/pytest ]] || ! "$VENV/bin/python" -c "import numpy" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "maturin==1.16.0" "pytest==8.3.4"
+  "$VENV/bin/pip" install --quiet "maturin==1.16.0" "pytest==8.3.4" "numpy==2.3.5"
 fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

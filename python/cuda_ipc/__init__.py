@@ -67,9 +67,19 @@ class CopyWarning(UserWarning):
 
 
 def _dtype_name(dtype: Any) -> str:
-    """'float32' from 'float32', torch.float32, numpy/cupy dtypes and types."""
+    """'float32' from 'float32', torch.float32, numpy/cupy dtypes and scalar types (np.float32,
+    float, int, bool)."""
     if isinstance(dtype, str):
         name = dtype
+    elif isinstance(dtype, type):
+        builtin = {float: "float64", int: "int64", bool: "bool", complex: "complex128"}
+        if dtype in builtin:
+            return builtin[dtype]
+        numpy = sys.modules.get("numpy")
+        try:
+            name = numpy.dtype(dtype).name if numpy is not None else dtype.__name__
+        except TypeError:
+            name = dtype.__name__
     else:
         name = getattr(dtype, "name", None) or str(dtype)
         if not isinstance(name, str):
@@ -81,26 +91,38 @@ def _dtype_name(dtype: Any) -> str:
     return aliases.get(name, name)
 
 
-def _stream_handle(stream: Any, device: int) -> int:
-    """A raw CUstream handle from None (the current PyTorch stream if PyTorch is loaded, else
-    CuPy's, else the legacy default stream), an int, a torch.cuda.Stream or a cupy Stream."""
+def _stream(stream: Any, device: int) -> Tuple[int, Any]:
+    """(raw CUstream handle, the object owning it) from None (the current PyTorch stream if
+    PyTorch is loaded, else CuPy's, else the legacy default stream), an int, a
+    torch.cuda.Stream or a cupy Stream. The object is kept while the stream is in use."""
     if stream is None:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
-            return int(torch.cuda.current_stream(device).cuda_stream)
+            current = torch.cuda.current_stream(device)
+            return int(current.cuda_stream), current
         cupy = sys.modules.get("cupy")
         if cupy is not None:
             with cupy.cuda.Device(device):
-                return int(cupy.cuda.get_current_stream().ptr)
-        return 0
+                current = cupy.cuda.get_current_stream()
+            return int(current.ptr), current
+        return 0, None
+    if isinstance(stream, bool):
+        raise TypeError(f"not a CUDA stream: {stream!r}")
     if isinstance(stream, int):
-        return stream
+        if stream < 0:
+            raise TypeError(f"not a CUDA stream handle: {stream}")
+        return stream, None
     for attr in ("cuda_stream", "ptr"):
         value = getattr(stream, attr, None)
         if isinstance(value, int):
-            return value
+            return value, stream
     raise TypeError(f"not a CUDA stream: {stream!r} (give a torch.cuda.Stream, a cupy Stream "
                     "or a raw handle)")
+
+
+def _stream_handle(stream: Any, device: int) -> int:
+    """The raw CUstream handle of `stream` (see `_stream`)."""
+    return _stream(stream, device)[0]
 
 
 def _synchronize(device: int) -> None:
@@ -234,6 +256,10 @@ def share(obj: Any, path: Union[str, os.PathLike], *, transport: str = "auto",
     """
     arr = _owned_array_of(obj)
     copied = arr is None
+    if copied and isinstance(obj, SharedArray):
+        # Imported or a channel's frame: shared again as a copy, through a framework.
+        torch = sys.modules.get("torch")
+        obj = obj.torch() if torch is not None else obj.cupy()
     if copied:
         shape, dtype, device = _describe(obj)
         arr = empty(shape, dtype, device=device, transport=transport)
@@ -299,6 +325,13 @@ class Loan:
         """Gives the slot back unpublished."""
         self._native.abandon()
 
+    def _native_held(self) -> bool:
+        try:
+            self._native.array
+            return True
+        except CudaIpcError:
+            return False
+
     def __enter__(self) -> "Loan":
         return self
 
@@ -336,16 +369,28 @@ class Publisher:
         return Loan(self._native.loan(timeout), self.device)
 
     def publish(self, tensor: Any, timeout: float = 30.0, stream: Any = None) -> int:
-        """Copies `tensor` into the next slot on `stream` and publishes it: returns its number."""
-        with self.loan(timeout) as loan:
-            arr = loan.array
+        """Copies `tensor` into the next slot on `stream` (default: the current stream) and
+        publishes it there: returns its number."""
+        loan = self.loan(timeout)
+        try:
             torch = sys.modules.get("torch")
             if torch is not None and isinstance(tensor, torch.Tensor):
-                loan.torch().copy_(tensor.reshape(arr.shape))
-            else:
+                s = stream if stream is not None else torch.cuda.current_stream(self.device)
+                if isinstance(s, int):
+                    s = torch.cuda.ExternalStream(s, device=self.device)
+                with torch.cuda.stream(s):
+                    loan.torch().copy_(tensor.reshape(loan.array.shape))
+                    return loan.publish(s)
+            import cupy
+            s = stream if stream is not None else cupy.cuda.get_current_stream()
+            if isinstance(s, int):
+                s = cupy.cuda.ExternalStream(s)
+            with s:
                 loan.cupy()[...] = tensor
-            seq = loan.seq
-        return seq
+                return loan.publish(s)
+        finally:
+            if loan._native_held():
+                loan.abandon()
 
     @property
     def subscribers(self) -> int:
@@ -448,7 +493,8 @@ class Subscriber:
         """The next frame, with its GPU-side wait queued on `stream` (default: the current
         PyTorch stream): work queued there after this call sees the frame."""
         t = self.timeout if timeout is None else timeout
-        return Sample(self._native.receive(_stream_handle(stream, self.device), t), self.device)
+        handle, owner = _stream(stream, self.device)
+        return Sample(self._native.receive(handle, t, owner), self.device)
 
     def receive_host(self, timeout: Optional[float] = None) -> Sample:
         """The next frame, waited for on the CPU (no stream involved)."""

@@ -25,37 +25,54 @@ pub struct Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if let Err(e) = self.ctx.synchronize() {
+        let (ctx, buf) = (self.ctx, self.buf.take());
+        let synced = without_gil(move || {
+            let synced = ctx.synchronize();
+            drop(buf);
+            synced
+        });
+        if let Err(e) = synced {
             log_drop(
                 "waiting for the GPU's work before freeing a shared buffer",
                 &e,
             );
         }
-        drop(self.buf.take());
+    }
+}
+
+/// Runs `f` with the interpreter's lock released (a GPU wait must not stop every other Python
+/// thread, one of which the GPU work may be waiting for), or as is while the interpreter
+/// finalizes. Call it from drops, which run with the lock held (attaching is then immediate).
+pub fn without_gil<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut f = Some(f);
+    let run = &mut f;
+    match Python::try_attach(|py| py.detach(|| run.take().map(|f| f()))) {
+        Some(Some(r)) => r,
+        _ => (f.take().expect("not run when not attached"))(),
     }
 }
 
 /// Reports an error met while dropping (a destructor cannot raise): Python's
 /// `sys.unraisablehook`, which prints it by default.
 pub fn log_drop(what: &str, e: &dyn std::fmt::Display) {
-    // SAFETY: a plain query of the interpreter's state, valid at any time.
-    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
-        // At exit, after the interpreter is gone: standard error is all there is.
-        eprintln!("cuda-ipc: {what}: {e}");
-        return;
-    }
-    Python::attach(|py| {
-        let err = invalid(format!("cuda-ipc: {what}: {e}"));
-        err.write_unraisable(py, None);
+    let text = format!("cuda-ipc: {what}: {e}");
+    let shown = Python::try_attach(|py| {
+        invalid(text.clone()).write_unraisable(py, None);
     });
+    if shown.is_none() {
+        // At exit, after the interpreter is gone: standard error is all there is.
+        eprintln!("{text}");
+    }
 }
 
 /// What keeps an array's memory alive.
 pub enum Keeper {
     /// A shared buffer of this process or imported from another.
     Buffer(Arc<Buffer>),
-    /// A channel's sample or loan (the Python object).
+    /// A channel's sample (the Python object, which holds its slot).
     Object(Py<PyAny>),
+    /// A channel publisher's pool (a loaned slot): the publisher lives while this does.
+    Channel(Arc<dyn std::any::Any + Send + Sync>),
 }
 
 /// A view of shared GPU memory: a tensor's data pointer, layout and device.
@@ -70,6 +87,9 @@ pub struct SharedArray {
     pub readonly: bool,
     pub keeper: Keeper,
     pub owner: bool,
+    /// For a received frame: the stream its wait was queued on, which consumers on other
+    /// streams must wait for (DLPack's `stream`, the CUDA Array Interface's `stream`).
+    pub ready_on: Option<usize>,
 }
 
 impl SharedArray {
@@ -77,7 +97,7 @@ impl SharedArray {
     pub fn buffer(&self) -> Option<&Arc<Buffer>> {
         match &self.keeper {
             Keeper::Buffer(b) => Some(b),
-            Keeper::Object(_) => None,
+            Keeper::Object(_) | Keeper::Channel(_) => None,
         }
     }
 
@@ -99,6 +119,7 @@ impl SharedArray {
             readonly: false,
             owner,
             keeper: Keeper::Buffer(Arc::new(buffer)),
+            ready_on: None,
         })
     }
 }
@@ -202,24 +223,35 @@ impl SharedArray {
                 .collect();
             d.set_item("strides", PyTuple::new(py, bytes)?)?;
         }
-        // The memory is ready when it is handed out (a channel's wait is queued on the
-        // receiving stream already): no synchronization needed.
-        d.set_item("stream", py.None())?;
+        // A received frame is ready on the stream its wait was queued on (0, the legacy default
+        // stream, is 1 here: 0 is not allowed); everything else is ready when handed out.
+        match self.ready_on {
+            Some(s) => d.set_item("stream", if s == 0 { 1 } else { s })?,
+            None => d.set_item("stream", py.None())?,
+        }
         Ok(d)
     }
 
-    /// DLPack: a `"dltensor"` capsule. `stream` is accepted and needs no work: the memory is
-    /// ready when it is handed out.
+    /// DLPack: a `"dltensor"` capsule (unversioned: every consumer takes it; it has no
+    /// read-only flag, so a received frame's tensor is writable: do not write to it). For a
+    /// received frame, the consumer's `stream` is made to wait (on the GPU) for the stream the
+    /// frame was received on; other memory is ready when handed out.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__(
         slf: &Bound<'_, Self>,
-        stream: Option<Bound<'_, PyAny>>,
+        stream: Option<i64>,
         max_version: Option<Bound<'_, PyAny>>,
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Py<PyAny>> {
-        let _ = (stream, max_version);
+        let _ = max_version;
         let me = slf.get();
+        if let (Some(ready), Some(consumer)) = (me.ready_on, stream) {
+            // -1: the consumer asks for no synchronization.
+            if consumer != -1 && consumer as usize != ready {
+                order_after(me.device, ready, consumer as usize)?;
+            }
+        }
         if let Some((kind, id)) = dl_device {
             if kind != dlpack::DEVICE_CUDA || id != me.device as i32 {
                 return Err(pyo3::exceptions::PyBufferError::new_err(format!(
@@ -276,6 +308,24 @@ impl SharedArray {
             if self.readonly { ", read-only" } else { "" }
         )
     }
+}
+
+/// Makes `consumer` wait on the GPU for the work queued so far on `producer` (both raw
+/// streams of `device`'s primary context).
+fn order_after(device: usize, producer: usize, consumer: usize) -> PyResult<()> {
+    let ctx = context(device)?;
+    // SAFETY: `producer` is the stream a held sample was received on (the sample keeps the
+    // stream's owner alive, and the array keeps the sample); `consumer` is the caller's
+    // current stream, live for the call (DLPack's contract). Neither is destroyed here.
+    let (p, c) = unsafe {
+        (
+            cuda_ipc::Stream::from_raw_borrowed(ctx, producer as cuda_driver_sys::CUstream),
+            cuda_ipc::Stream::from_raw_borrowed(ctx, consumer as cuda_driver_sys::CUstream),
+        )
+    };
+    let event = cuda_ipc::Event::new_untimed(ctx).py_err()?;
+    event.record(&p).py_err()?;
+    c.wait_event(&event).py_err()
 }
 
 /// A layout from Python arguments: a shape, a dtype name, optional strides (elements).

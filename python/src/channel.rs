@@ -1,15 +1,23 @@
 //! Channels from Python: a `Publisher` lends slots as tensors and publishes them on a stream;
-//! `Subscriber`s receive them as read-only tensors with a GPU-side wait queued on their
-//! stream, and release them when the sample is dropped or its `with` block ends.
+//! `Subscriber`s receive them as tensors with a GPU-side wait queued on their stream, and
+//! release them when the sample is dropped or its `with` block ends.
 //!
 //! The crate's `Loan` borrows its `Publisher` mutably and a `Sample` borrows its `Subscriber`
 //! and the stream it was received on; Python objects cannot carry borrows, so each borrowed
 //! value lives here next to what it borrows, on the heap at a fixed address, and is always
 //! dropped first (see the `SAFETY` comments).
+//!
+//! Locks: a publisher's state and a subscriber's gate are never waited for with the
+//! interpreter's lock held, and no Python object is made while they are held (errors are
+//! converted after), so they cannot deadlock with the GIL. A subscriber's blocking receive
+//! waits in short slices, leaving the gate to other threads (a dropped sample, `stats`) in
+//! between; a sample dropped while the gate is busy is released by the gate's next holder.
 
 use std::path::PathBuf;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use cuda_ipc::ipc::{
     AllowedUsers, DescriptorError, ExportOptions, ImportOptions, TensorLayout, TypeTag,
@@ -18,12 +26,12 @@ use cuda_ipc::pubsub::{
     ChannelOptions, Loan as RustLoan, Policy, Publisher as RustPublisher, Sample as RustSample,
     Start, SubscribeOptions, Subscriber as RustSubscriber,
 };
-use cuda_ipc::{Context, DeviceMemory, Stream};
+use cuda_ipc::{Context, DeviceMemory, Error, Stream};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::array::{context, layout_from, Keeper, SharedArray};
-use crate::errors::{invalid, to_py, IntoPy};
+use crate::array::{context, layout_from, log_drop, without_gil, Keeper, SharedArray};
+use crate::errors::{invalid, IntoPy};
 use crate::share::{seconds, transport};
 
 /// The type tag of a channel's frames: the data type and shape, so that a subscriber that
@@ -36,8 +44,8 @@ fn frame_tag(layout: &TensorLayout) -> TypeTag {
 /// `torch.cuda.current_stream().cuda_stream`, CuPy's `Stream.ptr`; 0: the legacy default).
 fn foreign_stream(ctx: &'static Context, raw: usize) -> Stream<'static> {
     // SAFETY: the Python layer passes the handle of a live stream of the device's primary
-    // context (the one PyTorch and CuPy use) that the caller keeps alive, as documented on
-    // every method taking `stream`; null is the legacy default stream.
+    // context (the one PyTorch and CuPy use); for a receive, the sample keeps the stream's
+    // Python object (its owner) until the sample is released; null is the legacy default.
     unsafe { Stream::from_raw_borrowed(ctx, raw as cuda_driver_sys::CUstream) }
 }
 
@@ -55,9 +63,25 @@ fn policy(name: &str) -> PyResult<Policy> {
     }
 }
 
+fn closed(path: &std::path::Path, what: &str) -> Error {
+    Error::ChannelClosed {
+        channel: path.to_path_buf(),
+        reason: format!("this {what} was closed"),
+    }
+}
+
+fn on_loan(seq: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "frame {seq} is on loan: publish it (or abandon it) first"
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publisher
+
 /// The publisher and its one outstanding loan, which borrows it.
 struct PubState {
-    /// Owned (from `Box::into_raw`); freed in `Drop` after the loan.
+    /// Owned (from `Box::leak`); freed in `Drop` after the loan.
     publisher: NonNull<RustPublisher<'static, u8>>,
     loan: Option<RustLoan<'static, 'static, u8>>,
 }
@@ -69,12 +93,9 @@ unsafe impl Send for PubState {}
 
 impl PubState {
     /// The publisher, while no loan borrows it.
-    fn publisher(&self) -> PyResult<&RustPublisher<'static, u8>> {
+    fn publisher(&self) -> cuda_ipc::Result<&RustPublisher<'static, u8>> {
         if let Some(l) = &self.loan {
-            return Err(invalid(format!(
-                "frame {} is on loan: publish it (or drop the loan) first",
-                l.seq()
-            )));
+            return Err(on_loan(l.seq()));
         }
         // SAFETY: the pointer is live until `Drop`, and no loan holds the mutable borrow.
         Ok(unsafe { self.publisher.as_ref() })
@@ -85,31 +106,67 @@ impl Drop for PubState {
     fn drop(&mut self) {
         // The loan (no Drop of its own: its slot stays for the next loan) ends here.
         self.loan = None;
-        // SAFETY: made by `Box::into_raw` in `Publisher::new`; the loan that borrowed it is
-        // gone; freed once, here.
+        // SAFETY: made by `Box::leak` in `Publisher::new`; the loan that borrowed it is gone;
+        // freed once, here.
         drop(unsafe { Box::from_raw(self.publisher.as_ptr()) });
+    }
+}
+
+/// What a publisher's Python objects share: its `Publisher` object, its loans, and the
+/// arrays of loaned slots (whose memory is the pool). The channel closes when the last of them
+/// is gone, after `close()`: never under a tensor that still views a slot.
+struct PubCore {
+    state: Mutex<Option<PubState>>,
+    closed: AtomicBool,
+    ctx: &'static Context,
+    layout: TensorLayout,
+    path: PathBuf,
+}
+
+impl PubCore {
+    /// Runs `f` on the live state. Blocking calls inside hold the state's lock, never the GIL
+    /// (callers run this inside `detach`).
+    fn with<R>(&self, f: impl FnOnce(&mut PubState) -> cuda_ipc::Result<R>) -> cuda_ipc::Result<R> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed(&self.path, "publisher"));
+        }
+        match lock(&self.state).as_mut() {
+            Some(s) => f(s),
+            None => Err(closed(&self.path, "publisher")),
+        }
+    }
+}
+
+impl Drop for PubCore {
+    fn drop(&mut self) {
+        let (ctx, state) = (self.ctx, lock(&self.state).take());
+        if let Some(state) = state {
+            let synced = without_gil(move || {
+                // PyTorch's or CuPy's work on loaned slots is invisible to the crate.
+                let synced = ctx.synchronize();
+                drop(state);
+                synced
+            });
+            if let Err(e) = synced {
+                log_drop("waiting for the GPU's work before closing a channel", &e);
+            }
+        }
     }
 }
 
 /// The sending end of a channel of GPU frames (tensors of one shape and data type).
 #[pyclass(module = "cuda_ipc", frozen)]
 pub struct Publisher {
-    state: Mutex<Option<PubState>>,
-    ctx: &'static Context,
+    core: Mutex<Option<Arc<PubCore>>>,
     layout: TensorLayout,
     path: PathBuf,
 }
 
 impl Publisher {
-    fn with<R>(&self, f: impl FnOnce(&mut PubState) -> PyResult<R>) -> PyResult<R> {
-        let mut g = lock(&self.state);
-        match g.as_mut() {
-            Some(s) => f(s),
-            None => Err(to_py(cuda_ipc::Error::ChannelClosed {
-                channel: self.path.clone(),
-                reason: "this publisher was closed".into(),
-            })),
-        }
+    fn core(&self) -> PyResult<Arc<PubCore>> {
+        lock(&self.core)
+            .clone()
+            .ok_or_else(|| crate::errors::to_py(closed(&self.path, "publisher")))
     }
 }
 
@@ -164,76 +221,88 @@ impl Publisher {
         let publisher = py
             .detach(move || RustPublisher::<u8>::create(ctx, &p, frame_len, opts))
             .py_err()?;
-        Ok(Publisher {
+        let core = PubCore {
             state: Mutex::new(Some(PubState {
                 publisher: NonNull::from(Box::leak(Box::new(publisher))),
                 loan: None,
             })),
+            closed: AtomicBool::new(false),
             ctx,
+            layout,
+            path: path.clone(),
+        };
+        Ok(Publisher {
+            core: Mutex::new(Some(Arc::new(core))),
             layout,
             path,
         })
     }
 
     /// Lends the next frame's slot, waiting up to `timeout` seconds for one to be free. Fill
-    /// `loan.array` (e.g. `loan.torch().copy_(x)`), then `loan.publish(stream)`; as a context
-    /// manager the loan publishes on the current stream when the block ends without an error.
+    /// `loan.array` (e.g. `loan.torch().copy_(x)`), then `loan.publish(stream)`.
     #[pyo3(signature = (timeout=30.0))]
-    fn loan(slf: &Bound<'_, Self>, timeout: f64) -> PyResult<Loan> {
+    fn loan(&self, py: Python<'_>, timeout: f64) -> PyResult<Loan> {
         let t = seconds(timeout)?;
-        let me = slf.get();
-        let (seq, ptr) = slf.py().detach(|| {
-            me.with(|s| {
-                if let Some(l) = &s.loan {
-                    return Err(invalid(format!(
-                        "frame {} is already on loan: publish it (or drop it) first",
-                        l.seq()
-                    )));
-                }
-                // SAFETY: the publisher lives until `PubState` drops, which drops the loan
-                // first; while the loan lives, every other access goes through `publisher()`,
-                // which refuses (so the loan's mutable borrow is the only one).
-                let p: &'static mut RustPublisher<'static, u8> =
-                    unsafe { &mut *s.publisher.as_ptr() };
-                let loan = p.loan(t).py_err()?;
-                let out = (loan.seq(), loan.view().device_ptr());
-                s.loan = Some(loan);
-                Ok(out)
+        let core = self.core()?;
+        let (seq, ptr) = py
+            .detach(|| {
+                core.with(|s| {
+                    if let Some(l) = &s.loan {
+                        return Err(on_loan(l.seq()));
+                    }
+                    // SAFETY: the publisher lives until `PubState` drops, which drops the loan
+                    // first; while the loan lives, every other access goes through
+                    // `publisher()`, which refuses (so the loan's borrow is the only one).
+                    let p: &'static mut RustPublisher<'static, u8> =
+                        unsafe { &mut *s.publisher.as_ptr() };
+                    let loan = p.loan(t)?;
+                    let out = (loan.seq(), loan.view().device_ptr());
+                    s.loan = Some(loan);
+                    Ok(out)
+                })
             })
-        })?;
+            .py_err()?;
         let array = SharedArray {
             ptr,
-            layout: me.layout,
-            device: me.ctx.device().ordinal(),
+            layout: core.layout,
+            device: core.ctx.device().ordinal(),
             readonly: false,
             owner: false,
-            keeper: Keeper::Object(slf.clone().into_any().unbind()),
+            keeper: Keeper::Channel(core.clone()),
+            ready_on: None,
         };
         Ok(Loan {
-            publisher: slf.clone().unbind(),
+            core: Mutex::new(Some(core)),
             seq,
-            array: Py::new(slf.py(), array)?,
+            array: Mutex::new(Some(Py::new(py, array)?)),
         })
     }
 
     /// Subscribers now joined.
     #[getter]
-    fn subscribers(&self) -> PyResult<usize> {
-        self.with(|s| Ok(s.publisher()?.subscribers()))
+    fn subscribers(&self, py: Python<'_>) -> PyResult<usize> {
+        let core = self.core()?;
+        py.detach(|| core.with(|s| Ok(s.publisher()?.subscribers())))
+            .py_err()
     }
 
     /// Waits until `n` subscribers have joined (raises `Timeout`).
     #[pyo3(signature = (n, timeout=30.0))]
     fn wait_subscribers(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<usize> {
         let t = seconds(timeout)?;
-        py.detach(|| self.with(|s| s.publisher()?.wait_subscribers(n, t).py_err()))
+        let core = self.core()?;
+        py.detach(|| core.with(|s| s.publisher()?.wait_subscribers(n, t)))
+            .py_err()
     }
 
     /// `published`, `subscribers`, `joined`, `left`, `refused`, and how many subscribers
     /// share this GPU `same_gpu_without_mps` (time-sliced: ~150 µs per hand-over) or
     /// `same_gpu_mps`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with(|s| Ok(s.publisher()?.stats()))?;
+        let core = self.core()?;
+        let s = py
+            .detach(|| core.with(|s| Ok(s.publisher()?.stats())))
+            .py_err()?;
         let d = PyDict::new(py);
         d.set_item("published", s.published)?;
         d.set_item("subscribers", s.subscribers)?;
@@ -263,21 +332,23 @@ impl Publisher {
         self.path.clone()
     }
 
-    /// Closes the channel: subscribers get `PublisherGone` (with `closed` true) once they
-    /// have received every published frame.
-    fn close(&self, py: Python<'_>) {
-        let state = lock(&self.state).take();
-        py.detach(move || drop(state));
+    /// Closes the channel: no more loans; subscribers get `PublisherGone` (with `closed`
+    /// true) once they have received every published frame. A loan not yet published is
+    /// abandoned. While a tensor made from a loaned slot still exists, the channel (and its
+    /// memory, which that tensor views) stays until the tensor is gone.
+    fn close(&self) {
+        if let Some(core) = lock(&self.core).take() {
+            core.closed.store(true, Ordering::Release);
+            // Dropped here if nothing else holds it (then the channel closes now, its GPU wait
+            // without the GIL: see `PubCore::drop`).
+            drop(core);
+        }
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
-        self.close(py);
-        false
+    /// True once `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.core).is_none()
     }
 
     fn __repr__(&self) -> String {
@@ -288,9 +359,57 @@ impl Publisher {
 /// A slot lent by `Publisher.loan`: fill `array`, then `publish`.
 #[pyclass(module = "cuda_ipc", frozen)]
 pub struct Loan {
-    publisher: Py<Publisher>,
+    /// None once published or abandoned.
+    core: Mutex<Option<Arc<PubCore>>>,
     seq: u64,
-    array: Py<SharedArray>,
+    array: Mutex<Option<Py<SharedArray>>>,
+}
+
+impl Loan {
+    /// Ends the loan: `publish` on `stream`, or gives the slot back (None).
+    fn finish(&self, py: Python<'_>, stream: Option<usize>) -> PyResult<u64> {
+        let Some(core) = lock(&self.core).take() else {
+            return Err(invalid(format!(
+                "frame {} was already published or abandoned",
+                self.seq
+            )));
+        };
+        let seq = self.seq;
+        let out = py.detach(|| {
+            core.with(|s| {
+                if s.loan.as_ref().is_none_or(|l| l.seq() != seq) {
+                    return Err(Error::InvalidArgument(format!(
+                        "frame {seq} is no longer on loan"
+                    )));
+                }
+                let loan = s.loan.take().expect("checked just above");
+                match stream {
+                    Some(raw) => loan.publish(&foreign_stream(core.ctx, raw)),
+                    None => Ok(seq), // dropped: the slot stays for the next loan
+                }
+            })
+        });
+        drop(lock(&self.array).take());
+        drop(core); // with the GIL held: see `PubCore::drop`
+        out.py_err()
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        // An unpublished loan collected without publish/abandon gives its slot back. The lock
+        // is not held for long while a loan is out (every blocking call refuses then).
+        if let Some(core) = lock(&self.core).take() {
+            let seq = self.seq;
+            let _ = core.with(|s| {
+                if s.loan.as_ref().is_some_and(|l| l.seq() == seq) {
+                    s.loan = None;
+                }
+                Ok(())
+            });
+            drop(core);
+        }
+    }
 }
 
 #[pymethods]
@@ -301,56 +420,77 @@ impl Loan {
         self.seq
     }
 
-    /// The slot, writable, as a `SharedArray`.
+    /// The slot, writable, as a `SharedArray` (until the loan is published or abandoned).
     #[getter]
-    fn array(&self, py: Python<'_>) -> Py<SharedArray> {
-        self.array.clone_ref(py)
+    fn array(&self, py: Python<'_>) -> PyResult<Py<SharedArray>> {
+        lock(&self.array)
+            .as_ref()
+            .map(|a| a.clone_ref(py))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "frame {} was published or abandoned: loan the next slot",
+                    self.seq
+                ))
+            })
     }
 
-    /// The slot as a PyTorch tensor (no copy).
+    /// The slot as a PyTorch tensor (no copy). Do not write to it after `publish`.
     fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        py.import("torch")?
-            .call_method1("from_dlpack", (self.array.bind(py),))
+        let array = self.array(py)?;
+        py.import("torch")?.call_method1("from_dlpack", (array,))
     }
 
     /// Publishes the frame after the work queued on `stream` (a raw `CUstream` handle: the
-    /// Python wrapper passes the current PyTorch/CuPy stream's). The stream must stay alive
-    /// until the call returns.
+    /// Python wrapper passes the current PyTorch/CuPy stream's), alive until the call returns.
     fn publish(&self, py: Python<'_>, stream: usize) -> PyResult<u64> {
-        let p = self.publisher.get();
-        py.detach(|| {
-            p.with(|s| {
-                match &s.loan {
-                    Some(l) if l.seq() == self.seq => {}
-                    _ => {
-                        return Err(invalid(format!(
-                            "frame {} was already published or dropped",
-                            self.seq
-                        )))
-                    }
-                }
-                let loan = s.loan.take().expect("checked just above");
-                let st = foreign_stream(p.ctx, stream);
-                loan.publish(&st).py_err()
-            })
-        })
+        self.finish(py, Some(stream))
     }
 
     /// Gives the slot back unpublished (kept for the next loan).
     fn abandon(&self, py: Python<'_>) -> PyResult<()> {
-        let p = self.publisher.get();
-        py.detach(|| {
-            p.with(|s| {
-                if s.loan.as_ref().is_some_and(|l| l.seq() == self.seq) {
-                    s.loan = None;
-                }
-                Ok(())
-            })
-        })
+        self.finish(py, None).map(drop)
     }
 
     fn __repr__(&self) -> String {
         format!("Loan(frame {})", self.seq)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriber
+
+/// A received sample and the stream it borrows.
+struct SampleInner {
+    /// Borrows `SubCore::sub` and `stream`: dropped before them.
+    sample: Option<RustSample<'static, 'static, u8>>,
+    /// Owned (from `Box::leak`).
+    stream: Option<NonNull<Stream<'static>>>,
+    /// The stream's Python object (a CuPy stream destroys its CUDA stream when collected).
+    keep: Option<Py<PyAny>>,
+}
+
+// SAFETY: reached only under a mutex; the crate's sample (whose subscriber is only used under
+// its gate, see `SubCore`) and the stream handle may be used and dropped on any thread; a `Py`
+// may be dropped without the GIL (its release is deferred then).
+unsafe impl Send for SampleInner {}
+
+impl SampleInner {
+    /// Releases the sample (on `release_on`, else as its Drop does: on the stream it was
+    /// received on) and frees the stream wrapper. The caller holds the subscriber's gate.
+    fn finish(&mut self, release_on: Option<usize>, ctx: &'static Context) -> cuda_ipc::Result<()> {
+        let out = match (self.sample.take(), release_on) {
+            (Some(s), Some(raw)) => s.release(&foreign_stream(ctx, raw)),
+            (s, _) => {
+                drop(s);
+                Ok(())
+            }
+        };
+        if let Some(st) = self.stream.take() {
+            // SAFETY: made by `Box::leak` in `receive`; the sample that borrowed it is gone.
+            drop(unsafe { Box::from_raw(st.as_ptr()) });
+        }
+        self.keep = None;
+        out
     }
 }
 
@@ -360,17 +500,82 @@ struct SubCore {
     sub: RustSubscriber<'static, u8>,
     ctx: &'static Context,
     gate: Mutex<()>,
+    /// Samples dropped while the gate was busy: released by its next holder.
+    deferred: Mutex<Vec<SampleInner>>,
 }
 
-// SAFETY: `sub` is only reached with `gate` held (the functions below and `SampleInner::finish`
-// callers), so no two threads use it at once; it may move between threads (it is `Send`).
+// SAFETY: `sub` is only reached with `gate` held (`Gate` below, `SubCore::drop` with `&mut`),
+// so no two threads use it at once; it may move between threads (it is `Send`).
 unsafe impl Sync for SubCore {}
 
+/// The gate held: the subscriber may be used; deferred releases are done on the way in.
+struct Gate<'a> {
+    core: &'a SubCore,
+    _held: MutexGuard<'a, ()>,
+}
+
 impl SubCore {
-    fn gate(&self) -> MutexGuard<'_, ()> {
-        lock(&self.gate)
+    fn gate(&self) -> Gate<'_> {
+        let held = lock(&self.gate);
+        let g = Gate {
+            core: self,
+            _held: held,
+        };
+        g.release_deferred();
+        g
+    }
+
+    fn try_gate(&self) -> Option<Gate<'_>> {
+        let held = match self.gate.try_lock() {
+            Ok(h) => h,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let g = Gate {
+            core: self,
+            _held: held,
+        };
+        g.release_deferred();
+        Some(g)
     }
 }
+
+impl Gate<'_> {
+    fn sub(&self) -> &RustSubscriber<'static, u8> {
+        &self.core.sub
+    }
+
+    fn release_deferred(&self) {
+        let pending = std::mem::take(&mut *lock(&self.core.deferred));
+        for mut s in pending {
+            if let Err(e) = s.finish(None, self.core.ctx) {
+                log_drop("releasing a channel sample", &e);
+            }
+        }
+    }
+}
+
+impl Drop for SubCore {
+    fn drop(&mut self) {
+        // Every sample borrowing `sub` is either gone (it holds this Arc) or deferred here.
+        let pending = std::mem::take(self.deferred.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for mut s in pending {
+            if let Err(e) = s.finish(None, self.ctx) {
+                log_drop("releasing a channel sample", &e);
+            }
+        }
+    }
+}
+
+/// A received sample carried out of `detach` back to the calling thread.
+struct Received(RustSample<'static, 'static, u8>);
+
+// SAFETY: the sample borrows a `SubCore`, whose subscriber is only used with its gate held
+// (see `SubCore`); moving the sample to another thread does not use it.
+unsafe impl Send for Received {}
+
+/// How long one receive holds the gate before letting other threads have it.
+const RECEIVE_SLICE: Duration = Duration::from_millis(20);
 
 /// The receiving end of a channel.
 #[pyclass(module = "cuda_ipc", frozen)]
@@ -382,12 +587,67 @@ pub struct Subscriber {
 
 impl Subscriber {
     fn core(&self) -> PyResult<Arc<SubCore>> {
-        lock(&self.core).clone().ok_or_else(|| {
-            to_py(cuda_ipc::Error::ChannelClosed {
-                channel: self.path.clone(),
-                reason: "this subscriber was closed".into(),
-            })
-        })
+        lock(&self.core)
+            .clone()
+            .ok_or_else(|| crate::errors::to_py(closed(&self.path, "subscriber")))
+    }
+
+    /// Receives in slices of `RECEIVE_SLICE` until `timeout`, with `recv` under the gate.
+    fn receive_sliced(
+        &self,
+        core: &SubCore,
+        timeout: Duration,
+        recv: impl Fn(&RustSubscriber<'static, u8>, Duration) -> cuda_ipc::Result<Received>,
+    ) -> cuda_ipc::Result<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = {
+                let gate = core.gate();
+                recv(gate.sub(), left.min(RECEIVE_SLICE))
+            };
+            match got {
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+                Err(Error::Timeout { .. }) => {
+                    return Err(Error::Timeout {
+                        what: format!("the next frame on channel {}", self.path.display()),
+                        waited: timeout,
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn sample(
+        &self,
+        core: Arc<SubCore>,
+        inner: SampleInner,
+        ready_on: Option<usize>,
+    ) -> PyResult<Sample> {
+        let s = inner.sample.as_ref().expect("just received");
+        let (seq, missed, ptr) = (s.seq(), s.missed(), s.view().device_ptr());
+        let sample = Sample {
+            inner: Mutex::new(inner),
+            core,
+            seq,
+            missed,
+            ptr,
+            layout: self.layout,
+            ready_on,
+        };
+        let item = self.layout.dtype().itemsize();
+        if ptr % item != 0 {
+            // A publisher whose slots are not aligned to the elements: a kernel would fault
+            // (and poison this process's context) on the first misaligned load.
+            return Err(crate::errors::to_py(Error::Protocol {
+                peer: self.path.display().to_string(),
+                detail: format!(
+                    "frame {seq} starts at {ptr:#x}, not aligned to its {item}-byte elements"
+                ),
+            }));
+        }
+        Ok(sample)
     }
 }
 
@@ -439,10 +699,8 @@ impl Subscriber {
             .detach(move || RustSubscriber::<u8>::subscribe(ctx, &p, opts))
             .map_err(|e| match e {
                 // The tag names the frames' data type and shape: say it in those terms.
-                cuda_ipc::Error::Descriptor(DescriptorError::Inconsistent(m))
-                    if m.contains("type tag") =>
-                {
-                    cuda_ipc::Error::Descriptor(DescriptorError::LayoutMismatch {
+                Error::Descriptor(DescriptorError::Inconsistent(m)) if m.contains("type tag") => {
+                    Error::Descriptor(DescriptorError::LayoutMismatch {
                         expected: format!("frames of {layout}"),
                         found: format!(
                             "frames of another data type or shape (channel {})",
@@ -458,54 +716,54 @@ impl Subscriber {
                 sub,
                 ctx,
                 gate: Mutex::new(()),
+                deferred: Mutex::new(Vec::new()),
             }))),
             layout,
             path,
         })
     }
 
-    /// Receives the next frame, queueing its wait on `stream` (a raw `CUstream` handle, alive
-    /// until the sample is released); raises `Timeout` after `timeout` seconds and
-    /// `PublisherGone` when the publisher closed (`closed` true) or died.
-    #[pyo3(signature = (stream, timeout=30.0))]
-    fn receive(slf: &Bound<'_, Self>, stream: usize, timeout: f64) -> PyResult<Sample> {
+    /// Receives the next frame, queueing its wait on `stream` (a raw `CUstream` handle whose
+    /// owner `keep` is held until the sample is released); raises `Timeout` after `timeout`
+    /// seconds and `PublisherGone` when the publisher closed (`closed` true) or died.
+    #[pyo3(signature = (stream, timeout=30.0, keep=None))]
+    fn receive(
+        &self,
+        py: Python<'_>,
+        stream: usize,
+        timeout: f64,
+        keep: Option<Py<PyAny>>,
+    ) -> PyResult<Sample> {
         let t = seconds(timeout)?;
-        let me = slf.get();
-        let core = me.core()?;
-        let stream = Box::new(foreign_stream(core.ctx, stream));
-        let stream = NonNull::from(Box::leak(stream));
-        let at = stream.as_ptr() as usize;
-        let received = slf.py().detach(|| {
-            let _gate = core.gate();
-            // SAFETY: `core` (an Arc, moved into the Sample below) and the boxed stream (at
-            // `at`, from `Box::leak` above) live at fixed addresses until `Sample`'s Drop,
-            // which drops the crate's sample first.
-            let (sub, st): (
-                &'static RustSubscriber<'static, u8>,
-                &'static Stream<'static>,
-            ) = unsafe { (&*(&core.sub as *const _), &*(at as *const Stream<'static>)) };
-            sub.receive(st, t).map(Received)
+        let core = self.core()?;
+        let boxed = NonNull::from(Box::leak(Box::new(foreign_stream(core.ctx, stream))));
+        let at = boxed.as_ptr() as usize;
+        let received = py.detach(|| {
+            self.receive_sliced(&core, t, |sub, slice| {
+                // SAFETY: `core` (an Arc, moved into the Sample below) and the boxed stream (at
+                // `at`, from `Box::leak` above) live at fixed addresses until the sample is
+                // finished, which drops the crate's sample first.
+                let (sub, st): (
+                    &'static RustSubscriber<'static, u8>,
+                    &'static Stream<'static>,
+                ) = unsafe { (&*(sub as *const _), &*(at as *const Stream<'static>)) };
+                sub.receive(st, slice).map(Received)
+            })
         });
-        let sample = match received {
-            Ok(Received(s)) => s,
+        let Received(sample) = match received {
+            Ok(r) => r,
             Err(e) => {
                 // SAFETY: no sample borrows the stream; made by `Box::leak` above.
-                drop(unsafe { Box::from_raw(stream.as_ptr()) });
-                return Err(to_py(e));
+                drop(unsafe { Box::from_raw(boxed.as_ptr()) });
+                return Err(crate::errors::to_py(e));
             }
         };
-        let (seq, missed, ptr) = (sample.seq(), sample.missed(), sample.view().device_ptr());
-        Ok(Sample {
-            inner: Mutex::new(SampleInner {
-                sample: Some(sample),
-                stream: Some(stream),
-            }),
-            core,
-            seq,
-            missed,
-            ptr,
-            layout: me.layout,
-        })
+        let inner = SampleInner {
+            sample: Some(sample),
+            stream: Some(boxed),
+            keep,
+        };
+        self.sample(core, inner, Some(stream))
     }
 
     /// Receives on the CPU (no stream): waits until the frame is ready on the GPU.
@@ -514,34 +772,26 @@ impl Subscriber {
         let t = seconds(timeout)?;
         let core = self.core()?;
         let received = py.detach(|| {
-            let _gate = core.gate();
-            // SAFETY: as in `receive`: `core` outlives the sample (Sample's Drop order).
-            let sub: &'static RustSubscriber<'static, u8> = unsafe { &*(&core.sub as *const _) };
-            sub.receive_host(t).map(Received)
+            self.receive_sliced(&core, t, |sub, slice| {
+                // SAFETY: as in `receive`: `core` outlives the sample (Sample's Drop order).
+                let sub: &'static RustSubscriber<'static, u8> = unsafe { &*(sub as *const _) };
+                sub.receive_host(slice).map(Received)
+            })
         });
-        let Received(sample) = received.map_err(to_py)?;
-        let (seq, missed, ptr) = (sample.seq(), sample.missed(), sample.view().device_ptr());
-        Ok(Sample {
-            inner: Mutex::new(SampleInner {
-                sample: Some(sample),
-                stream: None,
-            }),
-            core,
-            seq,
-            missed,
-            ptr,
-            layout: self.layout,
-        })
+        let Received(sample) = received.py_err()?;
+        let inner = SampleInner {
+            sample: Some(sample),
+            stream: None,
+            keep: None,
+        };
+        self.sample(core, inner, None)
     }
 
     /// `received`, `missed`, `held`, and `sharing`: how this end shares the GPU with the
     /// publisher (`OtherGpu`, `SameGpuMps`, `SameGpuWithoutMps`, `Unknown`).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let core = self.core()?;
-        let s = {
-            let _gate = core.gate();
-            core.sub.stats()
-        };
+        let s = py.detach(|| core.gate().sub().stats());
         let d = PyDict::new(py);
         d.set_item("received", s.received)?;
         d.set_item("missed", s.missed)?;
@@ -570,46 +820,11 @@ impl Subscriber {
 
     /// Leaves the channel (after every sample still held is released).
     fn close(&self) {
-        lock(&self.core).take();
+        drop(lock(&self.core).take());
     }
 
     fn __repr__(&self) -> String {
         format!("Subscriber({}, {})", self.path.display(), self.layout)
-    }
-}
-
-/// A received sample carried out of `detach` back to the calling thread.
-struct Received(RustSample<'static, 'static, u8>);
-
-// SAFETY: the sample borrows a `SubCore`, whose subscriber is only used with its gate held
-// (see `SubCore`); moving the sample to another thread does not use it.
-unsafe impl Send for Received {}
-
-struct SampleInner {
-    /// Borrows `core` and `stream`: dropped before them.
-    sample: Option<RustSample<'static, 'static, u8>>,
-    /// Owned (from `Box::leak`).
-    stream: Option<NonNull<Stream<'static>>>,
-}
-
-// SAFETY: reached only under the mutex; the crate's sample and stream handles may be used and
-// dropped on any thread.
-unsafe impl Send for SampleInner {}
-
-impl SampleInner {
-    fn finish(&mut self, release_on: Option<usize>, ctx: &'static Context) -> cuda_ipc::Result<()> {
-        let out = match (self.sample.take(), release_on) {
-            (Some(s), Some(raw)) => s.release(&foreign_stream(ctx, raw)),
-            (s, _) => {
-                drop(s);
-                Ok(())
-            }
-        };
-        if let Some(st) = self.stream.take() {
-            // SAFETY: made by `Box::leak` in `receive`; the sample that borrowed it is gone.
-            drop(unsafe { Box::from_raw(st.as_ptr()) });
-        }
-        out
     }
 }
 
@@ -623,15 +838,31 @@ pub struct Sample {
     missed: u64,
     ptr: u64,
     layout: TensorLayout,
+    ready_on: Option<usize>,
 }
 
 impl Drop for Sample {
     fn drop(&mut self) {
-        let ctx = self.core.ctx;
-        let _gate = self.core.gate();
-        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = inner.finish(None, ctx) {
-            crate::array::log_drop("releasing a channel sample", &e);
+        let mut inner = std::mem::replace(
+            self.inner.get_mut().unwrap_or_else(|p| p.into_inner()),
+            SampleInner {
+                sample: None,
+                stream: None,
+                keep: None,
+            },
+        );
+        if inner.sample.is_none() {
+            return;
+        }
+        // Never wait for the gate here (the GIL may be held, and a receive may hold the gate
+        // for a slice): release now if it is free, else leave it to the gate's next holder.
+        match self.core.try_gate() {
+            Some(_gate) => {
+                if let Err(e) = inner.finish(None, self.core.ctx) {
+                    log_drop("releasing a channel sample", &e);
+                }
+            }
+            None => lock(&self.core.deferred).push(inner),
         }
     }
 }
@@ -650,8 +881,8 @@ impl Sample {
         self.missed
     }
 
-    /// The frame, read-only, as a `SharedArray`. A tensor made from it must not be used after
-    /// the sample is released: its slot is then reused for later frames (clone it to keep it).
+    /// The frame as a `SharedArray` (marked read-only). A tensor made from it must not be used
+    /// after the sample is released: its slot is then reused (clone it to keep it).
     #[getter]
     fn array(slf: &Bound<'_, Self>) -> PyResult<Py<SharedArray>> {
         let me = slf.get();
@@ -667,6 +898,7 @@ impl Sample {
                 readonly: true,
                 owner: false,
                 keeper: Keeper::Object(slf.clone().into_any().unbind()),
+                ready_on: me.ready_on,
             },
         )
     }
@@ -677,14 +909,25 @@ impl Sample {
         lock(&self.inner).sample.is_some()
     }
 
-    /// Releases the frame after the work queued on `stream` (a raw handle; None: from the CPU,
-    /// after the work recorded on the stream it was received on).
+    /// Releases the frame after the work queued on `stream` (a raw handle; None: as a drop
+    /// does, after the work queued on the stream it was received on).
     #[pyo3(signature = (stream=None))]
     fn release(&self, py: Python<'_>, stream: Option<usize>) -> PyResult<()> {
         let ctx = self.core.ctx;
+        let mut inner = std::mem::replace(
+            &mut *lock(&self.inner),
+            SampleInner {
+                sample: None,
+                stream: None,
+                keep: None,
+            },
+        );
+        if inner.sample.is_none() {
+            return Ok(());
+        }
         py.detach(|| {
             let _gate = self.core.gate();
-            lock(&self.inner).finish(stream, ctx)
+            inner.finish(stream, ctx)
         })
         .py_err()
     }

@@ -133,15 +133,14 @@ unsafe extern "C" fn deleter(m: *mut DLManagedTensor) {
     // SAFETY: per the contract, `m` is the start of a `Holder` box (the first field, repr(C))
     // that nobody else frees.
     let holder = unsafe { Box::from_raw(m.cast::<Holder>()) };
-    // SAFETY: a plain query of the interpreter's state, valid at any time.
-    if unsafe { ffi::Py_IsInitialized() } == 0 {
-        // The interpreter is finalizing (a tensor collected at exit): the owner cannot be
-        // released any more, and the process is ending; leave it.
+    // Releasing the owner needs the interpreter (the consumer may call us without it). While
+    // it finalizes (a tensor collected at exit) the owner cannot be released any more, and the
+    // process is ending: leave it.
+    let mut holder = Some(holder);
+    let slot = &mut holder;
+    if Python::try_attach(|_py| drop(slot.take())).is_none() {
         std::mem::forget(holder);
-        return;
     }
-    // Releasing the owner needs the interpreter; the consumer may call us without it.
-    Python::attach(move |_py| drop(holder));
 }
 
 /// The capsule's destructor: a capsule still named `"dltensor"` was never consumed, so its

@@ -100,25 +100,46 @@ pub fn open(
         })
         .py_err()?;
     let found = buf.descriptor().layout;
-    let layout = match (found, dtype, shape) {
-        (Some(l), None, None) => l,
-        (Some(l), dt, sh) => {
-            let dt = dt.unwrap_or_else(|| l.dtype().to_string());
-            let sh = sh.unwrap_or_else(|| l.shape().to_vec());
-            let want = layout_from(sh, &dt, Some(l.strides().to_vec()))
-                .or_else(|_| layout_from(l.shape().to_vec(), &dt, None))?;
-            buf.descriptor()
-                .check_layout(&want)
-                .map_err(crate::errors::descriptor)?;
+    let layout = match found {
+        Some(l) => {
+            // What the caller asked for, compared as given (no reinterpretation).
+            let want_dtype = dtype.unwrap_or_else(|| l.dtype().to_string());
+            let want_shape = shape.unwrap_or_else(|| l.shape().to_vec());
+            if want_dtype != l.dtype().to_string() || want_shape != l.shape() {
+                return Err(crate::errors::descriptor(
+                    cuda_ipc::ipc::DescriptorError::LayoutMismatch {
+                        expected: format!("{want_dtype}{want_shape:?}"),
+                        found: l.to_string(),
+                    },
+                ));
+            }
             l
         }
-        (None, dt, sh) => {
-            // A byte buffer shared without a layout (e.g. by a Rust program): the caller
-            // says what it holds; it must fit.
-            let dt = dt.unwrap_or_else(|| "uint8".into());
+        None => {
+            // A byte buffer shared without a layout (e.g. by a Rust program): the caller says
+            // what it holds, which must fill it exactly.
+            let dt = dtype.unwrap_or_else(|| "uint8".into());
             let n = buf.view().byte_len() as u64;
             let item = layout_from(vec![1], &dt, None)?.extent_bytes();
-            layout_from(sh.unwrap_or_else(|| vec![n / item]), &dt, None)?
+            let shape = match shape {
+                Some(sh) => sh,
+                None if n % item == 0 => vec![n / item],
+                None => {
+                    return Err(invalid(format!(
+                        "the buffer at {} has {n} bytes, not a whole number of {dt} elements",
+                        path.display()
+                    )))
+                }
+            };
+            let l = layout_from(shape, &dt, None)?;
+            if l.extent_bytes() != n {
+                return Err(invalid(format!(
+                    "the buffer at {} has {n} bytes; {l} has {}",
+                    path.display(),
+                    l.extent_bytes()
+                )));
+            }
+            l
         }
     };
     SharedArray::of_buffer(
@@ -133,16 +154,17 @@ pub fn open(
 
 /// Publishes a shared array under a path until closed: the descriptor `<path>.desc` and, for
 /// the fd transport, the socket `<path>.sock` that hands the memory to each consumer.
-#[pyclass(module = "cuda_ipc")]
+#[pyclass(module = "cuda_ipc", frozen)]
 pub struct Exporter {
-    inner: Option<cuda_ipc::ipc::Exporter>,
+    inner: std::sync::Mutex<Option<Arc<cuda_ipc::ipc::Exporter>>>,
     array: Py<SharedArray>,
     path: PathBuf,
 }
 
 impl Exporter {
-    fn live(&self) -> PyResult<&cuda_ipc::ipc::Exporter> {
-        self.inner.as_ref().ok_or_else(|| {
+    fn live(&self) -> PyResult<Arc<cuda_ipc::ipc::Exporter>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.clone().ok_or_else(|| {
             crate::errors::to_py(cuda_ipc::Error::InvalidArgument(format!(
                 "the export of {} is closed",
                 self.path.display()
@@ -206,7 +228,7 @@ impl Exporter {
             })
             .py_err()?;
         Ok(Exporter {
-            inner: Some(inner),
+            inner: std::sync::Mutex::new(Some(Arc::new(inner))),
             array,
             path,
         })
@@ -265,10 +287,10 @@ impl Exporter {
 
     /// Stops publishing: removes the descriptor and socket. The memory stays valid for
     /// consumers that hold leases (it is freed after the last one lets go).
-    fn close(&mut self, py: Python<'_>) {
-        if let Some(e) = self.inner.take() {
-            py.detach(move || drop(e));
-        }
+    fn close(&self, py: Python<'_>) {
+        let e = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Stops publishing when the last user (a concurrent wait) lets go of it.
+        py.detach(move || drop(e));
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -276,7 +298,7 @@ impl Exporter {
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&mut self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
         self.close(py);
         false
     }
@@ -285,7 +307,7 @@ impl Exporter {
         format!(
             "Exporter({}, {})",
             self.path.display(),
-            if self.inner.is_some() {
+            if self.inner.lock().is_ok_and(|i| i.is_some()) {
                 "open"
             } else {
                 "closed"

@@ -154,3 +154,15 @@ def test_the_stubs_name_every_native_class_and_function():
         if name.startswith("_") and name != "__version__":
             continue
         assert re.search(rf"^(class|def) {name}\b|^{name}:", stub, re.M), name
+
+
+def test_dtype_names_from_types_and_objects():
+    import numpy
+    assert cuda_ipc._dtype_name(float) == "float64"
+    assert cuda_ipc._dtype_name(bool) == "bool"
+    assert cuda_ipc._dtype_name(numpy.float32) == "float32"
+    assert cuda_ipc._dtype_name(numpy.dtype("int16")) == "int16"
+    with pytest.raises(TypeError, match="not a CUDA stream"):
+        cuda_ipc._stream_handle(True, 0)
+    with pytest.raises(TypeError, match="handle"):
+        cuda_ipc._stream_handle(-3, 0)

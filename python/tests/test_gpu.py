@@ -114,7 +114,8 @@ def test_open_checks_dtype_and_shape_against_the_descriptor(shared_dir, tmp_path
     export = cuda_ipc.share(a, shared_dir / "w", consumers=2)
     out = run_child("""
         import sys, cuda_ipc
-        for kw in ({"dtype": "float16"}, {"shape": (16, 8)}):
+        for kw in ({"dtype": "float16"}, {"shape": (16, 8)}, {"shape": (128,)},
+                   {"shape": (8, 16, 1)}):
             try:
                 cuda_ipc.open(sys.argv[1], timeout=60, **kw)
             except cuda_ipc.Descriptor as e:
@@ -124,6 +125,7 @@ def test_open_checks_dtype_and_shape_against_the_descriptor(shared_dir, tmp_path
     """, tmp_path, shared_dir / "w")
     assert "the buffer holds float32[8, 16], the importer asked for float16[8, 16]" in out, out
     assert "asked for float32[16, 8]" in out, out
+    assert "asked for float32[128]" in out and "asked for float32[8, 16, 1]" in out, out
     export.close()
 
 
@@ -283,7 +285,7 @@ def test_drop_oldest_skips_frames_for_a_slow_subscriber_and_other_frames_are_ref
     import torch
     path = shared_dir / "latest"
     pub = cuda_ipc.Publisher(path, (256,), torch.int64, slots=3, policy="drop-oldest")
-    with pytest.raises(cuda_ipc.Descriptor, match="asked for frames of float32\\[256\\]"):
+    with pytest.raises(cuda_ipc.Descriptor, match=r"asked for frames of float32\[256\]"):
         cuda_ipc.Subscriber(path, (256,), "float32", timeout=10)
     sub = cuda_ipc.Subscriber(path, (256,), torch.int64, timeout=30, start="next")
     pub.wait_subscribers(1, 30)
@@ -322,3 +324,102 @@ def test_careless_use_gets_clear_errors_not_crashes(shared_dir):
     e.close()
     with pytest.raises(cuda_ipc.InvalidArgument, match="closed"):
         e.stats()
+
+
+def test_no_deadlock_between_a_blocked_call_and_another_threads_call(shared_dir):
+    import threading
+    import time
+    pub = cuda_ipc.Publisher(shared_dir / "dl", (4,), "float32")
+    errors = []
+
+    def waiter():
+        try:
+            pub.wait_subscribers(1, 1.0)           # nobody comes: times out holding nothing
+        except cuda_ipc.Timeout as e:
+            errors.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert pub.stats()["subscribers"] == 0          # waits for the waiter's lock, GIL released
+    pub.close()
+    t.join(10)
+    assert not t.is_alive(), "deadlock: the waiter never came back"
+    assert len(errors) == 1 and time.monotonic() - started < 5
+
+
+def test_a_collected_loan_gives_its_slot_back_and_close_never_frees_a_viewed_slot(shared_dir):
+    import gc
+    import torch
+    pub = cuda_ipc.Publisher(shared_dir / "gc", (1024,), "float32", slots=2)
+    pub.loan(timeout=5)                            # collected at once, never published
+    gc.collect()
+    with pub.loan(timeout=5) as loan:              # the slot came back
+        loan.torch().fill_(1.0)
+    kept = pub.loan(timeout=5).torch()             # a tensor viewing a loaned slot
+    pub.close()
+    kept.fill_(2.0)                                # the pool is still mapped: no fault
+    torch.cuda.synchronize()
+    assert float(kept.sum()) == 2048.0
+    del kept
+    gc.collect()
+
+
+def test_a_sample_dropped_while_another_thread_receives_is_released_without_waiting(
+        shared_dir):
+    import threading
+    import time
+    import torch
+    path = shared_dir / "drop"
+    pub = cuda_ipc.Publisher(path, (16,), "int32", slots=2, max_held=2)
+    sub = cuda_ipc.Subscriber(path, (16,), "int32", timeout=30, start="next")
+    pub.wait_subscribers(1, 30)
+    with pub.loan(timeout=5) as loan:
+        loan.torch().fill_(1)
+    held = sub.receive(timeout=10)
+    outcome = []
+
+    def receive_nothing():
+        try:
+            sub.receive(timeout=2.0)
+            outcome.append("received")
+        except cuda_ipc.Timeout as e:
+            outcome.append(str(e))
+
+    blocked = threading.Thread(target=receive_nothing)
+    blocked.start()
+    time.sleep(0.3)                                # the other thread is inside receive
+    started = time.monotonic()
+    del held                                       # must not wait for that receive
+    assert time.monotonic() - started < 0.5
+    blocked.join(10)
+    assert outcome and "the next frame on channel" in outcome[0] and "2s" in outcome[0], outcome
+    for _ in range(3):                             # Block policy: the slot really came back
+        with pub.loan(timeout=5) as loan:
+            loan.torch().fill_(loan.seq)
+        with sub.receive(timeout=10) as s:
+            assert int(s.torch()[0]) == s.seq
+    torch.cuda.synchronize()
+    pub.close()
+
+
+def test_a_frame_used_on_another_stream_waits_for_the_stream_it_was_received_on(shared_dir):
+    import torch
+    path = shared_dir / "streams"
+    pub = cuda_ipc.Publisher(path, (1 << 20,), "float32", slots=4)
+    sub = cuda_ipc.Subscriber(path, (1 << 20,), "float32", timeout=30, start="next")
+    pub.wait_subscribers(1, 30)
+    recv, use = torch.cuda.Stream(), torch.cuda.Stream()
+    for _ in range(20):
+        with pub.loan(timeout=5) as loan:
+            loan.torch().fill_(float(loan.seq))
+        with torch.cuda.stream(recv):
+            s = sub.receive(timeout=10)
+        with torch.cuda.stream(use):               # DLPack hands `use` to __dlpack__
+            t = s.torch()
+            total = t.sum()
+        use.synchronize()
+        assert float(total) == float(s.seq) * (1 << 20)
+        s.release(use)
+    pub.close()
