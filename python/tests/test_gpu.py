@@ -280,44 +280,94 @@ def test_torch_multiprocessing_queue_with_the_reducer(tmp_path):
     assert proc.exitcode == 0
 
 
+class PublisherChild:
+    """A publisher in another process (a subscriber in its publisher's own process is refused,
+    as any self-import): `publish(n)` makes it publish n frames filled with their numbers."""
+
+    CODE = textwrap.dedent("""
+        import json, sys, torch, cuda_ipc
+        path, shape, dtype, opts = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+        pub = cuda_ipc.Publisher(path, shape, dtype, **opts)
+        print("READY", flush=True)
+        pub.wait_subscribers(1, 60)
+        for line in sys.stdin:
+            cmd = line.split()
+            if cmd[0] == "pub":
+                for _ in range(int(cmd[1])):
+                    with pub.loan(timeout=60) as loan:
+                        loan.torch().fill_(loan.seq)
+                torch.cuda.synchronize()
+                print("DONE", flush=True)
+            else:
+                break
+        pub.close()
+    """)
+
+    def __init__(self, tmp_path, path, shape, dtype, **opts):
+        import json
+        script = tmp_path / "publisher_child.py"
+        script.write_text(self.CODE)
+        self.p = subprocess.Popen(
+            [sys.executable, str(script), str(path), json.dumps(list(shape)), dtype,
+             json.dumps(opts)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True)
+        assert self.p.stdout.readline().strip() == "READY"
+
+    def publish(self, n, wait=True):
+        self.p.stdin.write(f"pub {n}\n")
+        self.p.stdin.flush()
+        if wait:
+            self.done()
+
+    def done(self):
+        assert self.p.stdout.readline().strip() == "DONE"
+
+    def close(self):
+        try:
+            self.p.stdin.write("close\n")
+            self.p.stdin.flush()
+            assert self.p.wait(60) == 0
+        finally:
+            self.p.kill()
+
+
 def test_drop_oldest_skips_frames_for_a_slow_subscriber_and_other_frames_are_refused(
         shared_dir, tmp_path):
     import torch
     path = shared_dir / "latest"
-    pub = cuda_ipc.Publisher(path, (256,), torch.int64, slots=3, policy="drop-oldest")
-    with pytest.raises(cuda_ipc.Descriptor, match=r"asked for frames of float32\[256\]"):
-        cuda_ipc.Subscriber(path, (256,), "float32", timeout=10)
-    sub = cuda_ipc.Subscriber(path, (256,), torch.int64, timeout=30, start="next")
-    pub.wait_subscribers(1, 30)
-    for _ in range(20):                          # nobody receives: the oldest are dropped
-        with pub.loan(timeout=10) as loan:
-            loan.torch().fill_(loan.seq)
-    torch.cuda.synchronize()
-    with sub.receive(timeout=10) as s:
-        assert s.seq > 1 and s.missed > 0, (s.seq, s.missed)
-        assert int(s.torch()[0]) == s.seq
-    assert sub.stats()["missed"] >= 1
-    pub.close()
-
+    pub = PublisherChild(tmp_path, path, (256,), "int64", slots=3, policy="drop-oldest")
+    try:
+        with pytest.raises(cuda_ipc.Descriptor, match=r"asked for frames of float32\[256\]"):
+            cuda_ipc.Subscriber(path, (256,), "float32", timeout=10)
+        sub = cuda_ipc.Subscriber(path, (256,), torch.int64, timeout=30, start="next")
+        pub.publish(20)                          # nobody receives: the oldest are dropped
+        with sub.receive(timeout=10) as s:
+            assert s.seq > 1 and s.missed > 0, (s.seq, s.missed)
+            assert int(s.torch()[0]) == s.seq
+        assert sub.stats()["missed"] >= 1
+    finally:
+        pub.close()
 
 def test_careless_use_gets_clear_errors_not_crashes(shared_dir):
     import torch
     pub = cuda_ipc.Publisher(shared_dir / "c", (8,), "float32")
     loan = pub.loan(timeout=5)
-    with pytest.raises(cuda_ipc.InvalidArgument, match="already on loan"):
+    with pytest.raises(cuda_ipc.InvalidArgument, match="frame 1 is on loan"):
         pub.loan(timeout=1)
     with pytest.raises(cuda_ipc.InvalidArgument, match="on loan"):
         pub.stats()
+    slot = loan.array
     loan.publish()
     with pytest.raises(cuda_ipc.InvalidArgument, match="already published"):
         loan.publish()
+    with pytest.raises(cuda_ipc.InvalidArgument, match="was published or abandoned"):
+        loan.array
     pub.close()
     with pytest.raises(cuda_ipc.ChannelClosed):
         pub.loan(timeout=1)
     a = cuda_ipc.empty((4,), "float32")
     with pytest.raises(cuda_ipc.InvalidArgument, match="only memory this process allocated"):
-        cuda_ipc._native.Exporter(cuda_ipc.SharedArray.__new__(cuda_ipc.SharedArray)
-                                  if False else loan.array, str(shared_dir / "x"))
+        cuda_ipc._native.Exporter(slot, str(shared_dir / "x"))
     e = cuda_ipc.share(a, shared_dir / "a")
     with pytest.raises(cuda_ipc.NameInUse):
         cuda_ipc.share(a, shared_dir / "a")
@@ -367,59 +417,58 @@ def test_a_collected_loan_gives_its_slot_back_and_close_never_frees_a_viewed_slo
 
 
 def test_a_sample_dropped_while_another_thread_receives_is_released_without_waiting(
-        shared_dir):
+        shared_dir, tmp_path):
     import threading
     import time
-    import torch
     path = shared_dir / "drop"
-    pub = cuda_ipc.Publisher(path, (16,), "int32", slots=2, max_held=2)
-    sub = cuda_ipc.Subscriber(path, (16,), "int32", timeout=30, start="next")
-    pub.wait_subscribers(1, 30)
-    with pub.loan(timeout=5) as loan:
-        loan.torch().fill_(1)
-    held = sub.receive(timeout=10)
-    outcome = []
+    pub = PublisherChild(tmp_path, path, (16,), "int32", slots=2, max_held=2)
+    try:
+        sub = cuda_ipc.Subscriber(path, (16,), "int32", timeout=30, start="next")
+        pub.publish(1)
+        held = sub.receive(timeout=10)
+        outcome = []
 
-    def receive_nothing():
-        try:
-            sub.receive(timeout=2.0)
-            outcome.append("received")
-        except cuda_ipc.Timeout as e:
-            outcome.append(str(e))
+        def receive_nothing():
+            try:
+                sub.receive(timeout=2.0)
+                outcome.append("received")
+            except cuda_ipc.Timeout as e:
+                outcome.append(str(e))
 
-    blocked = threading.Thread(target=receive_nothing)
-    blocked.start()
-    time.sleep(0.3)                                # the other thread is inside receive
-    started = time.monotonic()
-    del held                                       # must not wait for that receive
-    assert time.monotonic() - started < 0.5
-    blocked.join(10)
-    assert outcome and "the next frame on channel" in outcome[0] and "2s" in outcome[0], outcome
-    for _ in range(3):                             # Block policy: the slot really came back
-        with pub.loan(timeout=5) as loan:
-            loan.torch().fill_(loan.seq)
-        with sub.receive(timeout=10) as s:
-            assert int(s.torch()[0]) == s.seq
-    torch.cuda.synchronize()
-    pub.close()
+        blocked = threading.Thread(target=receive_nothing)
+        blocked.start()
+        time.sleep(0.3)                            # the other thread is inside receive
+        started = time.monotonic()
+        del held                                   # must not wait for that receive
+        assert time.monotonic() - started < 0.5
+        blocked.join(10)
+        assert outcome and "the next frame on channel" in outcome[0] and "2s" in outcome[0], \
+            outcome
+        pub.publish(3, wait=False)                 # Block policy: needs the slot back
+        for seq in (2, 3, 4):
+            with sub.receive(timeout=10) as s:
+                assert s.seq == seq and int(s.torch()[0]) == seq
+        pub.done()
+    finally:
+        pub.close()
 
-
-def test_a_frame_used_on_another_stream_waits_for_the_stream_it_was_received_on(shared_dir):
+def test_a_frame_used_on_another_stream_waits_for_the_stream_it_was_received_on(
+        shared_dir, tmp_path):
     import torch
     path = shared_dir / "streams"
-    pub = cuda_ipc.Publisher(path, (1 << 20,), "float32", slots=4)
-    sub = cuda_ipc.Subscriber(path, (1 << 20,), "float32", timeout=30, start="next")
-    pub.wait_subscribers(1, 30)
-    recv, use = torch.cuda.Stream(), torch.cuda.Stream()
-    for _ in range(20):
-        with pub.loan(timeout=5) as loan:
-            loan.torch().fill_(float(loan.seq))
-        with torch.cuda.stream(recv):
-            s = sub.receive(timeout=10)
-        with torch.cuda.stream(use):               # DLPack hands `use` to __dlpack__
-            t = s.torch()
-            total = t.sum()
-        use.synchronize()
-        assert float(total) == float(s.seq) * (1 << 20)
-        s.release(use)
-    pub.close()
+    pub = PublisherChild(tmp_path, path, (1 << 20,), "float32", slots=4)
+    try:
+        sub = cuda_ipc.Subscriber(path, (1 << 20,), "float32", timeout=30, start="next")
+        pub.publish(20, wait=False)
+        recv, use = torch.cuda.Stream(), torch.cuda.Stream()
+        for _ in range(20):
+            with torch.cuda.stream(recv):
+                s = sub.receive(timeout=10)
+            with torch.cuda.stream(use):           # DLPack hands `use` to __dlpack__
+                total = s.torch().sum()
+            use.synchronize()
+            assert float(total) == float(s.seq) * (1 << 20)
+            s.release(use)
+        pub.done()
+    finally:
+        pub.close()
