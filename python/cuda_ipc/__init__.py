@@ -342,7 +342,35 @@ class Loan:
             self.abandon()
 
 
-class Publisher:
+class _ChannelEnd:
+    """What both ends of a channel have: the frames' shape and dtype, the path, and `close()`
+    at the end of a `with` block."""
+
+    _native: Any
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self._native.shape
+
+    @property
+    def dtype(self) -> str:
+        return self._native.dtype
+
+    @property
+    def path(self) -> str:
+        return str(self._native.path)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Publisher(_ChannelEnd):
     """The sending end of a channel of GPU frames of one `shape` and `dtype`.
 
     `policy`: "block" (wait for every subscriber to release the oldest frame) or
@@ -403,27 +431,11 @@ class Publisher:
         """published, subscribers, joined, left, refused, same_gpu_without_mps, same_gpu_mps."""
         return self._native.stats()
 
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return self._native.shape
-
-    @property
-    def dtype(self) -> str:
-        return self._native.dtype
-
-    @property
-    def path(self) -> str:
-        return str(self._native.path)
-
     def close(self) -> None:
-        """Closes the channel: subscribers get `PublisherGone` (closed=True) after the last frame."""
+        """Closes the channel now: subscribers get `PublisherGone` (closed=True) after the last
+        frame; an unpublished loan is abandoned. The slots' memory stays mapped while a tensor
+        of a loaned slot still exists."""
         self._native.close()
-
-    def __enter__(self) -> "Publisher":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class Sample:
@@ -472,7 +484,7 @@ class Sample:
             self.release()
 
 
-class Subscriber:
+class Subscriber(_ChannelEnd):
     """The receiving end of a channel: frames must be of `shape` and `dtype` (checked when
     joining). Iterating yields samples until the publisher closes the channel; a publisher
     that dies raises `PublisherGone`."""
@@ -515,23 +527,6 @@ class Subscriber:
         "Unknown")."""
         return self._native.stats()
 
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return self._native.shape
-
-    @property
-    def dtype(self) -> str:
-        return self._native.dtype
-
-    @property
-    def path(self) -> str:
-        return str(self._native.path)
-
     def close(self) -> None:
+        """Leaves the channel (after every sample still held is released)."""
         self._native.close()
-
-    def __enter__(self) -> "Subscriber":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

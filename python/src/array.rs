@@ -90,6 +90,9 @@ pub struct SharedArray {
     /// For a received frame: the stream its wait was queued on, which consumers on other
     /// streams must wait for (DLPack's `stream`, the CUDA Array Interface's `stream`).
     pub ready_on: Option<usize>,
+    /// For a channel's slot: false once the sample is released or the loan ended; the array
+    /// then refuses to be exported (its slot holds other frames by then).
+    pub live: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl SharedArray {
@@ -120,7 +123,23 @@ impl SharedArray {
             owner,
             keeper: Keeper::Buffer(Arc::new(buffer)),
             ready_on: None,
+            live: None,
         })
+    }
+}
+
+impl SharedArray {
+    /// Refuses once a channel slot's sample was released or its loan ended.
+    fn check_live(&self) -> PyResult<()> {
+        match &self.live {
+            Some(l) if !l.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(pyo3::exceptions::PyBufferError::new_err(
+                    "this array views a channel slot whose sample was released (or whose loan \
+                     ended): the slot holds other frames now; take tensors while it is held",
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -199,6 +218,7 @@ impl SharedArray {
     /// there: use DLPack (`torch.from_dlpack`).
     #[getter]
     fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.check_live()?;
         let dtype = self.layout.dtype();
         let Some(ts) = typestr(dtype) else {
             return Err(PyAttributeError::new_err(format!(
@@ -246,10 +266,23 @@ impl SharedArray {
     ) -> PyResult<Py<PyAny>> {
         let _ = max_version;
         let me = slf.get();
-        if let (Some(ready), Some(consumer)) = (me.ready_on, stream) {
-            // -1: the consumer asks for no synchronization.
-            if consumer != -1 && consumer as usize != ready {
-                order_after(me.device, ready, consumer as usize)?;
+        me.check_live()?;
+        // DLPack's CUDA streams: None is the legacy default stream (1), -1 asks for no
+        // synchronization, 0 is not allowed, other values are stream handles.
+        let consumer = match stream.unwrap_or(1) {
+            -1 => None,
+            s if s > 0 => Some(s as usize),
+            s => {
+                return Err(pyo3::exceptions::PyBufferError::new_err(format!(
+                    "stream {s} is not a CUDA stream for DLPack (use -1, 1, 2 or a handle)"
+                )))
+            }
+        };
+        if let (Some(ready), Some(consumer)) = (me.ready_on, consumer) {
+            // A frame received on the legacy default stream (handle 0) and consumed there.
+            let same = consumer == ready || (ready == 0 && consumer == 1);
+            if !same {
+                order_after(me.device, ready, consumer)?;
             }
         }
         if let Some((kind, id)) = dl_device {

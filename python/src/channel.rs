@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -164,9 +164,8 @@ pub struct Publisher {
 
 impl Publisher {
     fn core(&self) -> PyResult<Arc<PubCore>> {
-        lock(&self.core)
-            .clone()
-            .ok_or_else(|| crate::errors::to_py(closed(&self.path, "publisher")))
+        let core = lock(&self.core).clone();
+        core.ok_or_else(|| crate::errors::to_py(closed(&self.path, "publisher")))
     }
 }
 
@@ -262,6 +261,7 @@ impl Publisher {
                 })
             })
             .py_err()?;
+        let live = Arc::new(AtomicBool::new(true));
         let array = SharedArray {
             ptr,
             layout: core.layout,
@@ -270,11 +270,26 @@ impl Publisher {
             owner: false,
             keeper: Keeper::Channel(core.clone()),
             ready_on: None,
+            live: Some(live.clone()),
+        };
+        let array = match Py::new(py, array) {
+            Ok(a) => a,
+            Err(e) => {
+                // No `Loan` will end this loan: give the slot back now.
+                let _ = py.detach(|| {
+                    core.with(|s| {
+                        s.loan = None;
+                        Ok(())
+                    })
+                });
+                return Err(e);
+            }
         };
         Ok(Loan {
             core: Mutex::new(Some(core)),
             seq,
-            array: Mutex::new(Some(Py::new(py, array)?)),
+            array: Mutex::new(Some(array)),
+            live,
         })
     }
 
@@ -332,17 +347,28 @@ impl Publisher {
         self.path.clone()
     }
 
-    /// Closes the channel: no more loans; subscribers get `PublisherGone` (with `closed`
-    /// true) once they have received every published frame. A loan not yet published is
-    /// abandoned. While a tensor made from a loaned slot still exists, the channel (and its
-    /// memory, which that tensor views) stays until the tensor is gone.
-    fn close(&self) {
-        if let Some(core) = lock(&self.core).take() {
-            core.closed.store(true, Ordering::Release);
-            // Dropped here if nothing else holds it (then the channel closes now, its GPU wait
-            // without the GIL: see `PubCore::drop`).
-            drop(core);
-        }
+    /// Closes the channel now: no more loans; subscribers get `PublisherGone` (with `closed`
+    /// true) once they have received every published frame; a loan not yet published is
+    /// abandoned. The slots' memory stays mapped while a tensor made from a loaned slot still
+    /// exists (writing to it then changes nothing anyone reads).
+    fn close(&self, py: Python<'_>) {
+        let core = lock(&self.core).take();
+        let Some(core) = core else {
+            return;
+        };
+        core.closed.store(true, Ordering::Release);
+        py.detach(|| {
+            if let Some(s) = lock(&core.state).as_mut() {
+                // An unpublished loan is abandoned (its views stay valid: the pool does).
+                s.loan = None;
+                // SAFETY: no loan borrows the publisher any more (just above), and the state's
+                // lock is held, so this is the only reference.
+                unsafe { &mut *s.publisher.as_ptr() }.close();
+            }
+        });
+        // The pool is freed here if nothing else holds the core, else when the last view of a
+        // loaned slot is gone (with the GIL held, its GPU wait without: see `PubCore::drop`).
+        drop(core);
     }
 
     /// True once `close()` was called.
@@ -363,12 +389,15 @@ pub struct Loan {
     core: Mutex<Option<Arc<PubCore>>>,
     seq: u64,
     array: Mutex<Option<Py<SharedArray>>>,
+    /// Shared with the slot's arrays: false once the loan ended (they stop exporting).
+    live: Arc<AtomicBool>,
 }
 
 impl Loan {
     /// Ends the loan: `publish` on `stream`, or gives the slot back (None).
     fn finish(&self, py: Python<'_>, stream: Option<usize>) -> PyResult<u64> {
-        let Some(core) = lock(&self.core).take() else {
+        let core = lock(&self.core).take();
+        let Some(core) = core else {
             return Err(invalid(format!(
                 "frame {} was already published or abandoned",
                 self.seq
@@ -389,7 +418,9 @@ impl Loan {
                 }
             })
         });
-        drop(lock(&self.array).take());
+        self.live.store(false, Ordering::Release);
+        let array = lock(&self.array).take();
+        drop(array);
         drop(core); // with the GIL held: see `PubCore::drop`
         out.py_err()
     }
@@ -399,7 +430,9 @@ impl Drop for Loan {
     fn drop(&mut self) {
         // An unpublished loan collected without publish/abandon gives its slot back. The lock
         // is not held for long while a loan is out (every blocking call refuses then).
-        if let Some(core) = lock(&self.core).take() {
+        self.live.store(false, Ordering::Release);
+        let core = lock(&self.core).take();
+        if let Some(core) = core {
             let seq = self.seq;
             let _ = core.with(|s| {
                 if s.loan.as_ref().is_some_and(|l| l.seq() == seq) {
@@ -423,15 +456,13 @@ impl Loan {
     /// The slot, writable, as a `SharedArray` (until the loan is published or abandoned).
     #[getter]
     fn array(&self, py: Python<'_>) -> PyResult<Py<SharedArray>> {
-        lock(&self.array)
-            .as_ref()
-            .map(|a| a.clone_ref(py))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "frame {} was published or abandoned: loan the next slot",
-                    self.seq
-                ))
-            })
+        let array = lock(&self.array).as_ref().map(|a| a.clone_ref(py));
+        array.ok_or_else(|| {
+            invalid(format!(
+                "frame {} was published or abandoned: loan the next slot",
+                self.seq
+            ))
+        })
     }
 
     /// The slot as a PyTorch tensor (no copy). Do not write to it after `publish`.
@@ -497,10 +528,15 @@ impl SampleInner {
 /// The subscriber, shared by its samples. The crate's `Subscriber` is `Send` but not `Sync`:
 /// every use of it (receive, stats, a sample's release) holds `gate`.
 struct SubCore {
-    sub: RustSubscriber<'static, u8>,
+    /// Taken only by `Drop` (to drop it without the GIL).
+    sub: Option<RustSubscriber<'static, u8>>,
     ctx: &'static Context,
     gate: Mutex<()>,
-    /// Samples dropped while the gate was busy: released by its next holder.
+    /// Threads waiting for the gate: a receive between two slices lets them in first (the
+    /// mutex alone is not fair).
+    waiting: AtomicUsize,
+    /// Samples dropped while the gate was busy: released by its next holder, or when it is
+    /// let go.
     deferred: Mutex<Vec<SampleInner>>,
 }
 
@@ -508,21 +544,19 @@ struct SubCore {
 // so no two threads use it at once; it may move between threads (it is `Send`).
 unsafe impl Sync for SubCore {}
 
-/// The gate held: the subscriber may be used; deferred releases are done on the way in.
+/// The gate held: the subscriber may be used; deferred releases are done on the way in and
+/// on the way out.
 struct Gate<'a> {
     core: &'a SubCore,
-    _held: MutexGuard<'a, ()>,
+    held: Option<MutexGuard<'a, ()>>,
 }
 
 impl SubCore {
     fn gate(&self) -> Gate<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
         let held = lock(&self.gate);
-        let g = Gate {
-            core: self,
-            _held: held,
-        };
-        g.release_deferred();
-        g
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        Gate::enter(self, held)
     }
 
     fn try_gate(&self) -> Option<Gate<'_>> {
@@ -531,18 +565,33 @@ impl SubCore {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        let g = Gate {
-            core: self,
-            _held: held,
-        };
-        g.release_deferred();
-        Some(g)
+        Some(Gate::enter(self, held))
+    }
+
+    /// Lets threads waiting for the gate have it before this one takes it again.
+    fn yield_to_waiters(&self) {
+        let until = Instant::now() + Duration::from_millis(5);
+        while self.waiting.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::yield_now();
+        }
     }
 }
 
-impl Gate<'_> {
+impl<'a> Gate<'a> {
+    fn enter(core: &'a SubCore, held: MutexGuard<'a, ()>) -> Gate<'a> {
+        let g = Gate {
+            core,
+            held: Some(held),
+        };
+        g.release_deferred();
+        g
+    }
+
     fn sub(&self) -> &RustSubscriber<'static, u8> {
-        &self.core.sub
+        self.core
+            .sub
+            .as_ref()
+            .expect("taken only by SubCore's Drop")
     }
 
     fn release_deferred(&self) {
@@ -555,20 +604,37 @@ impl Gate<'_> {
     }
 }
 
-impl Drop for SubCore {
+impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        // Every sample borrowing `sub` is either gone (it holds this Arc) or deferred here.
-        let pending = std::mem::take(self.deferred.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for mut s in pending {
-            if let Err(e) = s.finish(None, self.ctx) {
-                log_drop("releasing a channel sample", &e);
-            }
+        self.held.take();
+        // A sample deferred while this gate was held, after its holder last looked.
+        let pending = !lock(&self.core.deferred).is_empty();
+        if pending {
+            drop(self.core.try_gate());
         }
     }
 }
 
-/// A received sample carried out of `detach` back to the calling thread.
-struct Received(RustSample<'static, 'static, u8>);
+impl Drop for SubCore {
+    fn drop(&mut self) {
+        // Every sample borrowing `sub` is either gone (it holds this Arc) or deferred here.
+        let pending = std::mem::take(self.deferred.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let (ctx, sub) = (self.ctx, self.sub.take());
+        // The crate's Subscriber waits for its streams' work when dropped: not with the GIL.
+        without_gil(move || {
+            for mut s in pending {
+                if let Err(e) = s.finish(None, ctx) {
+                    log_drop("releasing a channel sample", &e);
+                }
+            }
+            drop(sub);
+        });
+    }
+}
+
+/// A received sample, and its frame's address (read under the gate), carried out of
+/// `detach` back to the calling thread.
+struct Received(RustSample<'static, 'static, u8>, u64);
 
 // SAFETY: the sample borrows a `SubCore`, whose subscriber is only used with its gate held
 // (see `SubCore`); moving the sample to another thread does not use it.
@@ -587,9 +653,8 @@ pub struct Subscriber {
 
 impl Subscriber {
     fn core(&self) -> PyResult<Arc<SubCore>> {
-        lock(&self.core)
-            .clone()
-            .ok_or_else(|| crate::errors::to_py(closed(&self.path, "subscriber")))
+        let core = lock(&self.core).clone();
+        core.ok_or_else(|| crate::errors::to_py(closed(&self.path, "subscriber")))
     }
 
     /// Receives in slices of `RECEIVE_SLICE` until `timeout`, with `recv` under the gate.
@@ -607,10 +672,14 @@ impl Subscriber {
                 recv(gate.sub(), left.min(RECEIVE_SLICE))
             };
             match got {
-                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
-                Err(Error::Timeout { .. }) => {
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => {
+                    core.yield_to_waiters();
+                    continue;
+                }
+                // The crate's own words for what it waited for, with the whole wait.
+                Err(Error::Timeout { what, .. }) => {
                     return Err(Error::Timeout {
-                        what: format!("the next frame on channel {}", self.path.display()),
+                        what,
                         waited: timeout,
                     })
                 }
@@ -623,10 +692,11 @@ impl Subscriber {
         &self,
         core: Arc<SubCore>,
         inner: SampleInner,
+        ptr: u64,
         ready_on: Option<usize>,
     ) -> PyResult<Sample> {
         let s = inner.sample.as_ref().expect("just received");
-        let (seq, missed, ptr) = (s.seq(), s.missed(), s.view().device_ptr());
+        let (seq, missed) = (s.seq(), s.missed());
         let sample = Sample {
             inner: Mutex::new(inner),
             core,
@@ -635,6 +705,7 @@ impl Subscriber {
             ptr,
             layout: self.layout,
             ready_on,
+            live: Arc::new(AtomicBool::new(true)),
         };
         let item = self.layout.dtype().itemsize();
         if ptr % item != 0 {
@@ -713,9 +784,10 @@ impl Subscriber {
             .py_err()?;
         Ok(Subscriber {
             core: Mutex::new(Some(Arc::new(SubCore {
-                sub,
+                sub: Some(sub),
                 ctx,
                 gate: Mutex::new(()),
+                waiting: AtomicUsize::new(0),
                 deferred: Mutex::new(Vec::new()),
             }))),
             layout,
@@ -747,10 +819,13 @@ impl Subscriber {
                     &'static RustSubscriber<'static, u8>,
                     &'static Stream<'static>,
                 ) = unsafe { (&*(sub as *const _), &*(at as *const Stream<'static>)) };
-                sub.receive(st, slice).map(Received)
+                sub.receive(st, slice).map(|s| {
+                    let ptr = s.view().device_ptr();
+                    Received(s, ptr)
+                })
             })
         });
-        let Received(sample) = match received {
+        let Received(sample, ptr) = match received {
             Ok(r) => r,
             Err(e) => {
                 // SAFETY: no sample borrows the stream; made by `Box::leak` above.
@@ -763,7 +838,7 @@ impl Subscriber {
             stream: Some(boxed),
             keep,
         };
-        self.sample(core, inner, Some(stream))
+        self.sample(core, inner, ptr, Some(stream))
     }
 
     /// Receives on the CPU (no stream): waits until the frame is ready on the GPU.
@@ -775,16 +850,19 @@ impl Subscriber {
             self.receive_sliced(&core, t, |sub, slice| {
                 // SAFETY: as in `receive`: `core` outlives the sample (Sample's Drop order).
                 let sub: &'static RustSubscriber<'static, u8> = unsafe { &*(sub as *const _) };
-                sub.receive_host(slice).map(Received)
+                sub.receive_host(slice).map(|s| {
+                    let ptr = s.view().device_ptr();
+                    Received(s, ptr)
+                })
             })
         });
-        let Received(sample) = received.py_err()?;
+        let Received(sample, ptr) = received.py_err()?;
         let inner = SampleInner {
             sample: Some(sample),
             stream: None,
             keep: None,
         };
-        self.sample(core, inner, None)
+        self.sample(core, inner, ptr, None)
     }
 
     /// `received`, `missed`, `held`, and `sharing`: how this end shares the GPU with the
@@ -820,7 +898,8 @@ impl Subscriber {
 
     /// Leaves the channel (after every sample still held is released).
     fn close(&self) {
-        drop(lock(&self.core).take());
+        let core = lock(&self.core).take();
+        drop(core); // the lock is not held here: see `SubCore::drop`
     }
 
     fn __repr__(&self) -> String {
@@ -839,11 +918,13 @@ pub struct Sample {
     ptr: u64,
     layout: TensorLayout,
     ready_on: Option<usize>,
+    /// Shared with the frame's arrays: false once released (they stop exporting).
+    live: Arc<AtomicBool>,
 }
 
 impl Drop for Sample {
     fn drop(&mut self) {
-        let mut inner = std::mem::replace(
+        let inner = std::mem::replace(
             self.inner.get_mut().unwrap_or_else(|p| p.into_inner()),
             SampleInner {
                 sample: None,
@@ -851,19 +932,16 @@ impl Drop for Sample {
                 keep: None,
             },
         );
+        self.live.store(false, Ordering::Release);
         if inner.sample.is_none() {
             return;
         }
-        // Never wait for the gate here (the GIL may be held, and a receive may hold the gate
-        // for a slice): release now if it is free, else leave it to the gate's next holder.
-        match self.core.try_gate() {
-            Some(_gate) => {
-                if let Err(e) = inner.finish(None, self.core.ctx) {
-                    log_drop("releasing a channel sample", &e);
-                }
-            }
-            None => lock(&self.core.deferred).push(inner),
-        }
+        // Never wait for the gate here (a receive may hold it for a slice): queue the release
+        // and do it now if the gate is free, else its holder does on the way out. A release
+        // on the CPU path waits for the GPU: not with the GIL.
+        let core = &*self.core;
+        lock(&core.deferred).push(inner);
+        without_gil(|| drop(core.try_gate()));
     }
 }
 
@@ -886,7 +964,8 @@ impl Sample {
     #[getter]
     fn array(slf: &Bound<'_, Self>) -> PyResult<Py<SharedArray>> {
         let me = slf.get();
-        if lock(&me.inner).sample.is_none() {
+        let held = lock(&me.inner).sample.is_some();
+        if !held {
             return Err(invalid(format!("frame {} was released", me.seq)));
         }
         Py::new(
@@ -899,6 +978,7 @@ impl Sample {
                 owner: false,
                 keeper: Keeper::Object(slf.clone().into_any().unbind()),
                 ready_on: me.ready_on,
+                live: Some(me.live.clone()),
             },
         )
     }
@@ -922,6 +1002,7 @@ impl Sample {
                 keep: None,
             },
         );
+        self.live.store(false, Ordering::Release);
         if inner.sample.is_none() {
             return Ok(());
         }

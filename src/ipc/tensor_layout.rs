@@ -262,7 +262,12 @@ impl TensorLayout {
         // (DLPack's and the CUDA Array Interface's types), even where it does not change the
         // extent (a stride of a dimension of size 1, any value beside a dimension of size 0).
         let limit = i64::MAX as u64 / self.dtype.itemsize().max(1);
-        if let Some(v) = self.shape().iter().chain(self.strides()).find(|&&v| v > limit) {
+        if let Some(v) = self
+            .shape()
+            .iter()
+            .chain(self.strides())
+            .find(|&&v| v > limit)
+        {
             return Err(invalid(format!(
                 "shape {:?} with strides {:?}: {v} elements of {} bytes do not fit a signed \
                  64-bit byte count",

@@ -79,6 +79,8 @@ pub struct Publisher<'ctx, T: Pod> {
     warned: bool,
     /// The channel's socket (`<name>.sock`), its thread and the name's lock.
     service: Service,
+    /// [`close`](Publisher::close) ran: subscribers were told, the pool stays mapped.
+    closed: bool,
 }
 
 impl<T: Pod> std::fmt::Debug for Publisher<'_, T> {
@@ -244,6 +246,7 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
             info,
             warned: false,
             service,
+            closed: false,
         })
     }
 
@@ -436,6 +439,12 @@ impl<'ctx, T: Pod> Publisher<'ctx, T> {
     /// stream, then [`Loan::publish`] it. A loan dropped unpublished keeps its slot for the
     /// next one.
     pub fn loan(&mut self, timeout: Duration) -> Result<Loan<'_, 'ctx, T>> {
+        if self.closed {
+            return Err(Error::ChannelClosed {
+                channel: self.path.clone(),
+                reason: "this publisher closed it (Publisher::close)".into(),
+            });
+        }
         if self.broken {
             return Err(Error::ChannelClosed {
                 channel: self.path.clone(),
@@ -622,8 +631,17 @@ fn close_channel(chan: &Page, roster: &Roster) {
     }
 }
 
-impl<T: Pod> Drop for Publisher<'_, T> {
-    fn drop(&mut self) {
+impl<T: Pod> Publisher<'_, T> {
+    /// Closes the channel now, as dropping the publisher does (subscribers receive every frame
+    /// published so far, then [`Error::PublisherGone`] with `closed` set; the socket and the
+    /// pool's descriptor are removed), but keeps the pool (the slots' memory) mapped in this
+    /// process until the publisher is dropped: for code that may still hold views of loaned
+    /// slots (another language's tensors, say). Later [`loan`](Self::loan)s return
+    /// [`Error::ChannelClosed`]. Calling it again does nothing.
+    pub fn close(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
         // Frames published so far become complete (their READY words written) before the
         // subscribers learn that the channel is closed, so they can still receive them.
         self.control_uses
@@ -637,8 +655,8 @@ impl<T: Pod> Drop for Publisher<'_, T> {
         members.append(&mut r.retired);
         drop(r);
         for mut m in members {
-            // SAFETY: every control write was waited for at the top of this drop, and no
-            // publish can follow (`self` is being dropped).
+            // SAFETY: every control write was waited for at the top of this close, and no
+            // publish can follow (a publish needs a loan, which a closed publisher refuses).
             if let Err(e) = unsafe { m.page.unregister(self.ctx) } {
                 crate::drop_log::record("Publisher (unregistering a subscriber page)", e);
             }
@@ -656,6 +674,12 @@ impl<T: Pod> Drop for Publisher<'_, T> {
             ),
         }
         self.pool_exporter.take();
+    }
+}
+
+impl<T: Pod> Drop for Publisher<'_, T> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

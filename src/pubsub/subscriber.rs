@@ -283,7 +283,11 @@ impl<'ctx, T: Pod> Subscriber<'ctx, T> {
         // of timing out on its socket. Anything else there (planted by someone who can write in
         // the directory) is not taken for one: the socket's answer decides.
         let buffer = dir
-            .read_trusted(&names.descriptor_name(), crate::ipc::MAX_DESCRIPTOR_LEN, &trust)
+            .read_trusted(
+                &names.descriptor_name(),
+                crate::ipc::MAX_DESCRIPTOR_LEN,
+                &trust,
+            )
             .ok()
             .is_some_and(|b| crate::ipc::Descriptor::decode(&b).is_ok());
         if buffer {
