@@ -22,8 +22,10 @@ if [[ ! -x $VENV/bin/maturin || ! -x $VENV/bin/pytest ]] || ! "$VENV/bin/python"
 fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-# The same build as `pip install ./python`, with the pinned maturin and the crate's lockfile.
-(cd python && CARGO_TARGET_DIR="$root/target/python" "../$VENV/bin/maturin" build --release --locked -o "$out")
+# What `pip install ./python` does (PEP 517 through maturin), with the pinned maturin instead
+# of a fresh download, then the wheel installed.
+PATH="$root/$VENV/bin:$PATH" CARGO_TARGET_DIR="$root/target/python" "$VENV/bin/pip" wheel --quiet --no-build-isolation \
+  --no-deps ./python -w "$out"
 wheel="$(ls "$out"/cuda_ipc-*.whl)"
 "$VENV/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"
 [[ -n "$wheel_dir" ]] && { mkdir -p "$wheel_dir"; cp "$wheel" "$wheel_dir/"; }
