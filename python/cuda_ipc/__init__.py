@@ -292,14 +292,11 @@ def open(path: Union[str, os.PathLike], *, timeout: float = 30.0, device: Option
         trusted_uids=list(trusted_uids), group=group)
 
 
-class Loan:
-    """A frame's slot lent by `Publisher.loan`: fill `array` (or `torch()`), then `publish`.
-    As a context manager it publishes on the current stream when the block ends normally and
-    gives the slot back unpublished when it raises."""
+class _Slot:
+    """What a loan and a received sample have: the frame's number and its slot, as a
+    `SharedArray` or (no copy) a PyTorch tensor or CuPy array."""
 
-    def __init__(self, native: "_native.Loan", device: int):
-        self._native = native
-        self._device = device
+    _native: Any
 
     @property
     def seq(self) -> int:
@@ -310,12 +307,22 @@ class Loan:
         return self._native.array
 
     def torch(self):
-        """The slot as a writable PyTorch tensor (no copy)."""
-        return self._native.torch()
+        """The slot as a PyTorch tensor (no copy)."""
+        return self._native.array.torch()
 
     def cupy(self):
-        """The slot as a writable CuPy array (no copy)."""
+        """The slot as a CuPy array (no copy)."""
         return self._native.array.cupy()
+
+
+class Loan(_Slot):
+    """A frame's slot lent by `Publisher.loan`: fill `array` (or `torch()`), then `publish`.
+    As a context manager it publishes on the current stream when the block ends normally and
+    gives the slot back unpublished when it raises."""
+
+    def __init__(self, native: "_native.Loan", device: int):
+        self._native = native
+        self._device = device
 
     def publish(self, stream: Any = None) -> int:
         """Publishes after the work queued on `stream` (default: the current PyTorch stream)."""
@@ -438,7 +445,7 @@ class Publisher(_ChannelEnd):
         self._native.close()
 
 
-class Sample:
+class Sample(_Slot):
     """A received frame, read-only. Use it while held; it is released by `release()`, at the
     end of its `with` block, or when collected. A tensor made from it must not be used after
     the release (its slot is reused): `.clone()` it to keep it."""
@@ -448,24 +455,8 @@ class Sample:
         self._device = device
 
     @property
-    def seq(self) -> int:
-        return self._native.seq
-
-    @property
     def missed(self) -> int:
         return self._native.missed
-
-    @property
-    def array(self) -> SharedArray:
-        return self._native.array
-
-    def torch(self):
-        """The frame as a PyTorch tensor (no copy)."""
-        return self._native.array.torch()
-
-    def cupy(self):
-        """The frame as a CuPy array (no copy)."""
-        return self._native.array.cupy()
 
     @property
     def held(self) -> bool:
